@@ -1,0 +1,116 @@
+"""The ``tokenwire`` command: serve, simulate, chat, ask, bench, loadtest, keys, usage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from . import __version__
+from .config import ConfigError, load_settings
+
+__all__ = ["main"]
+
+#: Later subcommands register here: name -> (add_arguments, run)
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--config", help="TOML config file (default ./tokenwire.toml if present)")
+    p.add_argument("--db", help='SQLite file for conversations (":memory:" = not kept)')
+    p.add_argument("--log-level", default=None, help="debug, info, warning (default info)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server.app import run_server
+
+    settings = load_settings(
+        args.config,
+        overrides={"host": args.host, "port": args.port, "db_path": args.db, "log_level": args.log_level},
+    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_server(settings)
+    return 0
+
+
+def _simulate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8100, help="port (default 8100; 0 = any free port)")
+    p.add_argument("--tokens", type=int, help="reply length in tokens (default: max_tokens, else 100)")
+    p.add_argument("--tps", type=float, help="tokens per second (default: the model's seed speed)")
+    p.add_argument("--fast", action="store_true", help="as fast as possible (no pacing, no TTFT)")
+    p.add_argument("--ttft-ms", type=float, help="time to first token in ms")
+    p.add_argument("--split", type=int, default=0, help="write each SSE event in N-byte pieces")
+    p.add_argument("--batch", type=int, default=1, help="with --fast: tokens per network write")
+    p.add_argument(
+        "--fault",
+        help="for every request: 429, 500, 503, cut:N, malformed:N, stall:N, error:N",
+    )
+    p.add_argument("--retry-after", type=float, help="Retry-After seconds sent with --fault 429")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulate.server import SimOptions, run_simulator
+
+    opts = SimOptions(
+        tokens=args.tokens,
+        tps=0.0 if args.fast else args.tps,
+        ttft_ms=args.ttft_ms,
+        split=args.split,
+        fault=args.fault,
+        retry_after=args.retry_after,
+        batch=args.batch,
+    )
+    run_simulator(args.host, args.port, opts)
+    return 0
+
+
+COMMANDS["serve"] = (_serve_args, _serve)
+COMMANDS["simulate"] = (_simulate_args, _simulate)
+
+_HELP = {
+    "serve": "run the gateway (simulated models when no provider is configured)",
+    "simulate": "run a standalone OpenAI-compatible fake upstream (tests, benchmarks)",
+}
+
+
+def _load_plugins() -> None:
+    """Subcommands living in their own modules register themselves on import."""
+    import importlib
+
+    for module in ("tokenwire.client.cli", "tokenwire.bench.cli", "tokenwire.auth.cli"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
+    parser = argparse.ArgumentParser(prog="tokenwire", description="Stream LLM chat tokens over WebSocket and SSE.")
+    parser.add_argument("--version", action="version", version=f"tokenwire {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add_args, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=_HELP.get(name, getattr(run, "__doc__", None)))
+        add_args(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

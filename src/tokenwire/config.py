@@ -1,0 +1,290 @@
+"""Settings: defaults, then ``tokenwire.toml``, then environment, then command line.
+
+With nothing configured the gateway serves the embedded simulated models. A
+provider comes from one environment variable (``HOLYSHEEP_API_KEY``,
+``DEEPSEEK_API_KEY``, ``OPENAI_API_KEY`` [+ ``OPENAI_BASE_URL``], …) or from a
+``[providers.NAME]`` table. Every mistake raises :class:`ConfigError` with one
+line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PRESETS", "ConfigError", "Preset", "ProviderConfig", "Settings", "load_settings"]
+
+
+class ConfigError(Exception):
+    """A configuration mistake; the message is one line saying what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    kind: str  #: wire format: "openai", "anthropic", "gemini", "simulated"
+    base_url: str
+    key_env: str | None  #: environment variable holding the key
+    base_url_env: str | None = None
+    needs_key: bool = True
+    #: model names routed here when several providers are configured ("*" = any)
+    patterns: tuple[str, ...] = ("*",)
+
+
+PRESETS: dict[str, Preset] = {
+    "holysheep": Preset("openai", "https://api.holysheep.ai/v1", "HOLYSHEEP_API_KEY"),
+    "openai": Preset(
+        "openai",
+        "https://api.openai.com/v1",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        patterns=("gpt-*", "o1*", "o3*", "o4*", "chatgpt-*", "text-*"),
+    ),
+    "deepseek": Preset("openai", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", patterns=("deepseek-*",)),
+    "openrouter": Preset("openai", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", patterns=("*/*",)),
+    "anthropic": Preset(
+        "anthropic",
+        "https://api.anthropic.com/v1",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        patterns=("claude-*",),
+    ),
+    "gemini": Preset(
+        "gemini",
+        "https://generativelanguage.googleapis.com/v1beta",
+        "GEMINI_API_KEY",
+        patterns=("gemini-*",),
+    ),
+    "ollama": Preset("openai", "http://127.0.0.1:11434/v1", None, "OLLAMA_BASE_URL", needs_key=False),
+    "vllm": Preset("openai", "http://127.0.0.1:8001/v1", "VLLM_API_KEY", "VLLM_BASE_URL", needs_key=False),
+    "openai-compatible": Preset("openai", "", None, needs_key=False),
+    "simulated": Preset("simulated", "", None, needs_key=False),
+}
+
+#: Presets picked up from the environment alone, in routing-priority order.
+ENV_PRESETS = ("openai", "deepseek", "anthropic", "gemini", "openrouter", "holysheep")
+
+KINDS = ("openai", "anthropic", "gemini", "simulated")
+
+
+@dataclass(slots=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    base_url: str
+    api_key: str | None = None
+    #: model names this provider serves; ``["*"]`` = any name, passed on unchanged
+    models: list[str] = field(default_factory=lambda: ["*"])
+    #: client-facing name -> the provider's own model id
+    model_map: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    from_env: bool = False
+
+    def __repr__(self) -> str:  # never print a key
+        return f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
+
+
+@dataclass(slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    providers: list[ProviderConfig] = field(default_factory=list)
+    default_model: str | None = None
+    #: SQLite file for conversations; ":memory:" keeps them in the process only
+    db_path: str = ""
+    redis_url: str | None = None
+    max_frame_bytes: int = 1024 * 1024
+    max_messages: int = 1000
+    max_generations_per_socket: int = 32
+    idle_timeout: float = 120.0
+    ws_ping_interval: float = 20.0
+    resume_retention: float = 120.0
+    simulated_speed: float = 1.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    drain_timeout: float = 30.0
+    log_level: str = "info"
+
+    def __repr__(self) -> str:
+        return f"Settings(host={self.host!r}, port={self.port}, providers={self.providers!r})"
+
+
+_SERVER_KEYS = {f.name for f in fields(Settings)} - {"providers"}
+_PROVIDER_KEYS = {"preset", "kind", "base_url", "api_key", "api_key_env", "models", "model_map", "headers"}
+
+
+def default_db_path() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "tokenwire" / "tokenwire.db")
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    default = getattr(Settings(), name)
+    if name == "redis_url" or name == "default_model":
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where}: {name} must be a string")
+        return value or None
+    want = type(default)
+    try:
+        if want is bool:
+            return str(value).lower() in ("1", "true", "yes", "on")
+        if want is int:
+            if isinstance(value, float) or (isinstance(value, str) and "." in value):
+                raise ValueError
+            return int(value)
+        if want is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name} must be a {want.__name__}, got {value!r}") from None
+
+
+def _provider_from_table(name: str, table: Any, path: str) -> ProviderConfig:
+    where = f"{path} [providers.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(table) - _PROVIDER_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(_PROVIDER_KEYS))})")
+    preset_name = table.get("preset", name if name in PRESETS else None)
+    kind = table.get("kind")
+    if preset_name is not None:
+        preset = PRESETS.get(preset_name)
+        if preset is None:
+            raise ConfigError(f"{where}: unknown provider preset {preset_name!r} (known: {', '.join(PRESETS)})")
+    else:
+        if kind is None:
+            raise ConfigError(
+                f"{where}: unknown provider {name!r}; set preset = one of {', '.join(PRESETS)}, "
+                'or kind = "openai" and base_url'
+            )
+        preset = PRESETS["openai-compatible"]
+    kind = kind or preset.kind
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    base_url = table.get("base_url") or (
+        (preset.base_url_env and os.environ.get(preset.base_url_env)) or preset.base_url
+    )
+    if kind != "simulated" and not base_url:
+        raise ConfigError(f"{where}: base_url is missing")
+    if kind != "simulated" and not str(base_url).startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: base_url must start with http:// or https://")
+    key = table.get("api_key")
+    key_env = table.get("api_key_env") or preset.key_env
+    if not key and key_env:
+        key = os.environ.get(key_env) or None
+    if not key and preset.needs_key and kind != "simulated" and "api_key_env" not in table:
+        hint = f"set {key_env} or " if key_env else ""
+        raise ConfigError(f'{where}: no API key; {hint}add api_key = "…" to the table')
+    if not key and "api_key_env" in table:
+        raise ConfigError(f"{where}: api_key_env names {key_env}, which is not set")
+    models = table.get("models", ["*"])
+    if isinstance(models, str):
+        models = [models]
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError(f"{where}: models must be a list of model names")
+    model_map = table.get("model_map", {})
+    headers = table.get("headers", {})
+    for label, value in (("model_map", model_map), ("headers", headers)):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where}: {label} must be a table of strings")
+    return ProviderConfig(
+        name=name,
+        kind=kind,
+        base_url=str(base_url),
+        api_key=key,
+        models=models,
+        model_map=dict(model_map),
+        headers=dict(headers),
+    )
+
+
+def _env_providers(env: dict[str, str]) -> list[ProviderConfig]:
+    found: list[ProviderConfig] = []
+    for name in ENV_PRESETS:
+        preset = PRESETS[name]
+        key = env.get(preset.key_env or "")
+        if not key:
+            continue
+        base_url = (preset.base_url_env and env.get(preset.base_url_env)) or preset.base_url
+        found.append(
+            ProviderConfig(
+                name=name,
+                kind=preset.kind,
+                base_url=base_url,
+                api_key=key,
+                models=list(preset.patterns),
+                from_env=True,
+            )
+        )
+    if len(found) == 1:
+        # One provider from the environment: every model name goes to it unchanged.
+        found[0].models = ["*"]
+    return found
+
+
+def load_settings(
+    config_path: str | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build settings from file, environment and command-line overrides."""
+    env = dict(os.environ if env is None else env)
+    settings = Settings()
+    path = config_path or env.get("TOKENWIRE_CONFIG")
+    if path is None and Path("tokenwire.toml").is_file():
+        path = "tokenwire.toml"
+    file_providers: list[ProviderConfig] = []
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        for section, table in data.items():
+            if section == "providers":
+                if not isinstance(table, dict):
+                    raise ConfigError(f"{path}: [providers] must hold [providers.NAME] tables")
+                for name, ptable in table.items():
+                    file_providers.append(_provider_from_table(name, ptable, path))
+            elif section in ("server", "limits", "store", "stream", "upstream"):
+                if not isinstance(table, dict):
+                    raise ConfigError(f"{path}: [{section}] must be a table")
+                for key, value in table.items():
+                    if key not in _SERVER_KEYS:
+                        raise ConfigError(
+                            f"{path} [{section}]: unknown setting {key!r} (known: {', '.join(sorted(_SERVER_KEYS))})"
+                        )
+                    setattr(settings, key, _coerce(key, value, f"{path} [{section}]"))
+            else:
+                raise ConfigError(
+                    f"{path}: unknown section [{section}] (known: server, limits, store, stream, upstream, providers)"
+                )
+    for key in _SERVER_KEYS:
+        value = env.get(f"TOKENWIRE_{key.upper()}")
+        if value is not None and value != "":
+            setattr(settings, key, _coerce(key, value, f"TOKENWIRE_{key.upper()}"))
+    if env.get("TOKENWIRE_DB"):
+        settings.db_path = env["TOKENWIRE_DB"]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(settings, key, value)
+    names = {p.name for p in file_providers}
+    env_providers = [p for p in _env_providers(env) if p.name not in names]
+    if file_providers and env_providers:
+        for p in env_providers:
+            p.models = list(PRESETS[p.name].patterns)
+    settings.providers = file_providers + env_providers
+    if not settings.db_path:
+        settings.db_path = default_db_path()
+    if not 0 <= settings.port < 65536:
+        raise ConfigError(f"port {settings.port} is out of range (0-65535; 0 = any free port)")
+    if settings.max_frame_bytes < 1024:
+        raise ConfigError("max_frame_bytes must be at least 1024")
+    return settings

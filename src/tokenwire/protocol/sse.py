@@ -1,0 +1,124 @@
+"""Incremental Server-Sent Events decoder (bytes in, events out, no I/O).
+
+Follows the WHATWG event-stream rules that matter for LLM providers: LF, CR
+and CRLF line endings (a CRLF may be split across reads), comments (``: ping``),
+``data:`` with or without the space, multi-line data joined by LF, named events
+and a leading BOM. It works on bytes and splits only on CR/LF, so a multi-byte
+character split across reads, or a U+2028 inside JSON, never breaks a line
+(``str.splitlines`` would).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["SSEDecoder", "SSEError", "SSEEvent"]
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class SSEError(ValueError):
+    """The byte stream is not a usable event stream (e.g. an endless line)."""
+
+
+class SSEEvent(NamedTuple):
+    """One dispatched event: its name (``message`` unless named) and raw data bytes."""
+
+    event: str
+    data: bytes
+    id: str | None = None
+
+
+class SSEDecoder:
+    """Feed it network reads with :meth:`feed`; call :meth:`close` at end of stream."""
+
+    __slots__ = ("_buf", "_data", "_event", "_last_id", "_max_line", "_started")
+
+    def __init__(self, max_line: int = 8 * 1024 * 1024) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+        self._event = ""
+        self._last_id: str | None = None
+        self._started = False
+        self._max_line = max_line
+
+    @property
+    def last_event_id(self) -> str | None:
+        return self._last_id
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Decode as much as ``chunk`` completes; keep the rest for the next call."""
+        buf = self._buf + chunk if self._buf else chunk
+        if not self._started:
+            if len(buf) < 3 and _BOM.startswith(buf):
+                self._buf = buf
+                return []
+            self._started = True
+            if buf.startswith(_BOM):
+                buf = buf[3:]
+        hold = b""
+        if b"\r" in buf:
+            if buf.endswith(b"\r"):
+                # Might be the first half of a CRLF: decide on the next read.
+                hold = b"\r"
+                buf = buf[:-1]
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        rest = lines.pop()
+        if len(rest) > self._max_line:
+            raise SSEError(f"event-stream line longer than {self._max_line} bytes")
+        self._buf = rest + hold if hold else rest
+        if not lines:
+            return []
+        return self._lines(lines)
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a last event without its blank line is still dispatched.
+
+        The spec discards it, but real servers sometimes end without the final
+        blank line, and dropping a provider's last chunk would lose tokens.
+        """
+        events: list[SSEEvent] = []
+        if self._buf:
+            line = self._buf.rstrip(b"\r")
+            self._buf = b""
+            events = self._lines([line])
+        if self._data:
+            events.append(self._dispatch())
+        return events
+
+    def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
+        out: list[SSEEvent] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    out.append(self._dispatch())
+                else:
+                    self._event = ""
+                continue
+            if line[0] == 58:  # b":" -> comment (": ping", ": OPENROUTER PROCESSING")
+                continue
+            colon = line.find(b":")
+            if colon < 0:
+                field, value = line, b""
+            else:
+                field = line[:colon]
+                value = line[colon + 1 :]
+                if value[:1] == b" ":
+                    value = value[1:]
+            if field == b"data":
+                self._data.append(value)
+            elif field == b"event":
+                self._event = value.decode("utf-8", "replace")
+            elif field == b"id":
+                if b"\x00" not in value:
+                    self._last_id = value.decode("utf-8", "replace")
+            # "retry" and unknown fields are ignored, as the spec says.
+        return out
+
+    def _dispatch(self) -> SSEEvent:
+        data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+        event = SSEEvent(self._event or "message", data, self._last_id)
+        self._data = []
+        self._event = ""
+        return event

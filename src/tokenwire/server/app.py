@@ -1,0 +1,161 @@
+"""The aiohttp application: routes, start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .. import __version__
+from ..config import Settings
+from ..protocol.errors import GatewayError
+from .gateway import Gateway
+from .http_api import chat_completions, error_response, list_models
+from .ws import CLOSE_DRAIN, websocket_handler
+
+__all__ = ["create_app", "run_server"]
+
+log = logging.getLogger("tokenwire")
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gw: Gateway = request.app["gateway"]
+    body = {
+        "status": "draining" if gw.draining else "ok",
+        "version": __version__,
+        "sockets": len(gw.sessions),
+        "generations": sum(1 for r in gw.registry.runs.values() if not r.gen.ended),
+        "providers": [{"name": cfg.name, "kind": cfg.kind, "simulated": p.simulated} for cfg, p in gw.router.providers],
+    }
+    return _json(body, 503 if gw.draining else 200)
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    gw: Gateway = request.app["gateway"]
+    try:
+        await gw.authenticate_http(request)
+    except GatewayError as err:
+        return error_response(err)
+    cid = request.match_info["cid"]
+    messages = await gw.store.history(cid)
+    if not messages:
+        return error_response(GatewayError("not_found", f"no conversation {cid[:128]}"))
+    return _json({"id": cid, "messages": messages})
+
+
+async def delete_conversation(request: web.Request) -> web.Response:
+    gw: Gateway = request.app["gateway"]
+    try:
+        await gw.authenticate_http(request)
+    except GatewayError as err:
+        return error_response(err)
+    found = await gw.store.delete(request.match_info["cid"])
+    return _json({"deleted": found}, 200 if found else 404)
+
+
+def _static(name: str, content_type: str):
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            data = resources.files("tokenwire.web").joinpath(name).read_bytes()
+        except FileNotFoundError:
+            raise web.HTTPNotFound() from None
+        return web.Response(
+            body=data,
+            content_type=content_type,
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    return handler
+
+
+async def _ws_or_426(request: web.Request) -> web.StreamResponse:
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return web.Response(
+            status=426,
+            text="this is a WebSocket endpoint: connect with ws:// (Upgrade: websocket)\n",
+            headers={"Upgrade": "websocket"},
+        )
+    return await websocket_handler(request)
+
+
+def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Application:
+    app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2)
+    gw = gateway or Gateway(settings)
+    app["gateway"] = gw
+    app.router.add_get("/ws/chat", _ws_or_426)
+    app.router.add_get("/v1/ws/chat", _ws_or_426)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/conversations/{cid}", get_conversation)
+    app.router.add_delete("/v1/conversations/{cid}", delete_conversation)
+    app.router.add_get("/", _static("index.html", "text/html"))
+    app.router.add_get("/tokenwire.js", _static("tokenwire.js", "text/javascript"))
+    app.router.add_get("/static/{name}", _static_dir)
+
+    async def on_shutdown(app: web.Application) -> None:
+        await gw.aclose()
+
+    app.on_cleanup.append(on_shutdown)
+    return app
+
+
+async def _static_dir(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    types = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+    ext = name[name.rfind(".") :] if "." in name else ""
+    if "/" in name or ".." in name or ext not in types:
+        raise web.HTTPNotFound()
+    return await _static(name, types[ext])(request)
+
+
+async def drain(gw: Gateway, deadline: float) -> None:
+    """Stop taking sockets, tell clients to reconnect elsewhere, let replies finish."""
+    gw.draining = True
+    await gw.registry.shutdown(deadline)
+    for session in list(gw.sessions):
+        try:
+            await session.ws.close(code=CLOSE_DRAIN, message=b"restarting: reconnect and resume")
+        except Exception:
+            pass
+
+
+def run_server(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM, then drain and exit."""
+
+    async def main() -> None:
+        gw = Gateway(settings)
+        app = create_app(settings, gw)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
+        await site.start()
+        providers = ", ".join(f"{cfg.name}{' (simulated)' if p.simulated else ''}" for cfg, p in gw.router.providers)
+        port = site._server.sockets[0].getsockname()[1] if site._server else settings.port  # type: ignore[union-attr]
+        print(
+            f"tokenwire listening on http://{settings.host}:{port}  "
+            f"(WebSocket ws://{settings.host}:{port}/ws/chat; providers: {providers})",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("tokenwire: draining…", flush=True)
+        await site.stop()
+        await drain(gw, settings.drain_timeout)
+        await runner.cleanup()
+
+    asyncio.run(main())

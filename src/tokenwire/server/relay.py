@@ -1,0 +1,433 @@
+"""Runs generations: upstream events in, encoded frames out to every subscriber.
+
+One asyncio task per generation (never per token). The token loop does one
+``Generation.token`` (a bytes format), one list append and one frame write per
+subscriber; pause is an ``asyncio.Event`` checked between tokens, and while it
+is clear the upstream response is not read, so TCP flow control holds the
+provider back and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ..catalog import cost_usd
+from ..protocol import events as ev
+from ..protocol.errors import GatewayError
+from ..protocol.frames import Chat
+from ..protocol.stream import CANCELLED, COMPLETED, FAILED, Generation
+from ..router import Route
+from ..simulate.reply import estimate_tokens
+from ..store.base import ConversationStore
+from ..upstream.base import ChatCall, UpstreamStream
+
+__all__ = ["END", "START", "Registry", "Run", "Subscriber"]
+
+log = logging.getLogger("tokenwire.relay")
+
+START = 10  #: subscriber event kind: value is the start fields
+END = 11  #: value is the end fields
+
+TOKEN = ev.TOKEN
+REASONING = ev.REASONING
+TOOL_CALL = ev.TOOL_CALL
+FINISH = ev.FINISH
+USAGE = ev.USAGE
+ERROR = ev.ERROR
+MODEL = ev.MODEL
+
+
+class Subscriber(Protocol):
+    """Something that watches a generation: a socket, an SSE response, a collector."""
+
+    async def send(self, rest: bytes, kind: int, value: Any) -> None:
+        """Deliver one event (``rest`` is its id-less v1 encoding)."""
+        ...
+
+
+class Run:
+    """One generation in flight (or recently ended, kept for resume)."""
+
+    __slots__ = (
+        "_expiry",
+        "cancel_reason",
+        "chat",
+        "conversation_id",
+        "detached_at",
+        "ended",
+        "gate",
+        "gen",
+        "paused_by_socket",
+        "paused_self",
+        "registry",
+        "resumable",
+        "route",
+        "subs",
+        "task",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        registry: Registry,
+        chat: Chat,
+        route: Route,
+        stream_id: str,
+        conversation_id: str | None,
+        resumable: bool,
+    ) -> None:
+        self.registry = registry
+        self.chat = chat
+        self.route = route
+        self.gen = Generation(stream_id)
+        self.conversation_id = conversation_id
+        self.resumable = resumable
+        self.subs: list[Subscriber] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.paused_self = False
+        self.paused_by_socket = False
+        self.upstream: UpstreamStream | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_reason: str | None = None
+        self.ended = asyncio.Event()
+        self.detached_at: float | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # -- control ------------------------------------------------------------
+    def set_paused(self, *, by_socket: bool | None = None, self_: bool | None = None) -> None:
+        if by_socket is not None:
+            self.paused_by_socket = by_socket
+        if self_ is not None:
+            self.paused_self = self_
+        paused = self.paused_by_socket or self.paused_self
+        self.gen.paused = paused
+        if paused:
+            self.gate.clear()
+        else:
+            self.gate.set()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop now: the task is cancelled, which closes the upstream response at once."""
+        if self.task is not None and not self.task.done() and self.cancel_reason is None:
+            self.cancel_reason = reason
+            if self.upstream is not None:
+                self.upstream.close()
+            self.task.cancel()
+
+    def subscribe(self, sub: Subscriber) -> None:
+        self.subs.append(sub)
+        self.detached_at = None
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        try:
+            self.subs.remove(sub)
+        except ValueError:
+            return
+        if not self.subs:
+            self.detached_at = time.monotonic()
+            if self.paused_by_socket:
+                self.set_paused(by_socket=False)
+            if not self.gen.ended:
+                if self.resumable:
+                    self.registry.watch_detached(self)
+                else:
+                    self.cancel("client_gone")
+
+    # -- the generation -----------------------------------------------------
+    async def _emit(self, rest: bytes, kind: int, value: Any) -> None:
+        subs = self.subs
+        if len(subs) == 1:  # the usual case: no copy of the list per token
+            sub = subs[0]
+            try:
+                await sub.send(rest, kind, value)
+            except (ConnectionError, RuntimeError):
+                self.unsubscribe(sub)
+            return
+        for sub in tuple(subs):
+            try:
+                await sub.send(rest, kind, value)
+            except (ConnectionError, RuntimeError):
+                self.unsubscribe(sub)
+
+    async def run(self, call: ChatCall, start_fields: dict[str, Any]) -> None:
+        gen = self.gen
+        registry = self.registry
+        t0 = time.monotonic()
+        ttft: float | None = None
+        error: GatewayError | None = None
+        status = COMPLETED
+        finish_reason: str | None = None
+        usage: dict[str, Any] | None = None
+        answered_model = self.route.upstream_model
+        stream: UpstreamStream | None = None
+        registry.stats["generations"] += 1
+        try:
+            await self._emit(gen.start(start_fields), START, start_fields)
+            stream = await self.route.provider.start(call)
+            self.upstream = stream
+            gate = self.gate
+            emit = self._emit
+            while True:
+                if not gate.is_set():
+                    await gate.wait()
+                events = await stream.read()
+                if events is None:
+                    break
+                for kind, value in events:
+                    if kind == TOKEN:
+                        if ttft is None:
+                            ttft = time.monotonic() - t0
+                        if not gate.is_set():
+                            await gate.wait()
+                        await emit(gen.token(value), TOKEN, value)
+                    elif kind == REASONING:
+                        if ttft is None:
+                            ttft = time.monotonic() - t0
+                        if not gate.is_set():
+                            await gate.wait()
+                        await emit(gen.reasoning(value), REASONING, value)
+                    elif kind == TOOL_CALL:
+                        if ttft is None:
+                            ttft = time.monotonic() - t0
+                        await emit(gen.tool_call(value), TOOL_CALL, value)
+                    elif kind == FINISH:
+                        finish_reason = value
+                    elif kind == USAGE:
+                        usage = value
+                    elif kind == MODEL:
+                        answered_model = value
+                    elif kind == ERROR:
+                        raise value
+        except asyncio.CancelledError:
+            status = CANCELLED
+            if self.cancel_reason is None:
+                self.cancel_reason = "shutdown"
+        except GatewayError as exc:
+            status, error = FAILED, exc
+        except TimeoutError:
+            status = FAILED
+            error = GatewayError(
+                "upstream_timeout",
+                f"{self.route.provider.name} sent nothing for {registry.read_timeout:g} s",
+                retryable=True,
+            )
+        except Exception as exc:  # never a traceback to the client
+            log.exception("generation %s failed", gen.stream_id)
+            status = FAILED
+            error = GatewayError("internal_error", f"internal error ({type(exc).__name__})")
+        finally:
+            if stream is not None and status != COMPLETED:
+                stream.close()
+            self.upstream = None
+        total = time.monotonic() - t0
+        await self._finish(status, error, finish_reason, usage, ttft, total, answered_model, call)
+
+    async def _finish(
+        self,
+        status: str,
+        error: GatewayError | None,
+        finish_reason: str | None,
+        usage: dict[str, Any] | None,
+        ttft: float | None,
+        total: float,
+        answered_model: str,
+        call: ChatCall,
+    ) -> None:
+        gen = self.gen
+        registry = self.registry
+        n = gen.token_count
+        estimated = False
+        if not usage:
+            estimated = True
+            usage = {
+                "prompt_tokens": estimate_tokens(call.messages),
+                "completion_tokens": n,
+                "total_tokens": estimate_tokens(call.messages) + n,
+            }
+        else:
+            usage = {
+                "prompt_tokens": usage.get("prompt_tokens") or 0,
+                "completion_tokens": usage.get("completion_tokens") or 0,
+                "total_tokens": usage.get("total_tokens")
+                or (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0),
+                **{k: v for k, v in usage.items() if k not in ("prompt_tokens", "completion_tokens", "total_tokens")},
+            }
+        gen_time = total - ttft if ttft is not None else 0.0
+        fields: dict[str, Any] = {
+            "finish_reason": finish_reason
+            if status == COMPLETED
+            else ("cancelled" if status == CANCELLED else "error"),
+            "usage": usage,
+            "timing": {
+                "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
+                # n tokens span n-1 intervals after the first one
+                "tokens_per_s": round((n - 1) / gen_time, 2) if gen_time > 0 and n > 1 else None,
+                "total_ms": round(total * 1000, 2),
+            },
+            "model": self.route.model,
+            "provider": self.route.provider.name,
+        }
+        if answered_model != self.route.upstream_model:
+            fields["upstream_model"] = answered_model
+        cost = cost_usd(self.route.model, usage)
+        if cost is not None:
+            fields["cost_usd"] = cost
+        if estimated:
+            fields["usage_estimated"] = (
+                "the provider reported no usage: completion tokens counted, prompt ~4 chars/token"
+            )
+        if status == CANCELLED:
+            fields["reason"] = self.cancel_reason
+        if status == FAILED and error is not None:
+            fields["error"] = {"code": error.code, "retryable": error.retryable}
+            registry.stats["errors"] += 1
+        registry.stats["tokens"] += n
+        try:
+            if error is not None:
+                await self._emit(gen.error(error), ERROR, error)
+            await self._emit(gen.end(status, fields), END, fields)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.ended.set()
+            await registry.finished(self)
+
+
+class Registry:
+    """Every generation this process runs or retains for resume, by stream id."""
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        retention: float,
+        read_timeout: float = 120.0,
+    ) -> None:
+        self.store = store
+        self.retention = retention
+        self.read_timeout = read_timeout
+        self.runs: dict[str, Run] = {}
+        self.busy_conversations: set[str] = set()
+        self.stats = {"generations": 0, "tokens": 0, "errors": 0, "resumes": 0}
+        self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
+
+    @staticmethod
+    def new_stream_id() -> str:
+        return "s_" + uuid.uuid4().hex
+
+    async def begin(self, chat: Chat, route: Route, conversation_id: str | None, resumable: bool) -> Run:
+        """Prepare the prompt (loading and storing history) and start the task."""
+        stream_id = chat.stream_id or self.new_stream_id()
+        if stream_id in self.runs:
+            raise GatewayError("duplicate_id", f"stream_id {stream_id} is already in use", extra={"id": chat.id})
+        if conversation_id is not None and conversation_id in self.busy_conversations:
+            raise GatewayError(
+                "conversation_busy",
+                f"conversation {conversation_id} is already generating a reply; wait for its end or cancel it",
+                retryable=True,
+                extra={"id": chat.id},
+            )
+        run = Run(self, chat, route, stream_id, conversation_id, resumable)
+        self.runs[stream_id] = run
+        if conversation_id is not None:
+            self.busy_conversations.add(conversation_id)
+        try:
+            messages = await self._prompt(chat, conversation_id)
+        except BaseException:
+            self._forget(run)
+            raise
+        call = ChatCall(route.upstream_model, messages, chat.params)
+        start_fields: dict[str, Any] = {
+            "model": route.model,
+            "provider": route.provider.name,
+            "simulated": route.provider.simulated,
+            "conversation_id": conversation_id,
+            "resumable": resumable,
+        }
+        run.task = asyncio.get_running_loop().create_task(run.run(call, start_fields))
+        return run
+
+    async def _prompt(self, chat: Chat, conversation_id: str | None) -> list[dict[str, Any]]:
+        new = chat.messages if chat.messages is not None else [{"role": "user", "content": chat.content}]
+        if conversation_id is None:
+            if chat.system is not None and not any(m.get("role") == "system" for m in new):
+                return [{"role": "system", "content": chat.system}, *new]
+            return list(new)
+        try:
+            past = await self.store.history(conversation_id)
+            system = chat.system
+            if system is not None and past and past[0]["role"] == "system":
+                if past[0]["content"] == system:
+                    system = None  # already stored once; never appended again
+            await self.store.append(conversation_id, list(new), system=system)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            log.exception("conversation store failed")
+            raise GatewayError(
+                "internal_error",
+                f"the conversation store is unavailable ({type(exc).__name__})",
+                retryable=True,
+                extra={"id": chat.id},
+            ) from None
+        if system is not None:
+            past = [m for m in past if m["role"] != "system"]
+            past.insert(0, {"role": "system", "content": system})
+        return past + list(new)
+
+    async def finished(self, run: Run) -> None:
+        conv = run.conversation_id
+        if conv is not None:
+            answer = run.gen.answer
+            try:
+                if answer:
+                    await self.store.append(conv, [{"role": "assistant", "content": answer}])
+            except Exception:
+                log.exception("could not store the reply of %s", run.gen.stream_id)
+            finally:
+                self.busy_conversations.discard(conv)
+        for hook in self.on_finish:
+            try:
+                await hook(run)
+            except Exception:
+                log.exception("on_finish hook failed")
+        if run.resumable and self.retention > 0:
+            run._expiry = asyncio.get_running_loop().call_later(self.retention, self._forget, run)
+        else:
+            self._forget(run)
+
+    def _forget(self, run: Run) -> None:
+        if self.runs.get(run.gen.stream_id) is run:
+            del self.runs[run.gen.stream_id]
+        if run.conversation_id is not None and not run.ended.is_set():
+            self.busy_conversations.discard(run.conversation_id)
+
+    def watch_detached(self, run: Run) -> None:
+        """A resumable run with nobody watching is cancelled after the retention window."""
+
+        def check() -> None:
+            if not run.subs and not run.gen.ended:
+                run.cancel("abandoned")
+
+        asyncio.get_running_loop().call_later(self.retention, check)
+
+    def get(self, stream_id: str) -> Run | None:
+        return self.runs.get(stream_id)
+
+    async def shutdown(self, deadline: float) -> None:
+        """Let generations finish until ``deadline`` seconds, then cancel the rest."""
+        live = [r for r in self.runs.values() if r.task is not None and not r.task.done()]
+        if live and deadline > 0:
+            await asyncio.wait([r.task for r in live if r.task], timeout=deadline)
+        for run in list(self.runs.values()):
+            run.cancel("shutdown")
+            if run._expiry is not None:
+                run._expiry.cancel()
+        tasks = [r.task for r in self.runs.values() if r.task is not None and not r.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)

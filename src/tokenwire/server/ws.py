@@ -1,0 +1,320 @@
+"""The WebSocket endpoint: one :class:`Session` per socket, many generations per session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..protocol import frames as fr
+from ..protocol.errors import GatewayError
+from ..protocol.stream import id_prefix
+from .relay import END, ERROR, REASONING, START, TOKEN, TOOL_CALL, Run
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["CLOSE_DRAIN", "CLOSE_IDLE", "Session", "websocket_handler"]
+
+log = logging.getLogger("tokenwire.ws")
+
+TEXT = WSMsgType.TEXT
+CLOSE_IDLE = 4000  #: closed after idle_timeout with no frame and no generation
+CLOSE_DRAIN = 4001  #: the instance is restarting: reconnect (elsewhere) and resume
+SUBPROTOCOL = "tokenwire.v1"
+_PONG = b'{"type":"pong"}'
+
+
+class SocketSubscriber:
+    """Delivers protocol v1 frames (also what seed 002's page reads)."""
+
+    __slots__ = ("pending", "prefix", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, id: str) -> None:
+        self.ws = ws
+        self.prefix = id_prefix(id)
+        #: while an attach replays the log, live events wait here
+        self.pending: list[bytes] | None = None
+
+    async def send(self, rest: bytes, kind: int, value: Any) -> None:
+        if self.pending is not None:
+            self.pending.append(rest)
+            return
+        await self.ws.send_frame(self.prefix + rest, TEXT)
+
+
+class OpenAISocketSubscriber:
+    """Delivers ``chat.completion.chunk`` objects, as seed 000's client expects."""
+
+    __slots__ = ("created", "head", "model", "pending", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, stream_id: str, model: str) -> None:
+        self.ws = ws
+        self.created = int(time.time())
+        self.model = model
+        self.pending: list[bytes] | None = None
+        self.head = b'{"id":"chatcmpl-%b","object":"chat.completion.chunk","created":%d,"model":%b,' % (
+            stream_id.encode(),
+            self.created,
+            orjson.dumps(model),
+        )
+
+    def _chunk(self, delta: bytes, finish: bytes = b"null", extra: bytes = b"") -> bytes:
+        return (
+            self.head + b'"choices":[{"index":0,"delta":' + delta + b',"finish_reason":' + finish + b"}]" + extra + b"}"
+        )
+
+    async def send(self, rest: bytes, kind: int, value: Any) -> None:
+        if kind == TOKEN:
+            data = self._chunk(b'{"content":' + orjson.dumps(value) + b"}")
+        elif kind == START:
+            data = self._chunk(b'{"role":"assistant","content":""}')
+        elif kind == REASONING:
+            data = self._chunk(b'{"reasoning_content":' + orjson.dumps(value) + b"}")
+        elif kind == TOOL_CALL:
+            call = {
+                "index": value.get("index", 0),
+                **({"id": value["id"], "type": "function"} if "id" in value else {}),
+                "function": {k: value[k] for k in ("name", "arguments") if k in value},
+            }
+            data = self._chunk(b'{"tool_calls":[' + orjson.dumps(call) + b"]}")
+        elif kind == ERROR:
+            data = orjson.dumps(value.to_openai())
+        elif kind == END:
+            if value.get("finish_reason") == "error":
+                return  # the error object was the last word
+            reason = value.get("finish_reason") or "stop"
+            if reason == "cancelled":
+                reason = "stop"
+            data = self._chunk(b"{}", orjson.dumps(reason), b',"usage":' + orjson.dumps(value.get("usage")))
+        else:
+            return
+        await self.ws.send_frame(data, TEXT)
+
+
+class Session:
+    """One client socket: parses frames, starts and routes generations."""
+
+    def __init__(self, gw: Gateway, ws: web.WebSocketResponse, principal: Any = None) -> None:
+        self.gw = gw
+        self.ws = ws
+        self.principal = principal
+        self.runs: dict[str, tuple[Run, Any]] = {}  # generation id -> (run, subscriber)
+        self.ended_ids: deque[str] = deque(maxlen=256)
+        self.paused = False
+        self.next_id = 0
+        self.conversation_id: str | None = None  # the socket's own, for "content" frames
+
+    async def send_json(self, obj: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            await self.ws.send_frame(orjson.dumps(obj), TEXT)
+
+    async def send_error(self, err: GatewayError, id: str | None = None) -> None:
+        event = err.to_event(id)
+        try:
+            await self.send_json(event)
+        except (ConnectionError, RuntimeError):
+            pass
+
+    async def serve(self) -> None:
+        ws = self.ws
+        gw = self.gw
+        idle = gw.settings.idle_timeout
+        try:
+            while True:
+                try:
+                    msg = await ws.receive(timeout=idle if idle > 0 else None)
+                except TimeoutError:
+                    if self.runs:
+                        continue  # a client waiting for a long reply is not idle
+                    await ws.close(code=CLOSE_IDLE, message=b"idle timeout")
+                    break
+                if msg.type == TEXT:
+                    await self.handle(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self.send_error(
+                        GatewayError(
+                            "unsupported_frame",
+                            "binary frames are not supported; send JSON in text frames",
+                        )
+                    )
+                elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    break
+                elif msg.type == WSMsgType.ERROR:
+                    log.info("socket error: %s", ws.exception())
+                    break
+        finally:
+            self.detach_all()
+
+    def detach_all(self) -> None:
+        for run, sub in list(self.runs.values()):
+            run.unsubscribe(sub)
+        self.runs.clear()
+
+    async def handle(self, text: str) -> None:
+        gw = self.gw
+        try:
+            req = fr.parse_frame(text, gw.limits, self.next_id)
+            if isinstance(req, fr.Chat):
+                self.next_id += 1
+                await self.chat(req)
+            elif isinstance(req, fr.Ping):
+                await self.ws.send_frame(
+                    _PONG if req.data is None else orjson.dumps({"type": "pong", "data": req.data}),
+                    TEXT,
+                )
+            elif isinstance(req, fr.Cancel):
+                self.cancel(req.id)
+            elif isinstance(req, fr.Pause | fr.Resume):
+                self.pause(req.id, isinstance(req, fr.Pause))
+            elif isinstance(req, fr.Attach):
+                self.next_id += 1
+                await self.attach(req)
+        except GatewayError as err:
+            await self.send_error(err, err.extra.pop("id", None))
+        except (ConnectionError, RuntimeError):
+            raise
+        except Exception as exc:
+            log.exception("frame handling failed")
+            await self.send_error(GatewayError("internal_error", f"internal error ({type(exc).__name__})"))
+
+    async def chat(self, chat: fr.Chat) -> None:
+        gw = self.gw
+        if chat.id in self.runs:
+            raise GatewayError(
+                "duplicate_id",
+                f'generation "{chat.id}" is still running on this socket; use a new id',
+                extra={"id": chat.id},
+            )
+        limit = gw.settings.max_generations_per_socket
+        if len(self.runs) >= limit:
+            raise GatewayError(
+                "rate_limited",
+                f"{limit} generations are already running on this socket",
+                retryable=True,
+                extra={"id": chat.id, "retry_after": 1},
+            )
+        try:
+            route = gw.router.resolve(chat.model)
+        except GatewayError as err:
+            err.extra["id"] = chat.id
+            raise
+        await gw.admit(self, chat, route)
+        conversation_id = chat.conversation_id
+        if conversation_id is None and chat.content is not None:
+            if self.conversation_id is None:
+                self.conversation_id = "c_" + uuid.uuid4().hex
+            conversation_id = self.conversation_id
+        resumable = chat.dialect == "v1" and bool(chat.stream_id)
+        run = await gw.registry.begin(chat, route, conversation_id, resumable)
+        sub: Any
+        if chat.dialect == "openai":
+            sub = OpenAISocketSubscriber(self.ws, run.gen.stream_id, route.model)
+        else:
+            sub = SocketSubscriber(self.ws, chat.id)
+        self._track(chat.id, run, sub)
+
+    def _track(self, id: str, run: Run, sub: Any) -> None:
+        run.subscribe(sub)
+        self.runs[id] = (run, sub)
+        if self.paused:
+            run.set_paused(by_socket=True)
+
+        def done(_: Any) -> None:
+            entry = self.runs.get(id)
+            if entry is not None and entry[0] is run:
+                del self.runs[id]
+                self.ended_ids.append(id)
+
+        asyncio.get_running_loop().create_task(self._wait_end(run, done))
+
+    @staticmethod
+    async def _wait_end(run: Run, done: Any) -> None:
+        await run.ended.wait()
+        done(None)
+
+    def cancel(self, id: str) -> None:
+        entry = self.runs.get(id)
+        if entry is None:
+            if id in self.ended_ids:
+                return  # raced with its end: nothing to do
+            raise GatewayError("not_found", f'no generation "{id}" on this socket', extra={"id": id})
+        entry[0].cancel("cancelled")
+
+    def pause(self, id: str | None, paused: bool) -> None:
+        if id is None:
+            self.paused = paused
+            for run, _ in self.runs.values():
+                run.set_paused(by_socket=paused)
+            return
+        entry = self.runs.get(id)
+        if entry is None:
+            if id in self.ended_ids:
+                return
+            raise GatewayError("not_found", f'no generation "{id}" on this socket', extra={"id": id})
+        entry[0].set_paused(self_=paused)
+
+    async def attach(self, req: fr.Attach) -> None:
+        gw = self.gw
+        if req.id in self.runs:
+            raise GatewayError("duplicate_id", f'generation "{req.id}" is already attached', extra={"id": req.id})
+        run = gw.registry.get(req.stream_id)
+        if run is None:
+            run = await gw.attach_remote(self, req)
+            if run is None:
+                raise GatewayError(
+                    "stream_expired",
+                    f"stream {req.stream_id} is unknown or past its retention window; it cannot be resumed",
+                    extra={"id": req.id, "stream_id": req.stream_id},
+                )
+        await gw.authorize_attach(self, run)
+        try:
+            replay = run.gen.after(req.last_seq)
+        except GatewayError as err:
+            err.extra["id"] = req.id
+            raise
+        sub = SocketSubscriber(self.ws, req.id)
+        gw.registry.stats["resumes"] += 1
+        if run.gen.ended:
+            for rest in replay:
+                await self.ws.send_frame(sub.prefix + rest, TEXT)
+            return
+        sub.pending = []
+        self._track(req.id, run, sub)
+        for rest in replay:
+            await self.ws.send_frame(sub.prefix + rest, TEXT)
+        while sub.pending:
+            batch, sub.pending = sub.pending, []
+            for rest in batch:
+                await self.ws.send_frame(sub.prefix + rest, TEXT)
+        sub.pending = None
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    gw: Gateway = request.app["gateway"]
+    principal = await gw.authenticate_ws(request)
+    if gw.draining:
+        raise web.HTTPServiceUnavailable(text="shutting down: reconnect to another instance")
+    ws = web.WebSocketResponse(
+        protocols=(SUBPROTOCOL,),
+        compress=False,
+        autoping=True,
+        heartbeat=gw.settings.ws_ping_interval or None,
+        max_msg_size=max(4 * gw.settings.max_frame_bytes, 4 * 1024 * 1024),
+    )
+    await ws.prepare(request)
+    session = Session(gw, ws, principal)
+    gw.sessions.add(session)
+    try:
+        await session.serve()
+    finally:
+        gw.sessions.discard(session)
+        if not ws.closed:
+            await ws.close(code=WSCloseCode.OK)
+    return ws

@@ -1,0 +1,1 @@
+"""Simulated model provider: deterministic replies at the seeds' measured speeds."""

@@ -1,0 +1,98 @@
+"""Deterministic replies for the simulated models (pure).
+
+A reply echoes the last user message, then continues with a fixed text that
+exercises Markdown rendering (a list, inline code and a code block), cut to
+``max_tokens`` tokens. Same input, same tokens: tests can assert on them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PROFILES", "SpeedProfile", "estimate_tokens", "reply_tokens", "tokenize"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedProfile:
+    """Time to first token and tokens per second measured in the seed benchmark."""
+
+    ttft_ms: float
+    tokens_per_s: float
+
+
+#: The seed's benchmark table (000_c777597fb94e64ab.txt).
+PROFILES: dict[str, SpeedProfile] = {
+    "gpt-4.1": SpeedProfile(127, 42),
+    "claude-sonnet-4.5": SpeedProfile(156, 38),
+    "gemini-2.5-flash": SpeedProfile(89, 67),
+    "deepseek-v3.2": SpeedProfile(94, 71),
+}
+
+DEFAULT_MAX_TOKENS = 100
+
+_FILLER = (
+    "Streaming sends each token the moment the model produces it, so the reader sees the "
+    "answer grow instead of waiting for the whole reply. A WebSocket keeps one connection "
+    "open in both directions:\n\n"
+    "- the client can **cancel** or *pause* a reply while it streams;\n"
+    "- the server numbers every token with a `seq`, so a reconnect resumes without gaps;\n"
+    "- several replies can share one socket.\n\n"
+    "```python\n"
+    'async for token in client.stream("Explain WebSocket"):\n'
+    '    print(token, end="")\n'
+    "```\n\n"
+    "Backpressure matters too: when the reader falls behind, the gateway stops reading "
+    "from the model instead of buffering without limit. Heartbeats find dead connections, "
+    "and an idle timeout closes sockets nobody uses. "
+)
+
+_TOKEN_RE = re.compile(r"\s*\S+|\s+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Split text into word-sized pieces (long runs, e.g. Thai, into 4 characters)."""
+    out: list[str] = []
+    for piece in _TOKEN_RE.findall(text):
+        word = piece.lstrip()
+        lead = len(piece) - len(word)
+        while len(word) > 8:
+            out.append(piece[: lead + 4])
+            piece, word, lead = piece[lead + 4 :], word[4:], 0
+        out.append(piece)
+    return out
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = None) -> list[str]:
+    """The deterministic reply to ``messages``, as tokens."""
+    limit = max_tokens or DEFAULT_MAX_TOKENS
+    said = _last_user_text(messages).strip()
+    text = (f"You said: {said}\n\n" if said else "") + _FILLER
+    tokens = tokenize(text)
+    while len(tokens) < limit:
+        tokens += tokenize(_FILLER)
+    return tokens[:limit]
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    """Prompt size as OpenAI-style counting would roughly give it (4 chars a token)."""
+    chars = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+    return chars // 4 + 4 * len(messages) + 3

@@ -1,0 +1,282 @@
+"""``tokenwire simulate``: a standalone OpenAI-compatible fake upstream over real HTTP.
+
+Tests and benchmarks point the gateway at it as a real provider. Speed, chunk
+splitting and faults are set on the command line for every request, or per
+request with ``@key=value`` suffixes on the model name, e.g.
+``gpt-4.1@fault=429``, ``m@fault=cut:5``, ``m@tokens=2000@tps=0``:
+
+* ``fault=429`` / ``fault=500`` / ``fault=503``: an HTTP error with a real OpenAI error body
+* ``fault=cut:N``: the connection is cut after N tokens (no finish, no [DONE])
+* ``fault=malformed:N``: the N-th chunk is not JSON
+* ``fault=stall:N``: after N tokens the server stops sending (connection kept open)
+* ``fault=error:N``: an in-band ``{"error": …}`` chunk after N tokens (HTTP 200)
+* ``tokens=N``, ``tps=X`` (0 = as fast as possible), ``ttft=MS``, ``split=N`` (write each
+  event in N-byte pieces), ``retry_after=S`` (with 429)
+
+``GET /_sim/stats`` reports requests, completed and aborted streams (with the
+``time.monotonic()`` of the last abort, comparable across processes on Linux);
+``GET /_sim/requests`` returns the last request bodies received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .reply import PROFILES, estimate_tokens, reply_tokens
+
+__all__ = ["SimOptions", "create_sim_app", "run_simulator"]
+
+
+@dataclass(slots=True)
+class SimOptions:
+    tokens: int | None = None  #: reply length (default: the request's max_tokens, else 100)
+    tps: float | None = None  #: tokens/s; None = the model's seed speed; 0 = as fast as possible
+    ttft_ms: float | None = None
+    split: int = 0  #: write each SSE event in pieces of this many bytes (0 = whole)
+    fault: str | None = None
+    retry_after: float | None = None
+    batch: int = 1  #: tokens per write when tps = 0
+
+
+def _apply_suffix(opts: SimOptions, model: str) -> tuple[SimOptions, str]:
+    if "@" not in model:
+        return opts, model
+    base, *parts = model.split("@")
+    changes: dict[str, Any] = {}
+    for part in parts:
+        key, _, value = part.partition("=")
+        if key == "fault":
+            changes["fault"] = value
+        elif key == "tokens":
+            changes["tokens"] = int(value)
+        elif key == "tps":
+            changes["tps"] = float(value)
+        elif key == "ttft":
+            changes["ttft_ms"] = float(value)
+        elif key == "split":
+            changes["split"] = int(value)
+        elif key == "retry_after":
+            changes["retry_after"] = float(value)
+        elif key == "batch":
+            changes["batch"] = int(value)
+    return replace(opts, **changes), base
+
+
+def _error_body(status: int) -> bytes:
+    kinds = {
+        429: ("Rate limit reached for requests. Please try again in 1s.", "requests", "rate_limit_exceeded"),
+        500: ("The server had an error while processing your request.", "server_error", None),
+        503: ("The engine is currently overloaded, please try again later.", "server_error", None),
+        401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+        400: ("Invalid request.", "invalid_request_error", None),
+    }
+    message, kind, code = kinds.get(status, ("Simulated error.", "server_error", None))
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+class Simulator:
+    def __init__(self, defaults: SimOptions) -> None:
+        self.defaults = defaults
+        self.stats: dict[str, Any] = {
+            "requests": 0,
+            "streams": 0,
+            "completed": 0,
+            "aborted": 0,
+            "active": 0,
+            "last_abort_monotonic": None,
+        }
+        self.recent: deque[dict[str, Any]] = deque(maxlen=50)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.stats["requests"] += 1
+        try:
+            body = await request.json(loads=orjson.loads)
+        except Exception:
+            return web.Response(status=400, body=_error_body(400), content_type="application/json")
+        self.recent.append(body)
+        model = str(body.get("model") or "gpt-4.1")
+        opts, base_model = _apply_suffix(self.defaults, model)
+        fault = opts.fault or ""
+        if fault[:3].isdigit():
+            headers = {}
+            if opts.retry_after is not None:
+                headers["Retry-After"] = f"{opts.retry_after:g}"
+            return web.Response(
+                status=int(fault[:3]),
+                body=_error_body(int(fault[:3])),
+                content_type="application/json",
+                headers=headers,
+            )
+        messages = body.get("messages") or []
+        max_tokens = opts.tokens or body.get("max_tokens") or body.get("max_completion_tokens")
+        tokens = reply_tokens(messages, max_tokens)
+        prompt_tokens = estimate_tokens(messages)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        }
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-sim",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": base_model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(tokens)},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                },
+                dumps=lambda o: orjson.dumps(o).decode(),
+            )
+        profile = PROFILES.get(base_model)
+        tps = opts.tps if opts.tps is not None else (profile.tokens_per_s if profile else 50.0)
+        ttft = opts.ttft_ms if opts.ttft_ms is not None else (profile.ttft_ms if profile else 100.0)
+        if opts.tps == 0 and opts.ttft_ms is None:
+            ttft = 0.0
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await self._stream(request, base_model, tokens, usage, tps, ttft, opts, include_usage)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        model: str,
+        tokens: list[str],
+        usage: dict[str, int],
+        tps: float,
+        ttft_ms: float,
+        opts: SimOptions,
+        include_usage: bool,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        self.stats["streams"] += 1
+        self.stats["active"] += 1
+        head = (
+            b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":%d,"model":%b,'
+            b'"system_fingerprint":null,"choices":[{"index":0,"delta":' % (int(time.time()), orjson.dumps(model))
+        )
+        kind, _, arg = (opts.fault or "").partition(":")
+        at = int(arg) if arg.isdigit() else 0
+        transport = request.transport
+
+        async def write(data: bytes) -> None:
+            if opts.split > 0:
+                for i in range(0, len(data), opts.split):
+                    await resp.write(data[i : i + opts.split])
+                    await asyncio.sleep(0)
+            else:
+                await resp.write(data)
+
+        async def wait_until(due: float) -> None:
+            # Sleep in short steps so a client that goes away is noticed quickly.
+            while True:
+                left = due - time.monotonic()
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("client went away")
+                if left <= 0:
+                    return
+                await asyncio.sleep(min(left, 0.005))
+
+        try:
+            due = time.monotonic() + ttft_ms / 1000.0
+            interval = 1.0 / tps if tps > 0 else 0.0
+            if interval:
+                await wait_until(due)
+            await write(head + b'{"role":"assistant","content":""},"finish_reason":null}],"usage":null}\n\n')
+            batch: list[bytes] = []
+            for i, token in enumerate(tokens):
+                if kind == "cut" and i == at:
+                    if transport is not None:
+                        transport.close()
+                    return resp
+                if kind == "stall" and i == at:
+                    await wait_until(time.monotonic() + 3600)
+                if kind == "error" and i == at:
+                    err = {"error": {"message": "Simulated mid-stream failure", "type": "server_error", "code": 500}}
+                    await write(b"data: " + orjson.dumps(err) + b"\n\ndata: [DONE]\n\n")
+                    self.stats["completed"] += 1
+                    return resp
+                if kind == "malformed" and i == at:
+                    event = b"data: {this is not json\n\n"
+                else:
+                    event = head + b'{"content":' + orjson.dumps(token) + b'},"finish_reason":null}],"usage":null}\n\n'
+                if interval:
+                    due += interval
+                    await wait_until(due)
+                    await write(event)
+                else:
+                    batch.append(event)
+                    if len(batch) >= opts.batch:
+                        await write(b"".join(batch))
+                        batch.clear()
+            if batch:
+                await write(b"".join(batch))
+            tail = head + b'{},"finish_reason":"stop"}],"usage":null}\n\n'
+            if include_usage:
+                tail += (
+                    b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":0,'
+                    b'"model":' + orjson.dumps(model) + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n"
+                )
+            await write(tail + b"data: [DONE]\n\n")
+            await resp.write_eof()
+            self.stats["completed"] += 1
+        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+            self.stats["aborted"] += 1
+            self.stats["last_abort_monotonic"] = time.monotonic()
+        finally:
+            self.stats["active"] -= 1
+        return resp
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "simulated"} for name in PROFILES]
+        return web.json_response({"object": "list", "data": data})
+
+    async def stats_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats)
+
+    async def requests_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.recent), dumps=lambda o: orjson.dumps(o).decode())
+
+
+def create_sim_app(defaults: SimOptions | None = None) -> web.Application:
+    sim = Simulator(defaults or SimOptions())
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app["simulator"] = sim
+    for prefix in ("", "/v1"):
+        app.router.add_post(prefix + "/chat/completions", sim.chat)
+        app.router.add_get(prefix + "/models", sim.models)
+    app.router.add_get("/_sim/stats", sim.stats_handler)
+    app.router.add_get("/_sim/requests", sim.requests_handler)
+    return app
+
+
+def run_simulator(host: str, port: int, defaults: SimOptions) -> None:
+    async def main() -> None:
+        runner = web.AppRunner(create_sim_app(defaults), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=4096)
+        await site.start()
+        real_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        print(f"tokenwire simulate listening on http://{host}:{real_port}/v1", flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

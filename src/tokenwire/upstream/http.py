@@ -1,0 +1,113 @@
+"""The one pooled, keep-alive HTTP client a gateway process uses for every provider."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..protocol.errors import GatewayError
+
+__all__ = ["HTTPUpstream", "SharedSession", "read_error_body"]
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class SharedSession:
+    """Lazily creates one :class:`aiohttp.ClientSession` per event loop and shares it."""
+
+    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, keepalive_timeout=60, enable_cleanup_closed=False
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=self.connect_timeout,
+                    sock_read=self.read_timeout,
+                ),
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+async def read_error_body(resp: aiohttp.ClientResponse) -> bytes:
+    """Read at most 64 KiB of an error response, then drop the connection."""
+    try:
+        body = await asyncio.wait_for(resp.content.read(_MAX_ERROR_BODY), 10)
+    except (TimeoutError, aiohttp.ClientError):
+        body = b""
+    resp.close()
+    return body
+
+
+class HTTPUpstream:
+    """Base for providers reached over HTTP: base URL, auth headers, key redaction."""
+
+    simulated = False
+    auth_header = "Authorization"
+    auth_prefix = "Bearer "
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str | None,
+        session: SharedSession,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self._session = session
+        self._headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        if api_key:
+            self._headers[self.auth_header] = f"{self.auth_prefix}{api_key}"
+        if headers:
+            self._headers.update(headers)
+
+    async def post(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        url = self.base_url + path
+        try:
+            return await self._session.get().post(url, data=orjson.dumps(body), headers=self._headers)
+        except TimeoutError:
+            raise GatewayError(
+                "upstream_timeout",
+                f"{self.name} did not answer within {self._session.connect_timeout:g} s",
+                retryable=True,
+                extra={"provider": self.name},
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise self.redact(
+                GatewayError(
+                    "upstream_unavailable",
+                    f"cannot reach {self.name} at {self.base_url}: {exc}",
+                    retryable=True,
+                    extra={"provider": self.name},
+                )
+            ) from None
+
+    def redact(self, err: GatewayError) -> GatewayError:
+        """Provider keys never reach a client: scrub the key from any message."""
+        if self.api_key and self.api_key in err.message:
+            err.message = err.message.replace(self.api_key, "[redacted]")
+            err.args = (err.message,)
+        return err
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,251 @@
+"""OpenAI-compatible Chat Completions streaming (OpenAI, HolySheep, DeepSeek,
+OpenRouter, vLLM, Ollama, llama.cpp server, …).
+
+:class:`OpenAIStreamParser` is pure (bytes in, events out) and is what the
+tests drive byte by byte; :class:`OpenAIProvider` is the thin I/O around it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..protocol import events as ev
+from ..protocol.errors import GatewayError
+from ..protocol.events import Event
+from ..protocol.sse import SSEDecoder, SSEError
+from .base import ChatCall, http_error
+from .http import HTTPUpstream, read_error_body
+
+__all__ = ["OpenAIProvider", "OpenAIStreamParser", "parse_openai_error"]
+
+_DONE = b"[DONE]"
+_loads = orjson.loads
+
+
+class OpenAIStreamParser:
+    """Turns a ``chat.completion.chunk`` event stream into provider-neutral events.
+
+    Handles what real providers send: ``usage`` in a last chunk with empty
+    ``choices`` or inside the finish chunk, ``[DONE]`` present or absent,
+    ``reasoning_content`` (DeepSeek) or ``reasoning`` (OpenRouter), tool-call
+    deltas, content given as a list of parts (Mistral), and errors inside an
+    HTTP 200 stream (``event: error`` as Groq sends it, or a top-level ``error``
+    as OpenRouter does).
+    """
+
+    __slots__ = ("_sse", "done", "finished", "provider")
+
+    def __init__(self, provider: str = "upstream") -> None:
+        self._sse = SSEDecoder()
+        self.provider = provider
+        self.done = False  #: ``[DONE]`` seen
+        self.finished = False  #: a finish_reason seen
+
+    def feed(self, data: bytes) -> list[Event]:
+        try:
+            sse_events = self._sse.feed(data)
+        except SSEError as exc:
+            return [(ev.ERROR, GatewayError("upstream_bad_response", str(exc), retryable=True))]
+        if not sse_events:
+            return []
+        out: list[Event] = []
+        for sse in sse_events:
+            self._handle(sse.event, sse.data, out)
+        return out
+
+    def close(self) -> list[Event]:
+        out: list[Event] = []
+        for sse in self._sse.close():
+            self._handle(sse.event, sse.data, out)
+        return out
+
+    def _handle(self, name: str, data: bytes, out: list[Event]) -> None:
+        if self.done:
+            return
+        if data == _DONE:
+            self.done = True
+            return
+        try:
+            obj = _loads(data)
+        except orjson.JSONDecodeError:
+            out.append((ev.ERROR, self._bad(f"not JSON: {data[:80]!r}")))
+            return
+        if type(obj) is not dict:
+            out.append((ev.ERROR, self._bad(f"not a JSON object: {data[:80]!r}")))
+            return
+        if name == "error" or obj.get("error"):
+            out.append((ev.ERROR, parse_openai_error(self.provider, obj, in_stream=True)))
+            return
+        choices = obj.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta")
+            if delta:
+                content = delta.get("content")
+                if content:
+                    if type(content) is str:
+                        out.append((ev.TOKEN, content))
+                    else:
+                        _content_parts(content, out)
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if reasoning and type(reasoning) is str:
+                    out.append((ev.REASONING, reasoning))
+                calls = delta.get("tool_calls")
+                if calls:
+                    for call in calls:
+                        out.append((ev.TOOL_CALL, _tool_delta(call)))
+            reason = choice.get("finish_reason")
+            if reason:
+                self.finished = True
+                out.append((ev.FINISH, reason))
+        usage = obj.get("usage")
+        if usage:
+            out.append((ev.USAGE, usage))
+
+    def _bad(self, what: str) -> GatewayError:
+        return GatewayError(
+            "upstream_bad_response",
+            f"{self.provider} sent a malformed stream chunk ({what})",
+            retryable=True,
+            extra={"provider": self.provider},
+        )
+
+
+def _content_parts(parts: Any, out: list[Event]) -> None:
+    """Content as a list of typed parts (Mistral): text to the answer, thinking apart."""
+    if not isinstance(parts, list):
+        return
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text" and part.get("text"):
+            out.append((ev.TOKEN, part["text"]))
+        elif kind == "thinking":
+            inner = part.get("thinking")
+            if isinstance(inner, str) and inner:
+                out.append((ev.REASONING, inner))
+            elif isinstance(inner, list):
+                for sub in inner:
+                    if isinstance(sub, dict) and sub.get("text"):
+                        out.append((ev.REASONING, sub["text"]))
+
+
+def _tool_delta(call: dict[str, Any]) -> dict[str, Any]:
+    fn = call.get("function") or {}
+    delta: dict[str, Any] = {"index": call.get("index", 0)}
+    if call.get("id"):
+        delta["id"] = call["id"]
+    if fn.get("name"):
+        delta["name"] = fn["name"]
+    if fn.get("arguments"):
+        delta["arguments"] = fn["arguments"]
+    return delta
+
+
+def parse_openai_error(provider: str, body: Any, *, status: int | None = None, in_stream: bool = False) -> GatewayError:
+    """An OpenAI-style error body (``{"error": {...}}``) as a gateway error."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or err.get("type") or "unknown error")
+        kind = str(err.get("type") or err.get("code") or "")
+        code = err.get("code")
+        if status is None and isinstance(code, int):
+            status = code
+    elif isinstance(err, str):
+        message, kind = err, ""
+    else:
+        message, kind = str(body)[:300], ""
+    if status is not None and not in_stream:
+        return http_error(provider, status, message)
+    retryable = kind in ("overloaded_error", "server_error", "rate_limit_error", "api_error") or (
+        status is not None and (status == 429 or status >= 500)
+    )
+    return GatewayError(
+        "upstream_error",
+        f"{provider} reported an error mid-stream: {message}",
+        retryable=retryable,
+        status=status,
+        extra={"provider": provider, "upstream_type": kind} if kind else {"provider": provider},
+    )
+
+
+class _OpenAIStream:
+    __slots__ = ("_ended", "_parser", "_resp")
+
+    def __init__(self, resp: aiohttp.ClientResponse, parser: OpenAIStreamParser) -> None:
+        self._resp = resp
+        self._parser = parser
+        self._ended = False
+
+    async def read(self) -> list[Event] | None:
+        if self._ended:
+            return None
+        resp = self._resp
+        try:
+            chunk = await resp.content.readany()
+        except aiohttp.ClientPayloadError as exc:
+            resp.close()
+            raise GatewayError(
+                "upstream_error",
+                f"{self._parser.provider} cut the stream mid-way ({exc})",
+                retryable=True,
+            ) from None
+        if chunk:
+            return self._parser.feed(chunk)
+        self._ended = True
+        parser = self._parser
+        events = parser.close()
+        resp.release()
+        if not parser.done and not parser.finished:
+            events.append(
+                (
+                    ev.ERROR,
+                    GatewayError(
+                        "upstream_error",
+                        f"{parser.provider} ended the stream before it finished",
+                        retryable=True,
+                    ),
+                )
+            )
+        return events
+
+    def close(self) -> None:
+        self._ended = True
+        self._resp.close()
+
+
+class OpenAIProvider(HTTPUpstream):
+    """Any server that speaks OpenAI's ``POST /chat/completions`` with ``stream: true``."""
+
+    async def start(self, call: ChatCall) -> _OpenAIStream:
+        body: dict[str, Any] = {
+            "model": call.model,
+            "messages": call.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if call.params:
+            body.update(call.params)
+        resp = await self.post("/chat/completions", body)
+        if resp.status != 200:
+            raise await self._error(resp)
+        return _OpenAIStream(resp, OpenAIStreamParser(self.name))
+
+    async def _error(self, resp: aiohttp.ClientResponse) -> GatewayError:
+        raw = await read_error_body(resp)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = {"error": {"message": raw.decode("utf-8", "replace").strip()[:500]}}
+        err = parse_openai_error(self.name, body, status=resp.status)
+        retry_after = resp.headers.get("Retry-After")
+        if retry_after:
+            try:
+                err.extra["retry_after"] = float(retry_after)
+            except ValueError:
+                pass
+        return self.redact(err)
