@@ -1,0 +1,70 @@
+"""Shared fixtures: real gateway and fake-upstream processes on ephemeral ports."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from procs import Proc, start  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sse"
+SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"SSE fixtures not found at {FIXTURES} (../shared must sit beside the repo)")
+    return FIXTURES
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start ``tokenwire`` subcommands; every process is stopped at the end of the test."""
+    procs: list[Proc] = []
+
+    def _spawn(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0) -> Proc:
+        proc = start(args, env=env, timeout=timeout, cwd=tmp_path)
+        procs.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def sim(spawn: Callable[..., Proc]) -> Proc:
+    """A fake OpenAI-compatible upstream (``tokenwire simulate``) at the seeds' speeds."""
+    return spawn("simulate", "--port", "0")
+
+
+@pytest.fixture
+def gateway(spawn: Callable[..., Proc], tmp_path: Path) -> Proc:
+    """A zero-config gateway (embedded simulated models, 20x speed) with its own SQLite file."""
+    return spawn(
+        "serve",
+        "--port",
+        "0",
+        env={"TOKENWIRE_DB": str(tmp_path / "gw.db"), "TOKENWIRE_SIMULATED_SPEED": "20"},
+    )
+
+
+@pytest.fixture
+def relay(spawn: Callable[..., Proc], sim: Proc, tmp_path: Path) -> Proc:
+    """A gateway whose only provider is the fake upstream ``sim`` (via OPENAI_BASE_URL)."""
+    return spawn(
+        "serve",
+        "--port",
+        "0",
+        env={
+            "OPENAI_API_KEY": "sk-test-key-never-shown",
+            "OPENAI_BASE_URL": sim.http + "/v1",
+            "TOKENWIRE_DB": str(tmp_path / "relay.db"),
+        },
+    )

@@ -1,0 +1,91 @@
+"""Start real tokenwire processes (gateway, fake upstream) on ephemeral ports for tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_LISTEN = re.compile(rb"listening on http://([\d.]+):(\d+)")
+
+
+@dataclass
+class Proc:
+    """A running tokenwire subcommand and the port it listens on."""
+
+    popen: subprocess.Popen[bytes]
+    port: int
+    host: str = "127.0.0.1"
+    output: list[bytes] = field(default_factory=list)
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws/chat"
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def text(self) -> str:
+        return b"".join(self.output).decode("utf-8", "replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def start(
+    args: Iterable[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 20.0,
+    cwd: str | Path | None = None,
+) -> Proc:
+    """Run ``python -m tokenwire ARGS`` and wait for its "listening on" line."""
+    full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("TOKENWIRE_")}
+    full_env.pop("OPENAI_BASE_URL", None)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    full_env.update(env or {})
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "tokenwire", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        cwd=cwd,
+    )
+    proc = Proc(popen, 0)
+    found = threading.Event()
+
+    def pump() -> None:
+        assert popen.stdout is not None
+        for line in iter(popen.stdout.readline, b""):
+            proc.output.append(line)
+            m = _LISTEN.search(line)
+            if m and not found.is_set():
+                proc.host = m.group(1).decode()
+                proc.port = int(m.group(2))
+                found.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not found.wait(0.05):
+        if popen.poll() is not None or time.monotonic() > deadline:
+            proc.stop(signal.SIGKILL)
+            raise RuntimeError(f"tokenwire {' '.join(args)} did not start:\n{proc.text()}")
+    return proc

@@ -1,0 +1,60 @@
+"""A small WebSocket test client on aiohttp: send frames, collect events with time-outs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+class WS:
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.session = session
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs: Any) -> WS:
+        session = aiohttp.ClientSession()
+        try:
+            ws = await session.ws_connect(url, autoping=True, **kwargs)
+        except BaseException:
+            await session.close()
+            raise
+        return cls(session, ws)
+
+    async def send(self, obj: Any) -> None:
+        await self.ws.send_str(obj if isinstance(obj, str) else orjson.dumps(obj).decode())
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"expected a text frame, got {msg.type} {msg.data!r} {msg.extra!r}")
+        return orjson.loads(msg.data)
+
+    async def until_end(self, id: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Events of generation ``id`` up to and including its ``end``."""
+        out: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            event = await self.recv(max(0.01, deadline - loop.time()))
+            if event.get("id") == id:
+                out.append(event)
+                if event.get("type") == "end":
+                    return out
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.session.close()
+
+    async def __aenter__(self) -> WS:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+def text_of(events: list[dict[str, Any]]) -> str:
+    return "".join(e["content"] for e in events if e.get("type") == "token")
