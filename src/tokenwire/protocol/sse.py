@@ -10,8 +10,6 @@ character split across reads, or a U+2028 inside JSON, never breaks a line
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 __all__ = ["SSEDecoder", "SSEError", "SSEEvent"]
 
 _BOM = b"\xef\xbb\xbf"
@@ -21,12 +19,10 @@ class SSEError(ValueError):
     """The byte stream is not a usable event stream (e.g. an endless line)."""
 
 
-class SSEEvent(NamedTuple):
-    """One dispatched event: its name (``message`` unless named) and raw data bytes."""
-
-    event: str
-    data: bytes
-    id: str | None = None
+#: One dispatched event: ``(name, data)`` -- the name is ``"message"`` unless the event
+#: was named; data is the raw bytes (multi-line data joined by LF). A plain tuple,
+#: because the hot path makes one per token. ``SSEDecoder.last_event_id`` has the id.
+SSEEvent = tuple[str, bytes]
 
 
 class SSEDecoder:
@@ -89,14 +85,19 @@ class SSEDecoder:
 
     def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
         out: list[SSEEvent] = []
+        data = self._data
         for line in lines:
             if not line:
-                if self._data:
-                    out.append(self._dispatch())
-                else:
-                    self._event = ""
+                if data:
+                    out.append((self._event or "message", data[0] if len(data) == 1 else b"\n".join(data)))
+                    data.clear()
+                self._event = ""
                 continue
             if line[0] == 58:  # b":" -> comment (": ping", ": OPENROUTER PROCESSING")
+                continue
+            if line[:5] == b"data:":  # the common case first
+                value = line[5:]
+                data.append(value[1:] if value[:1] == b" " else value)
                 continue
             colon = line.find(b":")
             if colon < 0:
@@ -107,7 +108,7 @@ class SSEDecoder:
                 if value[:1] == b" ":
                     value = value[1:]
             if field == b"data":
-                self._data.append(value)
+                data.append(value)
             elif field == b"event":
                 self._event = value.decode("utf-8", "replace")
             elif field == b"id":
@@ -118,7 +119,7 @@ class SSEDecoder:
 
     def _dispatch(self) -> SSEEvent:
         data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-        event = SSEEvent(self._event or "message", data, self._last_id)
+        event = (self._event or "message", data)
         self._data = []
         self._event = ""
         return event

@@ -9,6 +9,7 @@ the request up front yields a real HTTP error status, not a 200 with an error.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,6 +18,7 @@ from aiohttp import web
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Chat, validate_messages, validate_params
 from .relay import END, ERROR, REASONING, START, TOKEN, TOOL_CALL
+from .ws import openai_tool_call
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -97,9 +99,10 @@ class _SSESubscriber:
             + b"}\n\n"
         )
 
-    async def send(self, rest: bytes, kind: int, value: Any) -> None:
-        if kind == START:
-            return
+    def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
+        return None if kind == START else self._send(kind, value)
+
+    async def _send(self, kind: int, value: Any) -> None:
         resp = self.resp
         if kind == ERROR:
             if resp is None:
@@ -132,16 +135,7 @@ class _SSESubscriber:
         elif kind == REASONING:
             await resp.write(self._chunk(b'{"reasoning_content":' + orjson.dumps(value) + b"}"))
         elif kind == TOOL_CALL:
-            await resp.write(self._chunk(b'{"tool_calls":[' + orjson.dumps(_tool_call(value)) + b"]}"))
-
-
-def _tool_call(delta: dict[str, Any]) -> dict[str, Any]:
-    call: dict[str, Any] = {"index": delta.get("index", 0)}
-    if "id" in delta:
-        call["id"] = delta["id"]
-        call["type"] = "function"
-    call["function"] = {k: delta[k] for k in ("name", "arguments") if k in delta}
-    return call
+            await resp.write(self._chunk(b'{"tool_calls":[' + orjson.dumps(openai_tool_call(value)) + b"]}"))
 
 
 class _Collector:
@@ -156,7 +150,7 @@ class _Collector:
         self.error: GatewayError | None = None
         self.end: dict[str, Any] | None = None
 
-    async def send(self, rest: bytes, kind: int, value: Any) -> None:
+    def send(self, rest: bytes, kind: int, value: Any) -> None:
         if kind == TOKEN:
             self.text.append(value)
         elif kind == REASONING:

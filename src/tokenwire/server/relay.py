@@ -45,8 +45,13 @@ MODEL = ev.MODEL
 class Subscriber(Protocol):
     """Something that watches a generation: a socket, an SSE response, a collector."""
 
-    async def send(self, rest: bytes, kind: int, value: Any) -> None:
-        """Deliver one event (``rest`` is its id-less v1 encoding)."""
+    def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
+        """Deliver one event (``rest`` is its id-less v1 encoding).
+
+        Returns ``None`` when the event is fully handed over, or an awaitable the
+        relay must wait on first (backpressure). Keeping the common case
+        synchronous saves a coroutine per token per layer.
+        """
         ...
 
 
@@ -140,20 +145,35 @@ class Run:
                     self.cancel("client_gone")
 
     # -- the generation -----------------------------------------------------
-    async def _emit(self, rest: bytes, kind: int, value: Any) -> None:
+    def _emit(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
+        """Hand an event to every subscriber; an awaitable if one of them needs waiting on."""
         subs = self.subs
-        if len(subs) == 1:  # the usual case: no copy of the list per token
+        if len(subs) == 1:  # the usual case: no list copy, no coroutine
             sub = subs[0]
             try:
-                await sub.send(rest, kind, value)
+                wait = sub.send(rest, kind, value)
             except (ConnectionError, RuntimeError):
                 self.unsubscribe(sub)
-            return
+                return None
+            return None if wait is None else self._settle(sub, wait)
+        waits = []
         for sub in tuple(subs):
             try:
-                await sub.send(rest, kind, value)
+                wait = sub.send(rest, kind, value)
             except (ConnectionError, RuntimeError):
                 self.unsubscribe(sub)
+                continue
+            if wait is not None:
+                waits.append(self._settle(sub, wait))
+        if not waits:
+            return None
+        return waits[0] if len(waits) == 1 else asyncio.gather(*waits)
+
+    async def _settle(self, sub: Subscriber, wait: Awaitable[None]) -> None:
+        try:
+            await wait
+        except (ConnectionError, RuntimeError):
+            self.unsubscribe(sub)
 
     async def run(self, call: ChatCall, start_fields: dict[str, Any]) -> None:
         gen = self.gen
@@ -168,7 +188,9 @@ class Run:
         stream: UpstreamStream | None = None
         registry.stats["generations"] += 1
         try:
-            await self._emit(gen.start(start_fields), START, start_fields)
+            wait = self._emit(gen.start(start_fields), START, start_fields)
+            if wait is not None:
+                await wait
             stream = await self.route.provider.start(call)
             self.upstream = stream
             gate = self.gate
@@ -185,17 +207,18 @@ class Run:
                             ttft = time.monotonic() - t0
                         if not gate.is_set():
                             await gate.wait()
-                        await emit(gen.token(value), TOKEN, value)
-                    elif kind == REASONING:
+                        wait = emit(gen.token(value), TOKEN, value)
+                        if wait is not None:
+                            await wait
+                    elif kind == REASONING or kind == TOOL_CALL:
                         if ttft is None:
                             ttft = time.monotonic() - t0
                         if not gate.is_set():
                             await gate.wait()
-                        await emit(gen.reasoning(value), REASONING, value)
-                    elif kind == TOOL_CALL:
-                        if ttft is None:
-                            ttft = time.monotonic() - t0
-                        await emit(gen.tool_call(value), TOOL_CALL, value)
+                        rest = gen.reasoning(value) if kind == REASONING else gen.tool_call(value)
+                        wait = emit(rest, kind, value)
+                        if wait is not None:
+                            await wait
                     elif kind == FINISH:
                         finish_reason = value
                     elif kind == USAGE:
@@ -290,8 +313,12 @@ class Run:
         registry.stats["tokens"] += n
         try:
             if error is not None:
-                await self._emit(gen.error(error), ERROR, error)
-            await self._emit(gen.end(status, fields), END, fields)
+                wait = self._emit(gen.error(error), ERROR, error)
+                if wait is not None:
+                    await wait
+            wait = self._emit(gen.end(status, fields), END, fields)
+            if wait is not None:
+                await wait
         except asyncio.CancelledError:
             pass
         finally:

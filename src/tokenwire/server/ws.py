@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -16,6 +17,7 @@ from ..protocol import frames as fr
 from ..protocol.errors import GatewayError
 from ..protocol.stream import id_prefix
 from .relay import END, ERROR, REASONING, START, TOKEN, TOOL_CALL, Run
+from .wsframe import FrameWriter
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -34,34 +36,31 @@ _PONG = b'{"type":"pong"}'
 class SocketSubscriber:
     """Delivers protocol v1 frames (also what seed 002's page reads)."""
 
-    __slots__ = ("pending", "prefix", "ws")
+    __slots__ = ("pending", "prefix", "writer")
 
-    def __init__(self, ws: web.WebSocketResponse, id: str) -> None:
-        self.ws = ws
+    def __init__(self, writer: FrameWriter, id: str) -> None:
+        self.writer = writer
         self.prefix = id_prefix(id)
         #: while an attach replays the log, live events wait here
         self.pending: list[bytes] | None = None
 
-    async def send(self, rest: bytes, kind: int, value: Any) -> None:
+    def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
         if self.pending is not None:
             self.pending.append(rest)
-            return
-        await self.ws.send_frame(self.prefix + rest, TEXT)
+            return None
+        return self.writer.write(self.prefix + rest)
 
 
 class OpenAISocketSubscriber:
     """Delivers ``chat.completion.chunk`` objects, as seed 000's client expects."""
 
-    __slots__ = ("created", "head", "model", "pending", "ws")
+    __slots__ = ("head", "writer")
 
-    def __init__(self, ws: web.WebSocketResponse, stream_id: str, model: str) -> None:
-        self.ws = ws
-        self.created = int(time.time())
-        self.model = model
-        self.pending: list[bytes] | None = None
+    def __init__(self, writer: FrameWriter, stream_id: str, model: str) -> None:
+        self.writer = writer
         self.head = b'{"id":"chatcmpl-%b","object":"chat.completion.chunk","created":%d,"model":%b,' % (
             stream_id.encode(),
-            self.created,
+            int(time.time()),
             orjson.dumps(model),
         )
 
@@ -70,7 +69,7 @@ class OpenAISocketSubscriber:
             self.head + b'"choices":[{"index":0,"delta":' + delta + b',"finish_reason":' + finish + b"}]" + extra + b"}"
         )
 
-    async def send(self, rest: bytes, kind: int, value: Any) -> None:
+    def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
         if kind == TOKEN:
             data = self._chunk(b'{"content":' + orjson.dumps(value) + b"}")
         elif kind == START:
@@ -78,24 +77,29 @@ class OpenAISocketSubscriber:
         elif kind == REASONING:
             data = self._chunk(b'{"reasoning_content":' + orjson.dumps(value) + b"}")
         elif kind == TOOL_CALL:
-            call = {
-                "index": value.get("index", 0),
-                **({"id": value["id"], "type": "function"} if "id" in value else {}),
-                "function": {k: value[k] for k in ("name", "arguments") if k in value},
-            }
-            data = self._chunk(b'{"tool_calls":[' + orjson.dumps(call) + b"]}")
+            data = self._chunk(b'{"tool_calls":[' + orjson.dumps(openai_tool_call(value)) + b"]}")
         elif kind == ERROR:
             data = orjson.dumps(value.to_openai())
         elif kind == END:
             if value.get("finish_reason") == "error":
-                return  # the error object was the last word
+                return None  # the error object was the last word
             reason = value.get("finish_reason") or "stop"
             if reason == "cancelled":
                 reason = "stop"
             data = self._chunk(b"{}", orjson.dumps(reason), b',"usage":' + orjson.dumps(value.get("usage")))
         else:
-            return
-        await self.ws.send_frame(data, TEXT)
+            return None
+        return self.writer.write(data)
+
+
+def openai_tool_call(delta: dict[str, Any]) -> dict[str, Any]:
+    """A tool-call delta in OpenAI's ``delta.tool_calls[]`` shape."""
+    call: dict[str, Any] = {"index": delta.get("index", 0)}
+    if "id" in delta:
+        call["id"] = delta["id"]
+        call["type"] = "function"
+    call["function"] = {k: delta[k] for k in ("name", "arguments") if k in delta}
+    return call
 
 
 class Session:
@@ -110,6 +114,7 @@ class Session:
         self.paused = False
         self.next_id = 0
         self.conversation_id: str | None = None  # the socket's own, for "content" frames
+        self.writer = FrameWriter(ws)
 
     async def send_json(self, obj: dict[str, Any]) -> None:
         if not self.ws.closed:
@@ -215,9 +220,9 @@ class Session:
         run = await gw.registry.begin(chat, route, conversation_id, resumable)
         sub: Any
         if chat.dialect == "openai":
-            sub = OpenAISocketSubscriber(self.ws, run.gen.stream_id, route.model)
+            sub = OpenAISocketSubscriber(self.writer, run.gen.stream_id, route.model)
         else:
-            sub = SocketSubscriber(self.ws, chat.id)
+            sub = SocketSubscriber(self.writer, chat.id)
         self._track(chat.id, run, sub)
 
     def _track(self, id: str, run: Run, sub: Any) -> None:
@@ -279,21 +284,25 @@ class Session:
         except GatewayError as err:
             err.extra["id"] = req.id
             raise
-        sub = SocketSubscriber(self.ws, req.id)
+        sub = SocketSubscriber(self.writer, req.id)
         gw.registry.stats["resumes"] += 1
         if run.gen.ended:
-            for rest in replay:
-                await self.ws.send_frame(sub.prefix + rest, TEXT)
+            await self._write_all(sub.prefix, replay)
             return
         sub.pending = []
         self._track(req.id, run, sub)
-        for rest in replay:
-            await self.ws.send_frame(sub.prefix + rest, TEXT)
+        await self._write_all(sub.prefix, replay)
         while sub.pending:
             batch, sub.pending = sub.pending, []
-            for rest in batch:
-                await self.ws.send_frame(sub.prefix + rest, TEXT)
+            await self._write_all(sub.prefix, batch)
         sub.pending = None
+
+    async def _write_all(self, prefix: bytes, rests: list[bytes]) -> None:
+        write = self.writer.write
+        for rest in rests:
+            wait = write(prefix + rest)
+            if wait is not None:
+                await wait
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:

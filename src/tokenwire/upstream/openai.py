@@ -52,14 +52,14 @@ class OpenAIStreamParser:
         if not sse_events:
             return []
         out: list[Event] = []
-        for sse in sse_events:
-            self._handle(sse.event, sse.data, out)
+        for name, payload in sse_events:
+            self._handle(name, payload, out)
         return out
 
     def close(self) -> list[Event]:
         out: list[Event] = []
-        for sse in self._sse.close():
-            self._handle(sse.event, sse.data, out)
+        for name, payload in self._sse.close():
+            self._handle(name, payload, out)
         return out
 
     def _handle(self, name: str, data: bytes, out: list[Event]) -> None:

@@ -1,0 +1,108 @@
+"""Gateway CPU time per relayed token, against ``tokenwire simulate --fast``.
+
+Starts a fake upstream and a gateway as separate processes on ephemeral ports,
+opens N WebSockets that each stream replies of T tokens (one token per upstream
+SSE chunk), and divides the gateway process's CPU time (user + sys, from
+/proc/PID/stat) over the measured rounds by the tokens relayed.
+
+    python bench/relay_cpu.py --streams 20 --tokens 2000 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from procs import start
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int) -> int:
+    async with session.ws_connect(url) as ws:
+        await ws.send_str(
+            orjson.dumps(
+                {"type": "chat", "id": "b", "model": model, "content": "bench", "params": {"max_tokens": tokens}}
+            ).decode()
+        )
+        n = 0
+        async for msg in ws:
+            event = orjson.loads(msg.data)
+            kind = event.get("type")
+            if kind == "token":
+                n += 1
+            elif kind == "end":
+                if event["status"] != "completed":
+                    raise RuntimeError(f"generation ended {event}")
+                return n
+            elif kind == "error":
+                raise RuntimeError(f"error: {event}")
+    raise RuntimeError("socket closed early")
+
+
+async def measure(args: argparse.Namespace) -> list[float]:
+    sim = start(["simulate", "--port", "0", "--fast", "--batch", str(args.batch)])
+    gw = start(
+        ["serve", "--port", "0", "--log-level", "warning"],
+        env={"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": sim.http + "/v1", "TOKENWIRE_DB": ":memory:"},
+    )
+    results: list[float] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            model = f"gpt-4.1@tokens={args.tokens}@tps=0@batch={args.batch}"
+            await one_stream(session, gw.ws, model, 10)  # warm-up
+            for r in range(args.rounds):
+                c0 = cpu_seconds(gw.pid)
+                t0 = time.perf_counter()
+                counts = await asyncio.gather(
+                    *(one_stream(session, gw.ws, model, args.tokens) for _ in range(args.streams))
+                )
+                wall = time.perf_counter() - t0
+                cpu = cpu_seconds(gw.pid) - c0
+                n = sum(counts)
+                if n != args.streams * args.tokens:
+                    raise RuntimeError(f"expected {args.streams * args.tokens} tokens, got {n}")
+                us = cpu / n * 1e6
+                results.append(us)
+                print(
+                    f"round {r + 1}/{args.rounds}: {n} tokens in {wall:.2f} s wall, "
+                    f"gateway CPU {cpu:.2f} s -> {us:.2f} us/token ({n / wall:,.0f} tokens/s)",
+                    flush=True,
+                )
+    finally:
+        gw.stop()
+        sim.stop()
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", type=int, default=20, help="concurrent WebSockets per round")
+    p.add_argument("--tokens", type=int, default=2000, help="tokens per reply")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=int, default=1, help="tokens per upstream network write (1 = one per chunk)")
+    args = p.parse_args()
+    results = asyncio.run(measure(args))
+    print(
+        f"\ngateway CPU per relayed token: median {statistics.median(results):.2f} us, "
+        f"min {min(results):.2f} us over {len(results)} rounds "
+        f"({args.streams} streams x {args.tokens} tokens, batch {args.batch})"
+    )
+
+
+if __name__ == "__main__":
+    main()
