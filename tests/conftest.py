@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from procs import Proc, start  # noqa: E402
+from procs import Proc, start
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sse"
 SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"

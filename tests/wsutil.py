@@ -13,6 +13,8 @@ class WS:
     def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.session = session
         self.ws = ws
+        #: events of other generations seen while waiting for one; until_end() drains them
+        self.backlog: dict[str, list[dict[str, Any]]] = {}
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> WS:
@@ -34,8 +36,10 @@ class WS:
         return orjson.loads(msg.data)
 
     async def until_end(self, id: str, timeout: float = 20.0) -> list[dict[str, Any]]:
-        """Events of generation ``id`` up to and including its ``end``."""
-        out: list[dict[str, Any]] = []
+        """Events of generation ``id`` up to and including its ``end`` (others are kept)."""
+        out: list[dict[str, Any]] = self.backlog.pop(id, [])
+        if out and out[-1].get("type") == "end":
+            return out
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -44,6 +48,8 @@ class WS:
                 out.append(event)
                 if event.get("type") == "end":
                     return out
+            elif event.get("id") is not None:
+                self.backlog.setdefault(event["id"], []).append(event)
 
     async def close(self) -> None:
         await self.ws.close()

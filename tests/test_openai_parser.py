@@ -1,0 +1,136 @@
+"""The OpenAI-compatible chunk parser on recorded provider streams, split at every byte."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tokenwire.protocol import events as ev
+from tokenwire.protocol.errors import GatewayError
+from tokenwire.upstream.openai import OpenAIStreamParser, parse_openai_error
+
+OPENAI_LIKE = [
+    "openai-chat-basic.sse",
+    "openai-chat-usage.sse",
+    "openai-chat-toolcalls.sse",
+    "deepseek-reasoning.sse",
+    "vllm-openai.sse",
+]
+
+
+def parse(raw: bytes, cut: int | None = None) -> tuple[list[tuple[int, object]], OpenAIStreamParser]:
+    p = OpenAIStreamParser("test")
+    out = []
+    if cut is None:
+        out += p.feed(raw)
+    else:
+        out += p.feed(raw[:cut])
+        out += p.feed(raw[cut:])
+    return out + p.close(), p
+
+
+def expected_text(raw: bytes, key: str = "content") -> str:
+    out = []
+    for line in raw.decode().splitlines():  # fine here: these fixtures hold no U+2028
+        if line.startswith("data:") and "[DONE]" not in line:
+            chunk = json.loads(line[5:])
+            for choice in chunk.get("choices") or []:
+                out.append((choice.get("delta") or {}).get(key) or "")
+    return "".join(out)
+
+
+@pytest.mark.parametrize("name", OPENAI_LIKE)
+def test_tokens_exact_at_every_split(fixtures_dir: Path, name: str) -> None:
+    raw = (fixtures_dir / name).read_bytes()
+    whole, parser = parse(raw)
+    assert parser.done, "[DONE] seen"
+    text = "".join(v for k, v in whole if k == ev.TOKEN)
+    assert text == expected_text(raw)
+    reasoning = "".join(v for k, v in whole if k == ev.REASONING)
+    assert reasoning == expected_text(raw, "reasoning_content")
+    for cut in range(1, len(raw), 7 if len(raw) > 20000 else 1):
+        assert parse(raw, cut)[0] == whole, f"split at byte {cut}"
+
+
+def test_basic_counts_to_five(fixtures_dir: Path) -> None:
+    events, _ = parse((fixtures_dir / "openai-chat-basic.sse").read_bytes())
+    assert "".join(v for k, v in events if k == ev.TOKEN) == "1, 2, 3, 4, 5"
+    assert [v for k, v in events if k == ev.FINISH] == ["stop"]
+    assert not [v for k, v in events if k == ev.USAGE]
+
+
+def test_usage_in_last_chunk_with_empty_choices(fixtures_dir: Path) -> None:
+    events, _ = parse((fixtures_dir / "openai-chat-usage.sse").read_bytes())
+    (usage,) = [v for k, v in events if k == ev.USAGE]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert [k for k, _ in events][-1] == ev.USAGE  # after the finish chunk
+
+
+def test_deepseek_reasoning_kept_apart(fixtures_dir: Path) -> None:
+    events, _ = parse((fixtures_dir / "deepseek-reasoning.sse").read_bytes())
+    kinds = [k for k, _ in events]
+    assert kinds.count(ev.REASONING) > 150
+    assert kinds.index(ev.TOKEN) > max(i for i, k in enumerate(kinds) if k == ev.REASONING)
+    (usage,) = [v for k, v in events if k == ev.USAGE]
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 198
+
+
+def test_tool_call_deltas_passed_on(fixtures_dir: Path) -> None:
+    events, _ = parse((fixtures_dir / "openai-chat-toolcalls.sse").read_bytes())
+    calls = [v for k, v in events if k == ev.TOOL_CALL]
+    args: dict[int, str] = {}
+    names = {}
+    for c in calls:
+        args[c["index"]] = args.get(c["index"], "") + c.get("arguments", "")
+        if "name" in c:
+            names[c["index"]] = c["name"]
+    assert names == {0: "get_current_weather", 1: "get_current_weather"}
+    assert "San Francisco" in json.loads(args[0])["location"]
+    assert "Boston" in json.loads(args[1])["location"]
+    assert [v for k, v in events if k == ev.FINISH] == ["tool_calls"]
+
+
+def test_vllm_length_finish(fixtures_dir: Path) -> None:
+    events, _ = parse((fixtures_dir / "vllm-openai.sse").read_bytes())
+    assert [v for k, v in events if k == ev.FINISH] == ["length"]
+
+
+def test_in_band_errors() -> None:
+    groq = b'event: error\ndata: {"error":{"message":"boom","type":"server_error"}}\n\n'
+    openrouter = b'data: {"choices":[],"error":{"message":"upstream died","code":502}}\n\ndata: [DONE]\n\n'
+    for raw, text in ((groq, "boom"), (openrouter, "upstream died")):
+        events, _ = parse(raw)
+        (err,) = [v for k, v in events if k == ev.ERROR]
+        assert isinstance(err, GatewayError) and text in err.message and err.code == "upstream_error"
+
+
+def test_malformed_chunk_is_an_error_not_a_silent_drop() -> None:
+    events, _ = parse(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: {nope\n\n')
+    assert events[0] == (ev.TOKEN, "a")
+    assert events[1][0] == ev.ERROR and events[1][1].code == "upstream_bad_response"
+
+
+def test_content_parts_list_mistral_style() -> None:
+    chunk = {
+        "choices": [
+            {
+                "delta": {
+                    "content": [
+                        {"type": "thinking", "thinking": [{"type": "text", "text": "hm"}]},
+                        {"type": "text", "text": "Hi"},
+                    ]
+                }
+            }
+        ]
+    }
+    events, _ = parse(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    assert events == [(ev.REASONING, "hm"), (ev.TOKEN, "Hi")]
+
+
+def test_http_429_body(fixtures_dir: Path) -> None:
+    body = json.loads((fixtures_dir / "openai-error-429.json").read_text())
+    err = parse_openai_error("openai", body, status=429)
+    assert err.code == "upstream_rate_limited" and err.retryable and err.status == 429
+    assert "Rate limit reached for 10KTPM-200RPM" in err.message

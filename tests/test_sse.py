@@ -1,0 +1,116 @@
+"""The SSE decoder, driven byte by byte over every recorded provider stream."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tokenwire.protocol.sse import SSEDecoder, SSEError
+
+SSE_FIXTURES = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "shared/fixtures/sse").glob("*.sse"))
+
+
+def reference_events(raw: bytes) -> list[tuple[str, bytes]]:
+    """A deliberately simple, independent reading of a whole (unsplit) event stream."""
+    events = []
+    for block in re.split(rb"(?:\r\n|\r|\n){2}", raw):
+        name, data = "message", []
+        for line in re.split(rb"\r\n|\r|\n", block):
+            if line.startswith(b":") or not line:
+                continue
+            field, _, value = line.partition(b":")
+            value = value[1:] if value.startswith(b" ") else value
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                name = value.decode()
+        if data:
+            events.append((name, b"\n".join(data)))
+    return events
+
+
+def decode_split(raw: bytes, cuts: list[int]) -> list[tuple[str, bytes]]:
+    dec = SSEDecoder()
+    out = []
+    prev = 0
+    for cut in [*cuts, len(raw)]:
+        out += dec.feed(raw[prev:cut])
+        prev = cut
+    return out + dec.close()
+
+
+def test_fixtures_present(fixtures_dir: Path) -> None:
+    assert len(SSE_FIXTURES) >= 9, SSE_FIXTURES
+
+
+@pytest.mark.parametrize("name", SSE_FIXTURES)
+def test_every_fixture_at_every_byte_boundary(fixtures_dir: Path, name: str) -> None:
+    raw = (fixtures_dir / name).read_bytes()
+    expected = reference_events(raw)
+    assert expected, "fixture yields events"
+    assert decode_split(raw, []) == expected
+    # Two pieces, cut at every possible byte (this splits multi-byte characters, CRLFs, "data:")
+    for cut in range(1, len(raw)):
+        assert decode_split(raw, [cut]) == expected, f"split at byte {cut}"
+
+
+@pytest.mark.parametrize("name", SSE_FIXTURES)
+def test_every_fixture_one_byte_at_a_time(fixtures_dir: Path, name: str) -> None:
+    raw = (fixtures_dir / name).read_bytes()
+    assert decode_split(raw, list(range(1, len(raw)))) == reference_events(raw)
+
+
+def test_gemini_crlf_events(fixtures_dir: Path) -> None:
+    events = decode_split((fixtures_dir / "gemini-stream.sse").read_bytes(), [])
+    texts = [json.loads(d)["candidates"][0]["content"]["parts"][0]["text"] for _, d in events]
+    assert "".join(texts).startswith("The capital of France is Paris")
+    assert all(b"\r" not in d for _, d in events)
+
+
+def test_anthropic_named_events(fixtures_dir: Path) -> None:
+    events = decode_split((fixtures_dir / "anthropic-messages-basic.sse").read_bytes(), [])
+    names = [n for n, _ in events]
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    assert "ping" in names and names.count("content_block_delta") == 4
+    overloaded = decode_split((fixtures_dir / "anthropic-overloaded.sse").read_bytes(), [])
+    assert overloaded[0][0] == "error"
+    assert json.loads(overloaded[0][1])["error"]["type"] == "overloaded_error"
+
+
+def test_comments_crlf_no_space_and_multiline() -> None:
+    raw = b': OPENROUTER PROCESSING\r\n\r\ndata:{"a":1}\r\n\r\nevent: x\ndata: l1\ndata: l2\n\n: ping\n\n'
+    assert decode_split(raw, []) == [("message", b'{"a":1}'), ("x", b"l1\nl2")]
+
+
+def test_line_separator_u2028_is_not_a_line_break() -> None:
+    text = "a\u2028b\u2029c\x85d"
+    raw = b"data: " + json.dumps({"t": text}, ensure_ascii=False).encode() + b"\n\n"
+    for cut in range(1, len(raw)):
+        (event,) = decode_split(raw, [cut])
+        assert json.loads(event[1])["t"] == text
+
+
+def test_bom_and_lone_cr_endings() -> None:
+    raw = b"\xef\xbb\xbfdata: one\r\rdata: two\r\r"
+    for cut in range(len(raw)):
+        assert decode_split(raw, [cut] if cut else []) == [("message", b"one"), ("message", b"two")]
+
+
+def test_last_event_without_blank_line_is_kept() -> None:
+    assert decode_split(b"data: a\n\ndata: tail", []) == [("message", b"a"), ("message", b"tail")]
+
+
+def test_id_field_and_retry_ignored() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b"id: 7\nretry: 100\ndata: x\n\n") == [("message", b"x")]
+    assert dec.last_event_id == "7"
+
+
+def test_endless_line_is_refused() -> None:
+    dec = SSEDecoder(max_line=1000)
+    dec.feed(b"data: " + b"x" * 900)
+    with pytest.raises(SSEError):
+        dec.feed(b"x" * 200)
