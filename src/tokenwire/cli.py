@@ -50,6 +50,7 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
         help="for every request: 429, 500, 503, cut:N, malformed:N, stall:N, error:N",
     )
     p.add_argument("--retry-after", type=float, help="Retry-After seconds sent with --fault 429")
+    p.add_argument("--fixtures", help="folder of recorded streams served for model names ending @replay=FILE")
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -63,6 +64,7 @@ def _simulate(args: argparse.Namespace) -> int:
         fault=args.fault,
         retry_after=args.retry_after,
         batch=args.batch,
+        fixtures=args.fixtures,
     )
     run_simulator(args.host, args.port, opts)
     return 0

@@ -10,6 +10,8 @@ request with ``@key=value`` suffixes on the model name, e.g.
 * ``fault=malformed:N``: the N-th chunk is not JSON
 * ``fault=stall:N``: after N tokens the server stops sending (connection kept open)
 * ``fault=error:N``: an in-band ``{"error": …}`` chunk after N tokens (HTTP 200)
+* ``replay=NAME``: send the recorded stream NAME from ``--fixtures DIR`` byte for byte
+  (with ``split=N``, in N-byte writes); with ``status=N`` under that HTTP status
 * ``tokens=N``, ``tps=X`` (0 = as fast as possible), ``ttft=MS``, ``split=N`` (write each
   event in N-byte pieces), ``retry_after=S`` (with 429)
 
@@ -43,6 +45,9 @@ class SimOptions:
     fault: str | None = None
     retry_after: float | None = None
     batch: int = 1  #: tokens per write when tps = 0
+    fixtures: str | None = None  #: folder of recorded streams for ``replay=NAME``
+    replay: str | None = None
+    status: int = 200
 
 
 def _apply_suffix(opts: SimOptions, model: str) -> tuple[SimOptions, str]:
@@ -66,6 +71,10 @@ def _apply_suffix(opts: SimOptions, model: str) -> tuple[SimOptions, str]:
             changes["retry_after"] = float(value)
         elif key == "batch":
             changes["batch"] = int(value)
+        elif key == "replay":
+            changes["replay"] = value
+        elif key == "status":
+            changes["status"] = int(value)
     return replace(opts, **changes), base
 
 
@@ -115,6 +124,8 @@ class Simulator:
                 content_type="application/json",
                 headers=headers,
             )
+        if opts.replay:
+            return await self._replay(request, opts)
         messages = body.get("messages") or []
         max_tokens = opts.tokens or body.get("max_tokens") or body.get("max_completion_tokens")
         tokens = reply_tokens(messages, max_tokens)
@@ -241,6 +252,32 @@ class Simulator:
             self.stats["last_abort_monotonic"] = time.monotonic()
         finally:
             self.stats["active"] -= 1
+        return resp
+
+    async def _replay(self, request: web.Request, opts: SimOptions) -> web.StreamResponse:
+        """Send a recorded provider stream exactly as recorded."""
+        from pathlib import Path
+
+        name = opts.replay or ""
+        folder = Path(opts.fixtures or ".")
+        path = folder / name
+        if not opts.fixtures or "/" in name or not path.is_file():
+            return web.Response(status=404, text=f"no fixture {name!r} (start with --fixtures DIR)")
+        raw = path.read_bytes()
+        ctype = "application/json" if name.endswith(".json") else "text/event-stream; charset=utf-8"
+        resp = web.StreamResponse(status=opts.status, headers={"Content-Type": ctype})
+        await resp.prepare(request)
+        self.stats["streams"] += 1
+        step = opts.split or len(raw)
+        try:
+            for i in range(0, len(raw), step):
+                await resp.write(raw[i : i + step])
+                if opts.split:
+                    await asyncio.sleep(0)
+            await resp.write_eof()
+            self.stats["completed"] += 1
+        except ConnectionError:
+            self.stats["aborted"] += 1
         return resp
 
     async def models(self, request: web.Request) -> web.Response:

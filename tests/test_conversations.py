@@ -1,0 +1,98 @@
+"""Server-side conversations: history sent upstream correctly, and kept across a restart."""
+
+from __future__ import annotations
+
+import aiohttp
+from wsutil import WS, text_of
+
+
+async def test_conversation_survives_restart(spawn, sim, tmp_path) -> None:
+    db = str(tmp_path / "conv.db")
+    env = {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": sim.http + "/v1", "TOKENWIRE_DB": db}
+    gw = spawn("serve", "--port", "0", env=env)
+    async with await WS.connect(gw.ws) as ws:
+        await ws.send(
+            {
+                "type": "chat",
+                "id": "1",
+                "model": "gpt-4.1@tps=0",
+                "conversation_id": "trip",
+                "system": "You are terse.",
+                "content": "Plan a trip",
+                "params": {"max_tokens": 8},
+            }
+        )
+        first = await ws.until_end("1")
+        # the same system prompt again must not be stored twice
+        await ws.send(
+            {
+                "type": "chat",
+                "id": "2",
+                "model": "gpt-4.1@tps=0",
+                "conversation_id": "trip",
+                "system": "You are terse.",
+                "content": "Cheaper?",
+                "params": {"max_tokens": 8},
+            }
+        )
+        second = await ws.until_end("2")
+    gw.stop()
+    gw2 = spawn("serve", "--port", "0", env=env)
+    async with await WS.connect(gw2.ws) as ws:
+        await ws.send(
+            {
+                "type": "chat",
+                "id": "3",
+                "model": "gpt-4.1@tps=0",
+                "conversation_id": "trip",
+                "content": "And in May?",
+                "params": {"max_tokens": 8},
+            }
+        )
+        third = await ws.until_end("3")
+    assert third[-1]["status"] == "completed"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(sim.http + "/_sim/requests") as r:
+            bodies = await r.json()
+        async with s.get(gw2.http + "/v1/conversations/trip") as r:
+            stored = (await r.json())["messages"]
+    assert bodies[-1]["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Plan a trip"},
+        {"role": "assistant", "content": text_of(first)},
+        {"role": "user", "content": "Cheaper?"},
+        {"role": "assistant", "content": text_of(second)},
+        {"role": "user", "content": "And in May?"},
+    ]
+    assert text_of(first) and text_of(second) != text_of(first)
+    assert stored == [*bodies[-1]["messages"], {"role": "assistant", "content": text_of(third)}]
+
+
+async def test_cancelled_reply_keeps_what_was_sent(spawn, sim, tmp_path) -> None:
+    env = {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": sim.http + "/v1", "TOKENWIRE_DB": str(tmp_path / "c.db")}
+    gw = spawn("serve", "--port", "0", env=env)
+    async with await WS.connect(gw.ws) as ws:
+        await ws.send(
+            {
+                "type": "chat",
+                "id": "c",
+                "model": "gpt-4.1@tps=100@tokens=500",
+                "conversation_id": "k",
+                "content": "long one",
+            }
+        )
+        events = []
+        while len([e for e in events if e["type"] == "token"]) < 10:
+            events.append(await ws.recv())
+        await ws.send({"type": "cancel", "id": "c"})
+        events += await ws.until_end("c")
+    assert events[-1]["status"] == "cancelled"
+    async with aiohttp.ClientSession() as s, s.get(gw.http + "/v1/conversations/k") as r:
+        stored = (await r.json())["messages"]
+    assert stored == [{"role": "user", "content": "long one"}, {"role": "assistant", "content": text_of(events)}]
+    assert 10 <= len([e for e in events if e["type"] == "token"]) < 500
+
+
+async def test_unknown_conversation_is_404(gateway) -> None:
+    async with aiohttp.ClientSession() as s, s.get(gateway.http + "/v1/conversations/nope") as r:
+        assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"

@@ -1,0 +1,69 @@
+"""The official ``openai`` SDK against the gateway, changing only ``base_url``."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tokenwire.simulate.reply import reply_tokens
+
+
+def expected(prompt: str, n: int) -> str:
+    return "".join(reply_tokens([{"role": "user", "content": prompt}], n))
+
+
+@pytest.fixture
+def client(gateway):
+    with openai.OpenAI(base_url=gateway.http + "/v1", api_key="unused", max_retries=0, timeout=20) as c:
+        yield c
+
+
+def test_streaming(client) -> None:
+    stream = client.chat.completions.create(
+        model="gemini-2.5-flash",
+        messages=[{"role": "user", "content": "stream please"}],
+        stream=True,
+        max_tokens=15,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected("stream please", 15)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 15
+
+
+def test_non_streaming(client) -> None:
+    reply = client.chat.completions.create(
+        model="deepseek-v3.2", messages=[{"role": "user", "content": "whole"}], max_tokens=9
+    )
+    assert reply.choices[0].message.content == expected("whole", 9)
+    assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens == 9
+
+
+def test_models(client) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert ids == {"gpt-4.1", "claude-sonnet-4.5", "gemini-2.5-flash", "deepseek-v3.2"}
+
+
+def test_errors_map_to_sdk_exceptions(client) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    assert "unknown model" in str(exc.value)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="gpt-4.1", messages=[{"role": "wizard", "content": "x"}])
+
+
+async def test_async_sdk_against_relay_with_upstream_429(relay) -> None:
+    async with openai.AsyncOpenAI(base_url=relay.http + "/v1", api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.RateLimitError) as exc:
+            await c.chat.completions.create(
+                model="gpt-4.1@fault=429", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        assert "Rate limit reached" in str(exc.value)
+        stream = await c.chat.completions.create(
+            model="gpt-4.1@tps=0", messages=[{"role": "user", "content": "ok"}], stream=True, max_tokens=6
+        )
+        text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
+    assert text == expected("ok", 6)
