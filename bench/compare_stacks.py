@@ -21,6 +21,8 @@ Variants (permessage-deflate disabled everywhere):
   d  Starlette on uvicorn (websockets-sansio) + httpx AsyncClient + orjson
   e  raw ASGI on uvicorn (websockets-sansio) + aiohttp client + orjson
   f  picows server + aiohttp client + orjson
+  g  Starlette on uvicorn (websockets-sansio) + aiohttp client + orjson
+     (attribution only: d minus g = httpx cost, g minus e = Starlette cost)
 
 Usage:
   python bench/compare_stacks.py                 # full run (5 reps x all variants + JSON micro-bench)
@@ -58,8 +60,9 @@ VARIANTS = {
     "d": "Starlette/uvicorn (websockets-sansio) + httpx + orjson",
     "e": "raw ASGI/uvicorn (websockets-sansio) + aiohttp client + orjson",
     "f": "picows server + aiohttp client + orjson",
+    "g": "Starlette/uvicorn (websockets-sansio) + aiohttp client + orjson",
 }
-VARIANT_JSON = {"a": "orjson", "b": "json", "c": "msgspec", "d": "orjson", "e": "orjson", "f": "orjson"}
+VARIANT_JSON = {"a": "orjson", "b": "json", "c": "msgspec", "d": "orjson", "e": "orjson", "f": "orjson", "g": "orjson"}
 
 MAX_SSE_LINE = 1 << 20  # a single SSE line longer than this is an upstream error
 
@@ -376,8 +379,8 @@ def _run_uvicorn(app, loop_name: str) -> None:
     asyncio.run(serve())
 
 
-def relay_starlette(codec: Codec, url: str) -> None:
-    """d: Starlette on uvicorn + httpx."""
+def relay_starlette(codec: Codec, url: str, client: str = "httpx") -> None:
+    """d: Starlette on uvicorn + httpx (g: same with the aiohttp client)."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
@@ -404,7 +407,8 @@ def relay_starlette(codec: Codec, url: str) -> None:
 
     @asynccontextmanager
     async def lifespan(app):
-        state["open_upstream"], close = httpx_upstream(url)
+        make = httpx_upstream if client == "httpx" else aiohttp_upstream
+        state["open_upstream"], close = make(url)
         yield
         await close()
 
@@ -531,7 +535,8 @@ def relay_picows(codec: Codec, url: str) -> None:
 
 
 RELAYS = {"a": relay_aiohttp, "b": relay_aiohttp, "c": relay_aiohttp,
-          "d": relay_starlette, "e": relay_asgi, "f": relay_picows}
+          "d": relay_starlette, "e": relay_asgi, "f": relay_picows,
+          "g": lambda codec, url: relay_starlette(codec, url, client="aiohttp")}
 ARGS = None
 
 
