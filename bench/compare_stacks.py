@@ -33,6 +33,7 @@ Needs (third-party only): aiohttp orjson msgspec uvicorn websockets starlette ht
 (optional: uvloop for --loop uvloop). A variant whose libraries are missing is
 reported as failed; the others still run.
 """
+
 import argparse
 import asyncio
 import json
@@ -47,10 +48,14 @@ import time
 # --------------------------------------------------------------------------- #
 # Fixed upstream payloads (exactly what the fake upstream streams)
 # --------------------------------------------------------------------------- #
-CHUNK = (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
-         b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
-FINISH = (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
-          b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+CHUNK = (
+    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
+)
+FINISH = (
+    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+)
 DONE = b"data: [DONE]\n\n"
 
 VARIANTS = {
@@ -84,6 +89,7 @@ def ready(port: int) -> None:
 def set_loop_policy(name: str) -> None:
     if name == "uvloop":
         import uvloop
+
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
@@ -170,9 +176,10 @@ class Codec:
         self.name = name
         if name == "orjson":
             import orjson
+
             loads = orjson.loads
             self.loads = loads
-            self.dumps = orjson.dumps          # -> bytes
+            self.dumps = orjson.dumps  # -> bytes
             self.bytes_out = True
 
             def extract(b):
@@ -185,7 +192,7 @@ class Codec:
             loads = json.loads
             self.loads = loads
             enc = json.JSONEncoder(separators=(",", ":")).encode
-            self.dumps = enc                   # -> str
+            self.dumps = enc  # -> str
             self.bytes_out = False
 
             def extract(b):
@@ -196,6 +203,7 @@ class Codec:
                 return (c.get("delta") or {}).get("content"), c.get("finish_reason")
         elif name == "msgspec":
             import msgspec
+
             Chunk = msgspec_chunk_type()
             dec = msgspec.json.Decoder(Chunk).decode
             self.loads = msgspec.json.Decoder().decode
@@ -230,12 +238,14 @@ def msgspec_chunk_type():
 
 
 def upstream_body(codec: Codec, req: dict):
-    return codec.dumps({
-        "model": req.get("model", "m"),
-        "stream": True,
-        "max_tokens": int(req.get("max_tokens", 2000)),
-        "messages": req.get("messages") or [{"role": "user", "content": "hi"}],
-    })
+    return codec.dumps(
+        {
+            "model": req.get("model", "m"),
+            "stream": True,
+            "max_tokens": int(req.get("max_tokens", 2000)),
+            "messages": req.get("messages") or [{"role": "user", "content": "hi"}],
+        }
+    )
 
 
 async def relay_chat(req: dict, open_upstream, send, codec: Codec) -> None:
@@ -292,7 +302,7 @@ def aiohttp_upstream(url: str):
         async with session.post(url, data=body, headers=headers) as resp:
             if resp.status != 200:
                 raise UpstreamError(f"upstream HTTP {resp.status}")
-            async for chunk in resp.content.iter_any():   # raw reads, we split lines ourselves
+            async for chunk in resp.content.iter_any():  # raw reads, we split lines ourselves
                 yield chunk
 
     return open_upstream, session.close
@@ -301,8 +311,10 @@ def aiohttp_upstream(url: str):
 def httpx_upstream(url: str):
     import httpx
 
-    client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10),
-                               limits=httpx.Limits(max_connections=None, max_keepalive_connections=1000))
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(None, connect=10),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=1000),
+    )
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
     async def open_upstream(body):
@@ -327,8 +339,9 @@ def relay_aiohttp(codec: Codec, url: str) -> None:
         await ws.prepare(request)
         open_up = request.app["open_upstream"]
         if codec.bytes_out:
+
             def send(b):
-                return ws.send_frame(b, WSMsgType.TEXT)   # text frame from bytes, no decode/encode
+                return ws.send_frame(b, WSMsgType.TEXT)  # text frame from bytes, no decode/encode
         else:
             send = ws.send_str
         async for msg in ws:
@@ -361,9 +374,16 @@ def _run_uvicorn(app, loop_name: str) -> None:
     from uvicorn.config import WS_PROTOCOLS
 
     ws_impl = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
-    config = uvicorn.Config(app, ws=ws_impl, ws_per_message_deflate=False, lifespan="on",
-                            log_level="warning", access_log=False, http="h11",
-                            loop="uvloop" if loop_name == "uvloop" else "asyncio")
+    config = uvicorn.Config(
+        app,
+        ws=ws_impl,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        http="h11",
+        loop="uvloop" if loop_name == "uvloop" else "asyncio",
+    )
     server = uvicorn.Server(config)
     sock = listen_socket()
     port = sock.getsockname()[1]
@@ -371,7 +391,7 @@ def _run_uvicorn(app, loop_name: str) -> None:
 
     async def serve():
         task = asyncio.ensure_future(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
+        while not server.started and not task.done():  # noqa: ASYNC110 -- uvicorn exposes no start event
             await asyncio.sleep(0.01)
         ready(port)
         await task
@@ -393,6 +413,7 @@ def relay_starlette(codec: Codec, url: str, client: str = "httpx") -> None:
         await ws.accept()
         open_up = state["open_upstream"]
         if codec.bytes_out:
+
             def send(b):
                 return ws.send_text(b.decode())
         else:
@@ -436,17 +457,20 @@ def relay_asgi(codec: Codec, url: str) -> None:
             await send_asgi({"type": "http.response.start", "status": 404, "headers": []})
             await send_asgi({"type": "http.response.body", "body": b""})
             return
-        m = await receive()                         # websocket.connect
+        m = await receive()  # websocket.connect
         if m["type"] != "websocket.connect":
             return
         await send_asgi({"type": "websocket.accept"})
         open_up = state["open_upstream"]
         if codec.bytes_out:
+
             def send(b):
                 return send_asgi({"type": "websocket.send", "text": b.decode()})
         else:
+
             def send(s):
                 return send_asgi({"type": "websocket.send", "text": s})
+
         while True:
             m = await receive()
             if m["type"] == "websocket.disconnect":
@@ -484,7 +508,7 @@ def relay_picows(codec: Codec, url: str) -> None:
         def on_ws_frame(self, transport, frame) -> None:
             mt = frame.msg_type
             if mt == TEXT:
-                if not frame.fin:                      # fragmented requests are not used by clients here
+                if not frame.fin:  # fragmented requests are not used by clients here
                     transport.send_close()
                     transport.disconnect()
                     return
@@ -507,13 +531,16 @@ def relay_picows(codec: Codec, url: str) -> None:
             t = self.transport
             writable = self.writable
             if codec.bytes_out:
+
                 def send(b):
                     t.send(TEXT, b)
                     return None if writable.is_set() else writable.wait()
             else:
+
                 def send(s):
                     t.send(TEXT, s.encode())
                     return None if writable.is_set() else writable.wait()
+
             while True:
                 req = codec.loads(await self.queue.get())
                 if req.get("type") == "chat":
@@ -522,8 +549,7 @@ def relay_picows(codec: Codec, url: str) -> None:
     async def main() -> None:
         open_up, close = aiohttp_upstream(url)
         sock = listen_socket()
-        server = await ws_create_server(lambda request: Listener(open_up), sock=sock,
-                                        websocket_handshake_timeout=10)
+        server = await ws_create_server(lambda request: Listener(open_up), sock=sock, websocket_handshake_timeout=10)
         ready(sock.getsockname()[1])
         try:
             async with server:
@@ -534,9 +560,15 @@ def relay_picows(codec: Codec, url: str) -> None:
     asyncio.run(main())
 
 
-RELAYS = {"a": relay_aiohttp, "b": relay_aiohttp, "c": relay_aiohttp,
-          "d": relay_starlette, "e": relay_asgi, "f": relay_picows,
-          "g": lambda codec, url: relay_starlette(codec, url, client="aiohttp")}
+RELAYS = {
+    "a": relay_aiohttp,
+    "b": relay_aiohttp,
+    "c": relay_aiohttp,
+    "d": relay_starlette,
+    "e": relay_asgi,
+    "f": relay_picows,
+    "g": lambda codec, url: relay_starlette(codec, url, client="aiohttp"),
+}
 ARGS = None
 
 
@@ -560,8 +592,17 @@ def cmd_load(args) -> None:
         async with session.ws_connect(args.url, compress=0, max_msg_size=0, autoping=True) as ws:
             for r in range(args.rounds):
                 cid = f"c{i}-{r}"
-                await ws.send_str(json.dumps({"type": "chat", "id": cid, "model": "m", "max_tokens": args.tokens,
-                                              "messages": [{"role": "user", "content": "hi"}]}))
+                await ws.send_str(
+                    json.dumps(
+                        {
+                            "type": "chat",
+                            "id": cid,
+                            "model": "m",
+                            "max_tokens": args.tokens,
+                            "messages": [{"role": "user", "content": "hi"}],
+                        }
+                    )
+                )
                 exp = 0
                 while True:
                     msg = await ws.receive()
@@ -590,8 +631,12 @@ def cmd_load(args) -> None:
             res = await asyncio.gather(*(one(s, i) for i in range(args.conns)), return_exceptions=True)
         wall = time.perf_counter() - t0
         errors = [repr(r) for r in res if isinstance(r, BaseException)]
-        return {"tokens": sum(r for r in res if isinstance(r, int)), "errors": errors[:3],
-                "n_errors": len(errors), "wall": wall}
+        return {
+            "tokens": sum(r for r in res if isinstance(r, int)),
+            "errors": errors[:3],
+            "n_errors": len(errors),
+            "wall": wall,
+        }
 
     print(json.dumps(asyncio.run(main())), flush=True)
 
@@ -599,9 +644,11 @@ def cmd_load(args) -> None:
 # --------------------------------------------------------------------------- #
 # JSON micro-benchmark
 # --------------------------------------------------------------------------- #
-TYPICAL_CHUNK = (b'{"id":"chatcmpl-AbC123xyz456DEF789ghi012JKLmn","object":"chat.completion.chunk",'
-                 b'"created":1763683200,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0ba0d124f1",'
-                 b'"choices":[{"index":0,"delta":{"content":" token"},"logprobs":null,"finish_reason":null}]}')
+TYPICAL_CHUNK = (
+    b'{"id":"chatcmpl-AbC123xyz456DEF789ghi012JKLmn","object":"chat.completion.chunk",'
+    b'"created":1763683200,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0ba0d124f1",'
+    b'"choices":[{"index":0,"delta":{"content":" token"},"logprobs":null,"finish_reason":null}]}'
+)
 
 
 def json_bench(quiet: bool = False) -> list:
@@ -613,35 +660,43 @@ def json_bench(quiet: bool = False) -> list:
     setups = {}
     try:
         import orjson
+
         setups["orjson"] = orjson
     except ImportError:
         pass
     try:
         import msgspec
+
         setups["msgspec"] = msgspec
     except ImportError:
         pass
 
     cases = [("loads 250 B chunk", "json", lambda: json.loads(TYPICAL_CHUNK))]
     jenc = json.JSONEncoder(separators=(",", ":")).encode
-    cases += [("dumps token dict", "json", lambda: json.dumps(frame)),
-              ("dumps token dict", "json (compact encoder)", lambda: jenc(frame)),
-              ("dumps str", "json", lambda: json.dumps(s))]
+    cases += [
+        ("dumps token dict", "json", lambda: json.dumps(frame)),
+        ("dumps token dict", "json (compact encoder)", lambda: jenc(frame)),
+        ("dumps str", "json", lambda: json.dumps(s)),
+    ]
     if "orjson" in setups:
         o = setups["orjson"]
-        cases += [("loads 250 B chunk", "orjson", lambda: o.loads(TYPICAL_CHUNK)),
-                  ("dumps token dict", "orjson (bytes)", lambda: o.dumps(frame)),
-                  ("dumps token dict", "orjson + .decode() (str)", lambda: o.dumps(frame).decode()),
-                  ("dumps str", "orjson", lambda: o.dumps(s))]
+        cases += [
+            ("loads 250 B chunk", "orjson", lambda: o.loads(TYPICAL_CHUNK)),
+            ("dumps token dict", "orjson (bytes)", lambda: o.dumps(frame)),
+            ("dumps token dict", "orjson + .decode() (str)", lambda: o.dumps(frame).decode()),
+            ("dumps str", "orjson", lambda: o.dumps(s)),
+        ]
     if "msgspec" in setups:
         m = setups["msgspec"]
         gdec = m.json.Decoder().decode
         tdec = m.json.Decoder(msgspec_chunk_type()).decode
         enc = m.json.Encoder().encode
-        cases += [("loads 250 B chunk", "msgspec (untyped)", lambda: gdec(TYPICAL_CHUNK)),
-                  ("loads 250 B chunk", "msgspec (typed Struct)", lambda: tdec(TYPICAL_CHUNK)),
-                  ("dumps token dict", "msgspec (bytes)", lambda: enc(frame)),
-                  ("dumps str", "msgspec", lambda: enc(s))]
+        cases += [
+            ("loads 250 B chunk", "msgspec (untyped)", lambda: gdec(TYPICAL_CHUNK)),
+            ("loads 250 B chunk", "msgspec (typed Struct)", lambda: tdec(TYPICAL_CHUNK)),
+            ("dumps token dict", "msgspec (bytes)", lambda: enc(frame)),
+            ("dumps str", "msgspec", lambda: enc(s)),
+        ]
     order = {"loads 250 B chunk": 0, "dumps token dict": 1, "dumps str": 2}
     cases.sort(key=lambda c: order[c[0]])
     for op, lib, fn in cases:
@@ -674,8 +729,9 @@ def proc_cpu(pid: int) -> float:
 
 def start(argv: list, timeout: float = 30.0) -> tuple:
     """Start `python this_script argv`, wait for its READY line, return (proc, port)."""
-    p = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + timeout
     while time.time() < deadline:
         line = p.stdout.readline()
@@ -703,10 +759,26 @@ def stop(p: subprocess.Popen) -> str:
 
 
 def run_load(port: int, args, rounds: int) -> dict:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "_load",
-                          "--url", f"ws://127.0.0.1:{port}/ws", "--conns", str(args.conns),
-                          "--tokens", str(args.tokens), "--rounds", str(rounds), "--loop", args.loop],
-                         capture_output=True, text=True, timeout=args.timeout)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "_load",
+            "--url",
+            f"ws://127.0.0.1:{port}/ws",
+            "--conns",
+            str(args.conns),
+            "--tokens",
+            str(args.tokens),
+            "--rounds",
+            str(rounds),
+            "--loop",
+            args.loop,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=args.timeout,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr.strip()[-1500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -731,15 +803,31 @@ def measure_once(variant: str, up_url: str, args) -> dict:
     if r["n_errors"] or r["tokens"] != expected:
         raise RuntimeError(f"tokens {r['tokens']}/{expected}, errors {r['errors']} {err.strip()[-500:]}")
     cpu = c1 - c0
-    return {"cpu_s": cpu, "tokens": r["tokens"], "us_per_token": cpu / r["tokens"] * 1e6,
-            "wall_s": r["wall"], "tok_per_s": r["tokens"] / r["wall"]}
+    return {
+        "cpu_s": cpu,
+        "tokens": r["tokens"],
+        "us_per_token": cpu / r["tokens"] * 1e6,
+        "wall_s": r["wall"],
+        "tok_per_s": r["tokens"] / r["wall"],
+    }
 
 
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": platform.python_version()}
-    for name in ("aiohttp", "orjson", "msgspec", "uvicorn", "websockets", "starlette", "httpx",
-                 "picows", "aiofastnet", "uvloop"):
+    for name in (
+        "aiohttp",
+        "orjson",
+        "msgspec",
+        "uvicorn",
+        "websockets",
+        "starlette",
+        "httpx",
+        "picows",
+        "aiofastnet",
+        "uvloop",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -754,9 +842,12 @@ def cmd_run(args) -> None:
             sys.exit(f"unknown variant {v!r}; choose from {','.join(VARIANTS)}")
     vers = versions()
     print("# versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()), flush=True)
-    print(f"# nproc={os.cpu_count()} loop={args.loop} conns={args.conns} tokens={args.tokens} "
-          f"rounds={args.rounds} warmup_rounds={args.warmup_rounds} reps={args.reps} "
-          f"upstream_batch={args.batch} pace_ms={args.pace_ms}", flush=True)
+    print(
+        f"# nproc={os.cpu_count()} loop={args.loop} conns={args.conns} tokens={args.tokens} "
+        f"rounds={args.rounds} warmup_rounds={args.warmup_rounds} reps={args.reps} "
+        f"upstream_batch={args.batch} pace_ms={args.pace_ms}",
+        flush=True,
+    )
 
     json_rows = []
     if not args.skip_json:
@@ -766,35 +857,41 @@ def cmd_run(args) -> None:
         print_json_table(json_rows)
         return
 
-    up, up_port = start(["_upstream", "--batch", str(args.batch), "--pace-ms", str(args.pace_ms),
-                         "--loop", args.loop])
+    up, up_port = start(["_upstream", "--batch", str(args.batch), "--pace-ms", str(args.pace_ms), "--loop", args.loop])
     up_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     results = {v: [] for v in variants}
     failures = {v: [] for v in variants}
     try:
         for rep in range(1, args.reps + 1):
-            for v in variants:                       # interleave variants to spread machine noise
+            for v in variants:  # interleave variants to spread machine noise
                 if len(failures[v]) >= 2 and not results[v]:
-                    continue                         # gave up on this variant
+                    continue  # gave up on this variant
                 t0 = time.time()
                 try:
                     m = measure_once(v, up_url, args)
-                except Exception as e:               # noqa: BLE001 -- report and continue
+                except Exception as e:
                     failures[v].append(str(e))
                     print(f"[rep {rep}/{args.reps}] {v}: FAILED: {str(e)[:400]}", flush=True)
                     continue
                 results[v].append(m)
-                print(f"[rep {rep}/{args.reps}] {v}: {m['us_per_token']:6.2f} us/token  "
-                      f"cpu {m['cpu_s']:.2f}s  tokens {m['tokens']}  {m['tok_per_s']:,.0f} tok/s wall  "
-                      f"({time.time() - t0:.1f}s)", flush=True)
+                print(
+                    f"[rep {rep}/{args.reps}] {v}: {m['us_per_token']:6.2f} us/token  "
+                    f"cpu {m['cpu_s']:.2f}s  tokens {m['tokens']}  {m['tok_per_s']:,.0f} tok/s wall  "
+                    f"({time.time() - t0:.1f}s)",
+                    flush=True,
+                )
     finally:
         stop(up)
 
     print()
-    print(f"## Relay CPU per token ({args.conns} WS x {args.tokens} tokens x {args.rounds} rounds per run, "
-          f"{args.reps} runs, loop={args.loop})")
+    print(
+        f"## Relay CPU per token ({args.conns} WS x {args.tokens} tokens x {args.rounds} rounds per run, "
+        f"{args.reps} runs, loop={args.loop})"
+    )
     print()
-    print("| variant | stack | median µs/token | min µs/token | tokens counted per run | runs ok | median tok/s (wall) |")
+    print(
+        "| variant | stack | median µs/token | min µs/token | tokens counted per run | runs ok | median tok/s (wall) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for v in variants:
         rs = results[v]
@@ -802,8 +899,10 @@ def cmd_run(args) -> None:
             print(f"| {v} | {VARIANTS[v]} | FAILED | | | 0/{args.reps} | |")
             continue
         us = [r["us_per_token"] for r in rs]
-        print(f"| {v} | {VARIANTS[v]} | {statistics.median(us):.2f} | {min(us):.2f} | {rs[0]['tokens']:,} | "
-              f"{len(rs)}/{args.reps} | {statistics.median(r['tok_per_s'] for r in rs):,.0f} |")
+        print(
+            f"| {v} | {VARIANTS[v]} | {statistics.median(us):.2f} | {min(us):.2f} | {rs[0]['tokens']:,} | "
+            f"{len(rs)}/{args.reps} | {statistics.median(r['tok_per_s'] for r in rs):,.0f} |"
+        )
     for v in variants:
         if failures[v]:
             print(f"\n{v} failures: " + " | ".join(f[:300] for f in failures[v]))
@@ -812,8 +911,17 @@ def cmd_run(args) -> None:
         print_json_table(json_rows)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"versions": vers, "args": vars(args), "results": results, "failures": failures,
-                       "json_bench": json_rows}, f, indent=1)
+            json.dump(
+                {
+                    "versions": vers,
+                    "args": vars(args),
+                    "results": results,
+                    "failures": failures,
+                    "json_bench": json_rows,
+                },
+                f,
+                indent=1,
+            )
 
 
 def print_json_table(rows: list) -> None:
@@ -826,8 +934,9 @@ def print_json_table(rows: list) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items())
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list (default: all)")
     ap.add_argument("--reps", type=int, default=5, help="fresh relay process per rep (default 5)")
     ap.add_argument("--conns", type=int, default=20, help="concurrent WebSockets (default 20)")
@@ -835,8 +944,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="requests per WebSocket, measured (default 3)")
     ap.add_argument("--warmup-rounds", type=int, default=1, help="unmeasured rounds first (default 1)")
     ap.add_argument("--batch", type=int, default=1, help="SSE events per upstream write (default 1)")
-    ap.add_argument("--pace-ms", type=float, default=0.0,
-                    help="upstream sleep between writes, ms (default 0 = as fast as possible)")
+    ap.add_argument(
+        "--pace-ms", type=float, default=0.0, help="upstream sleep between writes, ms (default 0 = as fast as possible)"
+    )
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--timeout", type=float, default=600, help="per load-client run, s")
     ap.add_argument("--skip-json", action="store_true", help="skip the JSON micro-benchmark")
