@@ -96,3 +96,16 @@ async def test_cancelled_reply_keeps_what_was_sent(spawn, sim, tmp_path) -> None
 async def test_unknown_conversation_is_404(gateway) -> None:
     async with aiohttp.ClientSession() as s, s.get(gateway.http + "/v1/conversations/nope") as r:
         assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+
+
+async def test_next_turn_right_after_end_is_never_busy(gateway) -> None:
+    """``end`` comes only once the reply is stored and the conversation is free."""
+    async with await WS.connect(gateway.ws) as ws:
+        for turn in range(20):
+            await ws.send({"type": "chat", "id": f"t{turn}", "conversation_id": "rapid", "content": f"turn {turn}",
+                           "params": {"max_tokens": 2}})
+            events = await ws.until_end(f"t{turn}")
+            assert events[-1]["type"] == "end" and events[-1]["status"] == "completed", events
+    async with aiohttp.ClientSession() as s, s.get(gateway.http + "/v1/conversations/rapid") as r:
+        stored = (await r.json())["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant"] * 20

@@ -48,6 +48,8 @@ class WS:
                 out.append(event)
                 if event.get("type") == "end":
                     return out
+                if event.get("type") == "error" and not any(e.get("type") == "start" for e in out):
+                    return out  # refused before it started: there will be no end
             elif event.get("id") is not None:
                 self.backlog.setdefault(event["id"], []).append(event)
 

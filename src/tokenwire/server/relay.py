@@ -311,6 +311,9 @@ class Run:
             fields["error"] = {"code": error.code, "retryable": error.retryable}
             registry.stats["errors"] += 1
         registry.stats["tokens"] += n
+        # The reply is in the history, and the conversation free, before anyone sees
+        # ``end``: a client may send its next turn the moment it does.
+        await registry.commit_reply(self)
         try:
             if error is not None:
                 wait = self._emit(gen.error(error), ERROR, error)
@@ -407,17 +410,21 @@ class Registry:
             past.insert(0, {"role": "system", "content": system})
         return past + list(new)
 
-    async def finished(self, run: Run) -> None:
+    async def commit_reply(self, run: Run) -> None:
+        """Store the reply's text (all of it that was sent) and free the conversation."""
         conv = run.conversation_id
-        if conv is not None:
-            answer = run.gen.answer
-            try:
-                if answer:
-                    await self.store.append(conv, [{"role": "assistant", "content": answer}])
-            except Exception:
-                log.exception("could not store the reply of %s", run.gen.stream_id)
-            finally:
-                self.busy_conversations.discard(conv)
+        if conv is None:
+            return
+        answer = run.gen.answer
+        try:
+            if answer:
+                await self.store.append(conv, [{"role": "assistant", "content": answer}])
+        except Exception:
+            log.exception("could not store the reply of %s", run.gen.stream_id)
+        finally:
+            self.busy_conversations.discard(conv)
+
+    async def finished(self, run: Run) -> None:
         for hook in self.on_finish:
             try:
                 await hook(run)
