@@ -18,9 +18,10 @@ def expected(prompt: str, n: int | None) -> list[str]:
     return reply_tokens([{"role": "user", "content": prompt}], n)
 
 
-async def wait_for(pred, timeout: float, step: float = 0.01) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
+async def wait_for(pred, within: float, step: float = 0.01) -> None:
+    """Poll a condition another process (or the client's reader) makes true."""
+    async with asyncio.timeout(within):
+        while not pred():  # noqa: ASYNC110 - nothing to wait on but the state itself
             await asyncio.sleep(step)
 
 
@@ -74,7 +75,11 @@ async def test_resume_past_retention_is_a_clear_error(spawn, tmp_path) -> None:
         "serve",
         "--port",
         "0",
-        env={"TOKENWIRE_DB": str(tmp_path / "r.db"), "TOKENWIRE_SIMULATED_SPEED": "20", "TOKENWIRE_RESUME_RETENTION": "0"},
+        env={
+            "TOKENWIRE_DB": str(tmp_path / "r.db"),
+            "TOKENWIRE_SIMULATED_SPEED": "20",
+            "TOKENWIRE_RESUME_RETENTION": "0",
+        },
     )
     with TCPProxy(gw.port) as proxy:
         url = f"ws://127.0.0.1:{proxy.port}/ws/chat"

@@ -68,7 +68,8 @@ def test_error_mapping(code: str, cls: type, retryable: bool) -> None:
 
 
 def test_error_mapping_keeps_retry_after_and_defaults() -> None:
-    err = error_from_event({"type": "error", "code": "upstream_rate_limited", "message": "slow down", "retry_after": 1.5})
+    event = {"type": "error", "code": "upstream_rate_limited", "message": "slow down", "retry_after": 1.5}
+    err = error_from_event(event)
     assert isinstance(err, RateLimitError) and err.retry_after == 1.5 and err.retryable  # class default
     assert ConnectionLostError("connection_lost", "x").retryable
 

@@ -426,16 +426,18 @@ class AsyncClient:
             if ws is not None and not ws.closed and st.opened and not st.done:
                 await self._send_quiet({"type": "cancel", "id": st.id})
             st.finish(ConnectionLostError("client_closed", "the client was closed", retryable=False))
+        # Close with a handshake while the reader still drains the socket: closing a TCP socket
+        # with unread data sends RST, and an RST can destroy the cancel frames sent just before.
+        if ws is not None and not ws.closed:
+            try:
+                await asyncio.wait_for(ws.close(), 2.5)
+            except (TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
+                _abort(ws)
         task = self._rx_task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._rx_task = None
-        if ws is not None and not ws.closed:
-            try:
-                await asyncio.wait_for(ws.close(), 2.0)
-            except (TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
-                _abort(ws)
         self._ws = None
         for t in list(self._bg):
             t.cancel()
@@ -634,12 +636,12 @@ class AsyncClient:
         try:
             while True:
                 reason, code = await self._read(ws)
+                if self._closed:
+                    return  # close() finishes the closing handshake
                 _abort(ws)
                 if self._ws is ws:
                     self._ws = None
                 self.stats["last_disconnect"] = (reason, code, time.monotonic())
-                if self._closed:
-                    return
                 if code in FINAL_CLOSE_CODES:
                     msg = f"the gateway closed the socket with {code} (authentication or policy)"
                     self._fail_all(AuthError("forbidden", msg, retryable=False))
@@ -691,6 +693,9 @@ class AsyncClient:
             try:
                 msg = await ws.receive(timeout=(timeout if waiting_pong else interval))
             except TimeoutError:
+                # aiohttp marks a timed-out receive as an abnormal closure, which would make a
+                # later close() skip its handshake (and reset the socket): it was only a timer
+                ws._close_code = None
                 if waiting_pong:
                     self.stats["heartbeat_timeouts"] += 1
                     return "heartbeat", None

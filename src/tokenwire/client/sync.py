@@ -62,6 +62,8 @@ class Client:
         self._closed = True
         try:
             self._call(self.aclient.close(), timeout=10)
+            # the loop's resolver thread (getaddrinfo) must not outlive the client
+            self._call(self._loop.shutdown_default_executor(), timeout=10)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
