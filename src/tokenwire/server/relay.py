@@ -289,6 +289,9 @@ class Run:
             registry.stats["errors"] += 1
         registry.stats["tokens"] += n
         try:
+            # Store the reply and free its conversation before `end` goes out: a client may send
+            # the next turn (or read the history) the moment it sees `end`.
+            await registry.store_reply(self)
             if error is not None:
                 await self._emit(gen.error(error), ERROR, error)
             await self._emit(gen.end(status, fields), END, fields)
@@ -380,9 +383,10 @@ class Registry:
             past.insert(0, {"role": "system", "content": system})
         return past + list(new)
 
-    async def finished(self, run: Run) -> None:
+    async def store_reply(self, run: Run) -> None:
+        """Append the streamed reply to its conversation and mark the conversation free."""
         conv = run.conversation_id
-        if conv is not None:
+        if conv is not None and conv in self.busy_conversations:
             answer = run.gen.answer
             try:
                 if answer:
@@ -391,6 +395,9 @@ class Registry:
                 log.exception("could not store the reply of %s", run.gen.stream_id)
             finally:
                 self.busy_conversations.discard(conv)
+
+    async def finished(self, run: Run) -> None:
+        await self.store_reply(run)  # no-op when _finish already did it
         for hook in self.on_finish:
             try:
                 await hook(run)
