@@ -318,9 +318,10 @@ export class TokenwireClient extends Emitter {
   }
 
   /**
-   * Start a generation. `input` is the user's text (appended to `conversationId`'s history on the
-   * server, or to the socket's own conversation) or, with `{messages}`, an explicit message list.
-   * Options: model, system, conversationId, params, messages, id.
+   * Start a generation. `input` is the user's text: with `conversationId` it is appended to that
+   * conversation's history on the gateway (and the reply is stored there); without, it is sent alone
+   * (with `system`, if given). `{messages}` sends an explicit OpenAI-style message list instead.
+   * Options: model, system, conversationId, params, messages, id. Returns a Generation.
    */
   stream(input, opts = {}) {
     if (this._closed) throw new TokenwireError("closed", "the client is closed");
@@ -329,10 +330,18 @@ export class TokenwireClient extends Emitter {
     const frame = { type: "chat", id, stream_id: randomHex(16) };
     const model = opts.model || this.options.model;
     if (model) frame.model = model;
-    if (opts.messages) frame.messages = opts.messages;
-    else frame.content = String(input);
-    if (opts.system) frame.system = opts.system;
-    if (opts.conversationId) frame.conversation_id = opts.conversationId;
+    if (opts.messages) {
+      frame.messages = opts.messages;
+      if (opts.conversationId) frame.conversation_id = opts.conversationId;
+    } else if (opts.conversationId) {
+      // One user turn appended to a conversation kept by the gateway (one reply at a time per conversation).
+      frame.content = String(input);
+      if (opts.system) frame.system = opts.system;
+      frame.conversation_id = opts.conversationId;
+    } else {
+      // Stateless: only this message (and the system prompt). Such streams can run side by side.
+      frame.messages = [...(opts.system ? [{ role: "system", content: opts.system }] : []), { role: "user", content: String(input) }];
+    }
     if (opts.params && Object.keys(opts.params).length) frame.params = opts.params;
     const gen = new Generation(this, id, frame);
     this.generations.set(id, gen);
@@ -494,7 +503,10 @@ export class TokenwireClient extends Emitter {
         if (!this._open) return;
         this.stats.pings += 1;
         this._sendRaw({ type: "ping", data: Date.now() });
-        this._setTimer("_pongTimer", () => this._onDead("no answer to ping"), this.options.pingTimeout);
+        // The deadline runs from the oldest unanswered ping: a newer ping must not push it back.
+        if (this._pongTimer == null) {
+          this._setTimer("_pongTimer", () => this._onDead("no answer to ping"), this.options.pingTimeout);
+        }
         this._schedulePing();
       },
       pingInterval,
