@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from procs import Proc
@@ -274,3 +276,17 @@ def test_resume_after_drop_with_the_module(browser, gateway: Proc) -> None:
             assert got["statuses"].count("reconnecting") >= 2
         finally:
             ctx.close()
+
+
+def test_the_docs_example_runs(page) -> None:
+    """The ten-line example of docs/web.md, run as written (its import turned into import())."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "web.md").read_text(encoding="utf-8")
+    block = re.search(r"```html\n(.*?)```", doc, re.S).group(1)
+    script = re.search(r'<script type="module">\n(.*?)</script>', block, re.S).group(1)
+    assert len(script.strip().splitlines()) <= 10
+    body = re.sub(r"import \{ (\w+) \} from (\"[^\"]+\");", r"const { \1 } = await import(\2);", script)
+    page.evaluate("() => { const pre = document.createElement('pre'); pre.id = 'out'; document.body.append(pre); }")
+    page.evaluate(f"async () => {{ {body} }}")
+    text = page.inner_text("#out")
+    assert text.startswith(expected("Explain WebSocket in one paragraph"))
+    assert "ms to first token, $" in text
