@@ -269,6 +269,30 @@ def test_reload_keeps_the_conversation_and_new_chat_starts_fresh(new_page, gatew
     ]
 
 
+def test_reload_mid_reply_reattaches_to_it(new_page, slow_gateway: Proc) -> None:
+    page = new_page(slow_gateway.http + "/")
+    set_max_tokens(page, 150)
+    message = "reload while you answer"
+    send(page, message)
+    wait_raw_longer(page, 60)
+    page.reload()
+    load(page, slow_gateway.http + "/")
+    poll(page, "() => document.querySelectorAll('.msg').length === 2")
+    wait_end(page)
+    want = expected(message, 150)
+    assert last_raw(page) == want, "after the reload the reply must be complete and shown once"
+    assert page.eval_on_selector_all(".msg", "els => els.map(e => e.dataset.role)") == ["user", "assistant"]
+    assert page.evaluate("window.tokenwireApp.client.stats.attaches") == 1
+    screenshot(page, "reload-mid-reply")
+    # Once it has ended it comes from the stored history, not from the gateway's resume log.
+    page.reload()
+    load(page, slow_gateway.http + "/")
+    poll(page, "() => document.querySelectorAll('.msg').length === 2")
+    time.sleep(0.3)
+    assert page.locator(".msg").count() == 2 and last_raw(page) == want
+    assert page.evaluate("window.tokenwireApp.client.stats.attaches") == 0
+
+
 HOSTILE = (
     '<script>window.__pwned = "script"</script> <img src=x onerror="window.__pwned = \'img\'"> '
     "**<b>bold</b>** `<i>code</i>` [click](javascript:window.__pwned='link') "

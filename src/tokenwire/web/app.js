@@ -9,27 +9,32 @@ const KEY = {
   system: "tokenwire.system",
   maxTokens: "tokenwire.maxTokens",
   apiKey: "tokenwire.apiKey",
+  pending: "tokenwire.pending",
 };
 const THAI = /[\u0E00-\u0E7F]/;
 const NON_LATIN = /[\u0E00-\u0E7F\u3040-\u30FF\u3400-\u9FFF\uAC00-\uD7AF\u0600-\u06FF\u0400-\u04FF]/;
 
-const store = {
-  get: (k) => {
-    try {
-      return localStorage.getItem(k);
-    } catch {
-      return null;
-    }
-  },
-  set: (k, v) => {
-    try {
-      if (v === null || v === "") localStorage.removeItem(k);
-      else localStorage.setItem(k, v);
-    } catch {
-      /* private mode: keep going without persistence */
-    }
-  },
-};
+function storage(kind) {
+  return {
+    get: (k) => {
+      try {
+        return window[kind].getItem(k);
+      } catch {
+        return null;
+      }
+    },
+    set: (k, v) => {
+      try {
+        if (v === null || v === "") window[kind].removeItem(k);
+        else window[kind].setItem(k, v);
+      } catch {
+        /* private mode: keep going without persistence */
+      }
+    },
+  };
+}
+const store = storage("localStorage");
+const sessionStore = storage("sessionStorage"); // per tab: the reply in progress
 
 function newConversationId() {
   const a = new Uint8Array(12);
@@ -195,13 +200,7 @@ function send(text) {
 
 async function ask(text, view = null) {
   view = view || addMessage("assistant", "");
-  view.raw = "";
-  view.el.classList.add("streaming");
-  view.el.querySelector(".meta")?.remove();
-  delete view.el.dataset.status;
   const model = ui.model.value || undefined;
-  view.model = model;
-  view.simulated = app.models.find((m) => m.id === model)?.simulated;
   let gen;
   try {
     gen = app.client.stream(text, {
@@ -211,10 +210,22 @@ async function ask(text, view = null) {
       params: params(),
     });
   } catch (err) {
-    view.el.classList.remove("streaming");
     showError(err, { view });
     return;
   }
+  // Remember the reply in progress, so that a reload can re-attach to it.
+  sessionStore.set(KEY.pending, JSON.stringify({ conv: app.conversationId, streamId: gen.streamId, text, model }));
+  await follow(gen, view, { model, retry: () => ask(text, view) });
+}
+
+/** Show generation `gen` in the assistant message `view` until it ends. */
+async function follow(gen, view, { model, retry = null }) {
+  view.raw = "";
+  view.el.classList.add("streaming");
+  view.el.querySelector(".meta")?.remove();
+  delete view.el.dataset.status;
+  view.model = model;
+  view.simulated = app.models.find((m) => m.id === model)?.simulated;
   app.current = { gen, view };
   view.el.dataset.genId = gen.id;
   setBusy(true);
@@ -233,14 +244,33 @@ async function ask(text, view = null) {
   } catch (err) {
     const e = err instanceof TokenwireError ? err : new TokenwireError("error", String(err?.message || err));
     view.el.dataset.status = "failed";
-    showError(e, { view, retry: () => ask(text, view) });
+    showError(e, { view, retry });
   } finally {
     if (view.frame) cancelAnimationFrame(view.frame);
     render(view);
     view.el.classList.remove("streaming");
     if (app.current?.gen === gen) app.current = null;
+    if (JSON.parse(sessionStore.get(KEY.pending) || "null")?.streamId === gen.streamId) sessionStore.set(KEY.pending, null);
     setBusy(false);
   }
+}
+
+/** After a reload: if a reply of this conversation was still streaming, re-attach to it. */
+function resumePending(history) {
+  let pending = null;
+  try {
+    pending = JSON.parse(sessionStore.get(KEY.pending) || "null");
+  } catch {
+    /* ignore */
+  }
+  if (!pending || pending.conv !== app.conversationId || app.current) return;
+  const last = history.filter((m) => m.role === "user" || m.role === "assistant").at(-1);
+  if (!last || last.role !== "user" || last.content !== pending.text) {
+    sessionStore.set(KEY.pending, null); // its reply is already in the history
+    return;
+  }
+  const view = addMessage("assistant", "");
+  follow(app.client.resume(pending.streamId), view, { model: pending.model });
 }
 
 ui.stop.addEventListener("click", () => app.current?.gen.cancel());
@@ -271,6 +301,7 @@ ui.input.addEventListener("input", autoGrow);
 
 $("new-chat").addEventListener("click", () => {
   app.current?.gen.cancel();
+  sessionStore.set(KEY.pending, null);
   app.conversationId = newConversationId();
   store.set(KEY.conv, app.conversationId);
   ui.convId.textContent = app.conversationId;
@@ -329,7 +360,8 @@ async function loadHistory() {
     if (!r.ok) throw new TokenwireError("http_" + r.status, `could not load the conversation (HTTP ${r.status})`, { retryable: true });
     const body = await r.json();
     if (cid !== app.conversationId) return; // "New chat" was pressed meanwhile
-    for (const m of body.messages || []) {
+    const history = body.messages || [];
+    for (const m of history) {
       const text = typeof m.content === "string" ? m.content : Array.isArray(m.content) ? m.content.map((p) => p.text || "").join("") : "";
       if (m.role === "system") {
         if (!ui.system.value) ui.system.value = text;
@@ -338,6 +370,7 @@ async function loadHistory() {
       }
     }
     scrollDown(true);
+    resumePending(history);
   } catch (err) {
     const e = err instanceof TokenwireError ? err : new TokenwireError("network", `could not load the conversation: ${err.message}`, { retryable: true });
     showError(e, { retry: loadHistory });

@@ -90,8 +90,8 @@ export class Generation extends Emitter {
     super();
     this.client = client;
     this.id = id;
-    this.streamId = frame.stream_id;
-    this.frame = frame; // the chat frame, re-sent if it never reached the server
+    this.streamId = frame ? frame.stream_id : null;
+    this.frame = frame; // the chat frame, re-sent if it never reached the server (null: resumed)
     this.text = "";
     this.lastSeq = -1;
     this.started = null; // the start frame
@@ -349,6 +349,24 @@ export class TokenwireClient extends Emitter {
     return gen;
   }
 
+  /**
+   * Re-attach to a running (or recently ended) generation by its `streamId`, e.g. after a page
+   * reload: the gateway replays it from the start (or after `lastSeq`) and continues live.
+   * Fails with `stream_expired` when the gateway no longer keeps it.
+   */
+  resume(streamId, opts = {}) {
+    if (this._closed) throw new TokenwireError("closed", "the client is closed");
+    const id = opts.id || `${this._prefix}-${++this._counter}`;
+    if (this.generations.has(id)) throw new TokenwireError("duplicate_id", `generation ${id} is running`);
+    const gen = new Generation(this, id, null);
+    gen.streamId = String(streamId);
+    gen.lastSeq = opts.lastSeq ?? -1;
+    gen.sent = true;
+    this.generations.set(id, gen);
+    if (this._open) this._attach(gen);
+    return gen;
+  }
+
   /** Skip the backoff wait and try to connect now (e.g. a "Retry" button). */
   reconnectNow() {
     if (this._closed || this._open) return;
@@ -545,7 +563,7 @@ export class TokenwireClient extends Emitter {
     }
     if (frame.type === "error" && frame.code === "stream_expired" && gen._attaching) {
       gen._attaching = false;
-      if (gen.lastSeq < 0 && !gen.cancelRequested) {
+      if (gen.frame && gen.lastSeq < 0 && !gen.cancelRequested) {
         // The chat never reached the server (dropped before it arrived): send it again.
         this._sendChat(gen);
         return;
