@@ -68,3 +68,19 @@ def relay(spawn: Callable[..., Proc], sim: Proc, tmp_path: Path) -> Proc:
             "TOKENWIRE_DB": str(tmp_path / "relay.db"),
         },
     )
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Debian Chromium per test module (Playwright's sync API; ended before other modules'
+    asyncio tests run, so the two never share a thread's event loop)."""
+    from playwright.sync_api import sync_playwright
+    from webutil import CHROMIUM_ARGS, chromium_path
+
+    exe = chromium_path()
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            yield b
+        finally:
+            b.close()

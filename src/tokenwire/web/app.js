@@ -1,0 +1,418 @@
+// The chat page served at "/": a thin UI over tokenwire.js and markdown.js.
+import { TokenwireClient, TokenwireError } from "/tokenwire.js";
+import { renderMarkdown } from "/static/markdown.js";
+
+const $ = (id) => document.getElementById(id);
+const KEY = {
+  conv: "tokenwire.conversation",
+  model: "tokenwire.model",
+  system: "tokenwire.system",
+  maxTokens: "tokenwire.maxTokens",
+  apiKey: "tokenwire.apiKey",
+  pending: "tokenwire.pending",
+};
+const THAI = /[\u0E00-\u0E7F]/;
+const NON_LATIN = /[\u0E00-\u0E7F\u3040-\u30FF\u3400-\u9FFF\uAC00-\uD7AF\u0600-\u06FF\u0400-\u04FF]/;
+
+function storage(kind) {
+  return {
+    get: (k) => {
+      try {
+        return window[kind].getItem(k);
+      } catch {
+        return null;
+      }
+    },
+    set: (k, v) => {
+      try {
+        if (v === null || v === "") window[kind].removeItem(k);
+        else window[kind].setItem(k, v);
+      } catch {
+        /* private mode: keep going without persistence */
+      }
+    },
+  };
+}
+const store = storage("localStorage");
+const sessionStore = storage("sessionStorage"); // per tab: the reply in progress
+
+function newConversationId() {
+  const a = new Uint8Array(12);
+  crypto.getRandomValues(a);
+  return "c_" + Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const ui = {
+  messages: $("messages"),
+  input: $("input"),
+  send: $("send"),
+  stop: $("stop"),
+  model: $("model"),
+  system: $("system"),
+  maxTokens: $("max-tokens"),
+  apiKey: $("api-key"),
+  status: $("status"),
+  statusText: $("status-text"),
+  reconnect: $("reconnect"),
+  convId: $("conv-id"),
+};
+
+const app = {
+  client: null,
+  conversationId: store.get(KEY.conv) || newConversationId(),
+  current: null, // { gen, view }
+  statusLog: [], // every status state, in order (tests read it)
+  models: [],
+};
+window.tokenwireApp = app;
+store.set(KEY.conv, app.conversationId);
+ui.convId.textContent = app.conversationId;
+
+function authHeaders() {
+  const key = store.get(KEY.apiKey);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+// ---- messages ---------------------------------------------------------------------------
+
+let stickToBottom = true;
+ui.messages.addEventListener("scroll", () => {
+  const m = ui.messages;
+  stickToBottom = m.scrollHeight - m.scrollTop - m.clientHeight < 80;
+});
+
+function scrollDown(force = false) {
+  if (force || stickToBottom) ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+function setLang(node, text) {
+  if (THAI.test(text)) node.lang = "th";
+  else if (!NON_LATIN.test(text)) node.lang = "en";
+  else node.removeAttribute("lang");
+}
+
+function addMessage(role, text = "") {
+  $("empty")?.remove();
+  const wrap = document.createElement("article");
+  wrap.className = `msg ${role}`;
+  wrap.dataset.role = role;
+  const who = document.createElement("div");
+  who.className = "who";
+  who.textContent = role === "user" ? "You" : role === "assistant" ? "Assistant" : role;
+  const body = document.createElement("div");
+  body.className = "body";
+  wrap.append(who, body);
+  ui.messages.append(wrap);
+  const view = { el: wrap, body, raw: text, role, frame: 0 };
+  wrap.twView = view;
+  render(view);
+  scrollDown(true);
+  return view;
+}
+
+function render(view) {
+  view.frame = 0;
+  view.el.twRaw = view.raw; // the exact text received (tests compare it with the model's reply)
+  if (view.role === "user") view.body.textContent = view.raw; // the user's own words, never parsed
+  else view.body.replaceChildren(renderMarkdown(view.raw));
+  setLang(view.body, view.raw);
+  scrollDown();
+}
+
+function scheduleRender(view) {
+  if (!view.frame) view.frame = requestAnimationFrame(() => render(view));
+}
+
+function fmt(n, digits = 0) {
+  return Number(n).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+function showMeta(view, end) {
+  const parts = [];
+  if (end.status && end.status !== "completed") parts.push(end.status === "cancelled" ? "stopped" : end.status);
+  const t = end.timing || {};
+  if (t.ttft_ms != null) parts.push(`TTFT ${fmt(t.ttft_ms)} ms`);
+  if (t.tokens_per_s != null) parts.push(`${fmt(t.tokens_per_s, 1)} tok/s`);
+  const u = end.usage;
+  if (u) parts.push(`${fmt(u.total_tokens ?? 0)} tokens (${fmt(u.prompt_tokens ?? 0)} in, ${fmt(u.completion_tokens ?? 0)} out)`);
+  if (end.cost_usd != null) parts.push(`$${end.cost_usd < 0.01 ? end.cost_usd.toFixed(6) : end.cost_usd.toFixed(4)}`);
+  const model = end.model || view.model;
+  if (model) parts.push(model + (view.simulated ? " (simulated)" : ""));
+  let meta = view.el.querySelector(".meta");
+  if (!meta) {
+    meta = document.createElement("div");
+    meta.className = "meta";
+    view.el.append(meta);
+  }
+  meta.textContent = parts.join(" · ");
+}
+
+function showError(err, { view = null, retry = null } = {}) {
+  const box = document.createElement("div");
+  box.className = "error";
+  box.setAttribute("role", "alert");
+  box.dataset.code = err.code || "error";
+  const msg = document.createElement("span");
+  msg.textContent = `${err.message}${err.code ? ` (${err.code})` : ""}`;
+  box.append(msg);
+  if (retry && err.retryable) {
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "small retry";
+    btn.textContent = "Retry";
+    btn.addEventListener("click", () => {
+      box.remove();
+      retry();
+    });
+    box.append(btn);
+  }
+  const dismiss = document.createElement("button");
+  dismiss.type = "button";
+  dismiss.className = "small dismiss";
+  dismiss.setAttribute("aria-label", "Dismiss");
+  dismiss.textContent = "×";
+  dismiss.addEventListener("click", () => box.remove());
+  box.append(dismiss);
+  (view ? view.el : ui.messages).append(box);
+  scrollDown(true);
+  return box;
+}
+
+// ---- sending ----------------------------------------------------------------------------
+
+function setBusy(busy) {
+  ui.send.hidden = busy;
+  ui.stop.hidden = !busy;
+  ui.send.disabled = busy;
+  document.body.classList.toggle("busy", busy);
+}
+
+function params() {
+  const n = parseInt(ui.maxTokens.value, 10);
+  return Number.isFinite(n) && n > 0 ? { max_tokens: n } : {};
+}
+
+function send(text) {
+  if (!text.trim() || app.current) return;
+  addMessage("user", text);
+  ask(text);
+}
+
+async function ask(text, view = null) {
+  view = view || addMessage("assistant", "");
+  const model = ui.model.value || undefined;
+  let gen;
+  try {
+    gen = app.client.stream(text, {
+      model,
+      system: ui.system.value.trim() || undefined,
+      conversationId: app.conversationId,
+      params: params(),
+    });
+  } catch (err) {
+    showError(err, { view });
+    return;
+  }
+  // Remember the reply in progress, so that a reload can re-attach to it.
+  sessionStore.set(KEY.pending, JSON.stringify({ conv: app.conversationId, streamId: gen.streamId, text, model }));
+  await follow(gen, view, { model, retry: () => ask(text, view) });
+}
+
+/** Show generation `gen` in the assistant message `view` until it ends. */
+async function follow(gen, view, { model, retry = null }) {
+  view.raw = "";
+  view.el.classList.add("streaming");
+  view.el.querySelector(".meta")?.remove();
+  delete view.el.dataset.status;
+  view.model = model;
+  view.simulated = app.models.find((m) => m.id === model)?.simulated;
+  app.current = { gen, view };
+  view.el.dataset.genId = gen.id;
+  setBusy(true);
+  gen.on("start", (s) => {
+    view.model = s.model;
+    view.simulated = s.simulated;
+  });
+  try {
+    for await (const token of gen) {
+      view.raw += token;
+      scheduleRender(view);
+    }
+    const end = await gen.done;
+    view.el.dataset.status = end.status;
+    showMeta(view, end);
+  } catch (err) {
+    const e = err instanceof TokenwireError ? err : new TokenwireError("error", String(err?.message || err));
+    view.el.dataset.status = "failed";
+    showError(e, { view, retry });
+  } finally {
+    if (view.frame) cancelAnimationFrame(view.frame);
+    render(view);
+    view.el.classList.remove("streaming");
+    if (app.current?.gen === gen) app.current = null;
+    if (JSON.parse(sessionStore.get(KEY.pending) || "null")?.streamId === gen.streamId) sessionStore.set(KEY.pending, null);
+    setBusy(false);
+  }
+}
+
+/** After a reload: if a reply of this conversation was still streaming, re-attach to it. */
+function resumePending(history) {
+  let pending = null;
+  try {
+    pending = JSON.parse(sessionStore.get(KEY.pending) || "null");
+  } catch {
+    /* ignore */
+  }
+  if (!pending || pending.conv !== app.conversationId || app.current) return;
+  const last = history.filter((m) => m.role === "user" || m.role === "assistant").at(-1);
+  if (!last || last.role !== "user" || last.content !== pending.text) {
+    sessionStore.set(KEY.pending, null); // its reply is already in the history
+    return;
+  }
+  const view = addMessage("assistant", "");
+  follow(app.client.resume(pending.streamId), view, { model: pending.model });
+}
+
+ui.stop.addEventListener("click", () => app.current?.gen.cancel());
+
+$("composer").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const text = ui.input.value;
+  if (!text.trim() || app.current) return;
+  ui.input.value = "";
+  autoGrow();
+  send(text);
+});
+
+ui.input.addEventListener("keydown", (ev) => {
+  // Enter sends, Shift+Enter is a new line; never while an IME (Thai, CJK…) is composing.
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
+    ev.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+
+function autoGrow() {
+  ui.input.style.height = "auto";
+  ui.input.style.height = Math.min(ui.input.scrollHeight, 200) + "px";
+  setLang(ui.input, ui.input.value);
+}
+ui.input.addEventListener("input", autoGrow);
+
+$("new-chat").addEventListener("click", () => {
+  app.current?.gen.cancel();
+  sessionStore.set(KEY.pending, null);
+  app.conversationId = newConversationId();
+  store.set(KEY.conv, app.conversationId);
+  ui.convId.textContent = app.conversationId;
+  ui.messages.replaceChildren();
+  const empty = document.createElement("p");
+  empty.id = "empty";
+  empty.className = "empty";
+  empty.textContent = "New chat.";
+  ui.messages.append(empty);
+  ui.input.focus();
+});
+
+// ---- settings ---------------------------------------------------------------------------
+
+ui.system.value = store.get(KEY.system) || "";
+ui.maxTokens.value = store.get(KEY.maxTokens) || "";
+ui.apiKey.value = store.get(KEY.apiKey) || "";
+ui.system.addEventListener("change", () => store.set(KEY.system, ui.system.value));
+ui.maxTokens.addEventListener("change", () => store.set(KEY.maxTokens, ui.maxTokens.value));
+ui.apiKey.addEventListener("change", () => {
+  store.set(KEY.apiKey, ui.apiKey.value.trim());
+  connect(); // the key travels in the WebSocket handshake: reconnect with it
+  loadModels();
+});
+ui.model.addEventListener("change", () => store.set(KEY.model, ui.model.value));
+
+async function loadModels() {
+  try {
+    const r = await fetch("/v1/models", { headers: authHeaders() });
+    if (!r.ok) throw new TokenwireError("http_" + r.status, `could not list models (HTTP ${r.status})`, { retryable: r.status >= 500 || r.status === 429 });
+    const body = await r.json();
+    app.models = body.data || [];
+    const saved = store.get(KEY.model);
+    ui.model.replaceChildren(
+      ...app.models.map((m) => {
+        const o = document.createElement("option");
+        o.value = m.id;
+        o.textContent = m.id + (m.simulated ? " · simulated" : "");
+        if (m.pricing) o.title = `$${m.pricing.input_per_mtok} in / $${m.pricing.output_per_mtok} out per million tokens`;
+        o.dataset.simulated = String(Boolean(m.simulated));
+        return o;
+      }),
+    );
+    if (saved && app.models.some((m) => m.id === saved)) ui.model.value = saved;
+  } catch (err) {
+    const e = err instanceof TokenwireError ? err : new TokenwireError("network", `could not list models: ${err.message}`, { retryable: true });
+    showError(e, { retry: loadModels });
+  }
+}
+
+async function loadHistory() {
+  const cid = app.conversationId;
+  try {
+    const r = await fetch(`/v1/conversations/${encodeURIComponent(cid)}`, { headers: authHeaders() });
+    if (r.status === 404) return; // a new conversation
+    if (!r.ok) throw new TokenwireError("http_" + r.status, `could not load the conversation (HTTP ${r.status})`, { retryable: true });
+    const body = await r.json();
+    if (cid !== app.conversationId) return; // "New chat" was pressed meanwhile
+    const history = body.messages || [];
+    for (const m of history) {
+      const text = typeof m.content === "string" ? m.content : Array.isArray(m.content) ? m.content.map((p) => p.text || "").join("") : "";
+      if (m.role === "system") {
+        if (!ui.system.value) ui.system.value = text;
+      } else if (m.role === "user" || m.role === "assistant") {
+        addMessage(m.role, text).el.dataset.history = "1";
+      }
+    }
+    scrollDown(true);
+    resumePending(history);
+  } catch (err) {
+    const e = err instanceof TokenwireError ? err : new TokenwireError("network", `could not load the conversation: ${err.message}`, { retryable: true });
+    showError(e, { retry: loadHistory });
+  }
+}
+
+// ---- connection status ------------------------------------------------------------------
+
+let countdown = null;
+function showStatus(s) {
+  app.statusLog.push(s.state);
+  ui.status.dataset.state = s.state;
+  ui.reconnect.hidden = !(s.state === "offline" || s.state === "reconnecting");
+  clearInterval(countdown);
+  countdown = null;
+  const paint = () => {
+    let text = s.state;
+    if (s.state === "connecting") text = "connecting…";
+    else if (s.state === "reconnecting") {
+      const left = s.retryAt ? Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000)) : 0;
+      text = left > 0 ? `reconnecting in ${left} s` : "reconnecting…";
+    } else if (s.state === "offline" && s.error) text = `offline — ${s.error.message}`;
+    ui.statusText.textContent = text;
+  };
+  paint();
+  if (s.state === "reconnecting" && s.retryAt > Date.now()) countdown = setInterval(paint, 250);
+}
+
+ui.reconnect.addEventListener("click", () => app.client?.reconnectNow());
+
+function connect() {
+  app.client?.close();
+  const opts = { apiKey: store.get(KEY.apiKey) || undefined };
+  const q = new URLSearchParams(location.search); // tuning knobs, e.g. ?ping=2000&backoff=200
+  if (q.get("ping")) opts.pingInterval = Number(q.get("ping"));
+  if (q.get("backoff")) opts.backoffBase = Number(q.get("backoff"));
+  app.client = new TokenwireClient(opts);
+  app.client.onStatus(showStatus);
+  app.client.on("error", (err) => showError(err));
+}
+
+connect();
+loadModels();
+loadHistory();
+ui.input.focus();
