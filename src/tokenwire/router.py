@@ -121,6 +121,10 @@ class Router:
                 for cfg, provider in self.providers
                 if name in cfg.models or name in cfg.model_map
             ]
+        info = self.catalog.get(name)
+        if not targets and info is not None and info.provider in self.by_name:  # the catalog says where it lives
+            cfg, provider = self.by_name[info.provider]
+            targets = [self._target(name, cfg, provider)]
         if not targets:
             for cfg, provider in self.providers:
                 if any(fnmatchcase(name, pat) for pat in cfg.models if "*" in pat or "?" in pat):

@@ -44,7 +44,8 @@ class GeminiStreamParser:
     Parts with ``thought: true`` are reasoning; ``functionCall`` parts arrive
     whole and become one tool-call delta each (id ``call_N``, arguments as a
     JSON string, as OpenAI clients expect). ``usageMetadata`` comes on every
-    chunk; each becomes a usage event and the relay keeps the last.
+    chunk; those with completion counts (or the last) become usage events and
+    the relay keeps the last.
     """
 
     __slots__ = ("_calls", "_model_sent", "_sse", "done", "finished", "provider")
@@ -126,7 +127,9 @@ class GeminiStreamParser:
                 self.finished = True
                 out.append((ev.FINISH, "content_filter"))
         usage = obj.get("usageMetadata")
-        if usage:
+        # Chunks before the last carry only the prompt count: reporting those as usage would
+        # claim 0 completion tokens for a stream cut mid-way (the relay estimates instead).
+        if usage and ("candidatesTokenCount" in usage or self.finished):
             out.append((ev.USAGE, _usage(usage)))
         if not self._model_sent and obj.get("modelVersion"):
             self._model_sent = True
