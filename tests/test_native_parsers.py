@@ -231,3 +231,57 @@ def test_gemini_request_conversion() -> None:
         "maxOutputTokens": 50,
         "stopSequences": ["END"],
     }
+
+
+def test_routing_config_is_checked(tmp_path: Path) -> None:
+    from tokenwire.config import ConfigError, load_settings
+
+    def load(body: str):
+        cfg = tmp_path / "t.toml"
+        cfg.write_text('[providers.a]\nkind = "openai"\nbase_url = "http://127.0.0.1:1/v1"\n' + body)
+        return load_settings(str(cfg), env={"HOME": str(tmp_path)})
+
+    s = load(
+        '[routing]\nmax_retries = 4\nfirst_token_timeout = 2.5\n[models.m]\ninput_per_mtok = 1\n[aliases]\nq = "m"\n'
+    )
+    assert (s.max_retries, s.first_token_timeout, s.models, s.aliases) == (
+        4,
+        2.5,
+        {"m": {"input_per_mtok": 1.0}},
+        {"q": "m"},
+    )
+    for body, message in (
+        ("[models.m]\nprice = 1\n", "unknown key 'price'"),
+        ("[models.m]\ninput_per_mtok = 'x'\n", "input_per_mtok must be a number"),
+        ('[routes.m]\ndeployments = ["nope"]\n', "names no configured provider"),
+        ('[routes.m]\nstrategy = "random"\n', "strategy must be one of"),
+        ('[routes.m]\ndeployments = ["a"]\nweights = [1, 2]\n', "one number >= 0 per deployment"),
+        ("[routing]\nmax_retries = 'x'\n", "max_retries must be a int"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load(body)
+
+
+def test_weighted_and_ordered_strategies_and_breaker() -> None:
+    from tokenwire.routing import CLOSED, HALF_OPEN, OPEN, Deployment, Group, Policy
+    from tokenwire.upstream.simulated import SimulatedProvider
+
+    class T:  # a stand-in Route: only .deployment is used for ordering
+        def __init__(self, name: str) -> None:
+            self.deployment = Deployment(SimulatedProvider(name), "m", Policy())
+
+    a, b = T("a"), T("b")
+    assert Group([a, b], "weighted", [1, 0]).ordered() == [a, b]
+    assert Group([a, b], "weighted", [0, 1]).ordered() == [b, a]
+    firsts = [Group([a, b], "weighted", [3, 1]).ordered()[0] for _ in range(2000)]
+    assert 0.70 < firsts.count(a) / 2000 < 0.80
+    assert Group([b, a], "ordered").ordered() == [b, a]
+    dep = Deployment(SimulatedProvider("x"), "m", Policy(circuit_failures=2, circuit_cooldown=10))
+    dep.failure(now=0)
+    assert dep.state == CLOSED and dep.admit(1)
+    dep.failure(now=1)
+    assert dep.state == OPEN and not dep.admit(5) and dep.retry_in(5) == 6
+    assert dep.admit(11) and dep.state == HALF_OPEN  # one probe …
+    assert not dep.admit(11.5)  # … at a time
+    dep.success(0.2)
+    assert dep.state == CLOSED and dep.failures == 0 and dep.latency == 0.2

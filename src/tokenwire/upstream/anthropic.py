@@ -304,7 +304,9 @@ class AnthropicProvider(OpenAIProvider):
         super().__init__(name, base_url, api_key, session, {"anthropic-version": ANTHROPIC_VERSION, **(headers or {})})
 
     async def start(self, call: ChatCall) -> _OpenAIStream:
-        resp = await self.post("/messages", to_anthropic_request(call))
+        # ANTHROPIC_BASE_URL is often given as the SDK takes it, without /v1
+        path = "/messages" if self.base_url.endswith("/v1") else "/v1/messages"
+        resp = await self.post(path, to_anthropic_request(call))
         if resp.status != 200:
             raise await self._error(resp)
         return _OpenAIStream(resp, AnthropicStreamParser(self.name))  # type: ignore[arg-type]

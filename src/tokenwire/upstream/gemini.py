@@ -290,7 +290,8 @@ class GeminiProvider(HTTPUpstream):
     auth_prefix = ""
 
     async def start(self, call: ChatCall) -> _OpenAIStream:
-        path = f"/models/{call.model}:streamGenerateContent?alt=sse"
+        version = "" if self.base_url.endswith(("/v1beta", "/v1", "/v1alpha")) else "/v1beta"
+        path = f"{version}/models/{call.model}:streamGenerateContent?alt=sse"
         resp = await self.post(path, to_gemini_request(call))
         if resp.status != 200:
             raise await self._error(resp)
