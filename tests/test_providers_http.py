@@ -376,3 +376,18 @@ async def test_estimated_usage_is_priced_and_flagged(spawn, tmp_path, fsim) -> N
         "usage_estimated" in end and end["usage"]["completion_tokens"] == n and end["usage"]["prompt_tokens"] == prompt
     )
     assert end["cost_usd"] == pytest.approx((prompt * 2.0 + n * 8.0) / 1e6)
+
+
+async def test_cancel_while_waiting_to_retry(spawn, tmp_path, fsim) -> None:
+    gw = serve(spawn, tmp_path, native_config(fsim))
+    async with await WS.connect(gw.ws) as ws:
+        await ws.send({"type": "chat", "id": "c", "model": "gpt-4.1@fault=429@retry_after=3@times=1", "content": "x"})
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        await ws.send({"type": "cancel", "id": "c"})
+        events = await ws.until_end("c", timeout=5)
+    assert time.monotonic() - t0 < 0.5
+    assert [e["type"] for e in events] == ["start", "end"] and [e["seq"] for e in events] == [0, 1]
+    assert events[-1]["status"] == "cancelled" and events[-1]["reason"] == "cancelled"
+    await asyncio.sleep(3)
+    assert (await get_json(fsim.http + "/_sim/stats"))["requests"] == 1, "no retry after the cancel"
