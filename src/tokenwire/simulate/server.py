@@ -19,6 +19,8 @@ request with ``@key=value`` suffixes on the model name, e.g.
 * ``fault=error:N``: an in-band ``{"error": …}`` chunk after N tokens (HTTP 200)
 * ``replay=NAME``: send the recorded stream NAME from ``--fixtures DIR`` byte for byte
   (with ``split=N``, in N-byte writes); with ``status=N`` under that HTTP status
+* ``reasoning=N``: N reasoning tokens before the answer, in the format's own shape (OpenAI
+  ``reasoning_content``, an Anthropic thinking block, Gemini ``thought`` parts)
 * ``tokens=N``, ``tps=X`` (0 = as fast as possible), ``ttft=MS``, ``split=N`` (write each
   event in N-byte pieces), ``retry_after=S`` (with 429)
 
@@ -38,7 +40,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .reply import DEFAULT_MAX_TOKENS, PROFILES, estimate_tokens, reply_tokens
+from .reply import DEFAULT_MAX_TOKENS, PROFILES, estimate_tokens, reasoning_tokens, reply_tokens
 from .wires import AnthropicWire, GeminiWire, Wire
 
 __all__ = ["SimOptions", "create_sim_app", "run_simulator"]
@@ -57,6 +59,7 @@ class SimOptions:
     replay: str | None = None
     status: int = 200
     times: int = 0  #: with ``fault``: apply it to the first N requests only (0 = always)
+    reasoning: int = 0  #: reasoning tokens sent before the answer
 
 
 def _apply_suffix(opts: SimOptions, model: str) -> tuple[SimOptions, str]:
@@ -86,6 +89,8 @@ def _apply_suffix(opts: SimOptions, model: str) -> tuple[SimOptions, str]:
             changes["status"] = int(value)
         elif key == "times":
             changes["times"] = int(value)
+        elif key == "reasoning":
+            changes["reasoning"] = int(value)
     return replace(opts, **changes), base
 
 
@@ -288,9 +293,18 @@ class Simulator:
             interval = 1.0 / tps if tps > 0 else 0.0
             if interval:
                 await wait_until(due)
+            if opts.reasoning and isinstance(wire, AnthropicWire):
+                wire.text_index = 1  # a thinking block first, the answer in block 1
             opening = wire.open()
             if opening:
                 await write(opening)
+            if opts.reasoning:
+                for token in reasoning_tokens(opts.reasoning):
+                    if interval:
+                        due += interval
+                        await wait_until(due)
+                    await write(wire.reasoning(token))
+                await write(wire.end_reasoning())
             batch: list[bytes] = []
             for i, token in enumerate(tokens):
                 if kind == "cut" and i == at:

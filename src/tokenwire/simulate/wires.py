@@ -41,6 +41,12 @@ class Wire:
     def malformed(self) -> bytes:
         return b"data: {this is not json\n\n"
 
+    def reasoning(self, token: str) -> bytes:
+        return self.head + b'{"reasoning_content":' + _dumps(token) + b'},"finish_reason":null}],"usage":null}\n\n'
+
+    def end_reasoning(self) -> bytes:
+        return b""
+
     def error(self) -> bytes:
         err = {"error": {"message": "Simulated mid-stream failure", "type": "server_error", "code": 500}}
         return b"data: " + _dumps(err) + b"\n\ndata: [DONE]\n\n"
@@ -88,6 +94,27 @@ class AnthropicWire(Wire):
     def __init__(self, model: str, prompt_tokens: int, include_usage: bool, max_tokens: int = 0) -> None:
         super().__init__(model, prompt_tokens, include_usage)
         self.max_tokens = max_tokens
+        self.text_index = 0  #: content-block index of the answer (1 after a thinking block)
+
+    def reasoning(self, token: str) -> bytes:
+        return (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            b'"delta":{"type":"thinking_delta","thinking":' + _dumps(token) + b"}}\n\n"
+        )
+
+    def end_reasoning(self) -> bytes:
+        """Close the thinking block (with its signature, as Anthropic sends it) and open the text block."""
+        signature = {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": "c2lt"},
+        }
+        text_start = {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}
+        return (
+            _event(b"content_block_delta", signature)
+            + _event(b"content_block_stop", {"type": "content_block_stop", "index": 0})
+            + _event(b"content_block_start", text_start)
+        )
 
     def open(self) -> bytes:
         message = {
@@ -103,15 +130,20 @@ class AnthropicWire(Wire):
         return (
             _event(b"message_start", {"type": "message_start", "message": message})
             + _event(
-                b"content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+                b"content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "thinking", "thinking": ""} if self.text_index else {"type": "text"},
+                },
             )
             + b'event: ping\ndata: {"type": "ping"}\n\n'
         )
 
     def token(self, token: str) -> bytes:
         return (
-            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-            b'"delta":{"type":"text_delta","text":' + _dumps(token) + b"}}\n\n"
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+            b'"delta":{"type":"text_delta","text":%b}}\n\n' % (self.text_index, _dumps(token))
         )
 
     def malformed(self) -> bytes:
@@ -129,7 +161,7 @@ class AnthropicWire(Wire):
             "usage": {"output_tokens": completion_tokens},
         }
         return (
-            _event(b"content_block_stop", {"type": "content_block_stop", "index": 0})
+            _event(b"content_block_stop", {"type": "content_block_stop", "index": self.text_index})
             + _event(b"message_delta", delta)
             + _event(b"message_stop", {"type": "message_stop"})
         )
@@ -169,6 +201,15 @@ class GeminiWire(Wire):
 
     def malformed(self) -> bytes:
         return b"data: {this is not json\r\n\r\n"
+
+    def reasoning(self, token: str) -> bytes:
+        return self._chunk(
+            {
+                "candidates": [{"content": {"parts": [{"text": token, "thought": True}], "role": "model"}}],
+                "usageMetadata": {"promptTokenCount": self.prompt_tokens, "totalTokenCount": self.prompt_tokens},
+                "modelVersion": self.model,
+            }
+        )
 
     def error(self) -> bytes:
         return self._chunk({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}})
