@@ -25,7 +25,12 @@ from .upstream.simulated import SimulatedProvider
 
 __all__ = ["Route", "Router"]
 
-_DEFAULT_MODEL = {"deepseek": "deepseek-chat", "ollama": "llama3.2"}
+_DEFAULT_MODEL = {
+    "deepseek": "deepseek-chat",
+    "ollama": "llama3.2",
+    "anthropic": "claude-sonnet-4.5",
+    "gemini": "gemini-2.5-flash",
+}
 
 #: Built-in aliases (a config's ``[aliases]`` table overrides or adds to them).
 ALIASES = {"fast": "gemini-2.5-flash", "cheap": "deepseek-v3.2", "best": "claude-sonnet-4.5"}
