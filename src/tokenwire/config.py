@@ -106,12 +106,23 @@ class Settings:
     read_timeout: float = 120.0
     drain_timeout: float = 30.0
     log_level: str = "info"
+    # routing: retries, fallbacks, circuit breakers (docs/providers.md)
+    first_token_timeout: float = 60.0  #: request sent -> first token (retried/fallen back on expiry)
+    max_retries: int = 2  #: per deployment, before the first token, on 429/5xx/connect errors
+    retry_backoff: float = 0.25  #: first backoff (s), doubled each retry
+    retry_max_wait: float = 5.0  #: a longer Retry-After is not waited for: the next deployment is tried
+    circuit_failures: int = 5  #: consecutive failures that open a deployment's circuit
+    circuit_cooldown: float = 30.0  #: seconds an open circuit is skipped before one probe
+    #: ``[models.NAME]`` catalog overrides, ``[aliases]``, ``[routes.NAME]`` (validated)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"Settings(host={self.host!r}, port={self.port}, providers={self.providers!r})"
 
 
-_SERVER_KEYS = {f.name for f in fields(Settings)} - {"providers"}
+_SERVER_KEYS = {f.name for f in fields(Settings)} - {"providers", "models", "aliases", "routes"}
 _PROVIDER_KEYS = {"preset", "kind", "base_url", "api_key", "api_key_env", "models", "model_map", "headers"}
 
 
@@ -253,7 +264,9 @@ def load_settings(
                     raise ConfigError(f"{path}: [providers] must hold [providers.NAME] tables")
                 for name, ptable in table.items():
                     file_providers.append(_provider_from_table(name, ptable, path))
-            elif section in ("server", "limits", "store", "stream", "upstream"):
+            elif section in ("models", "aliases", "routes"):
+                _routing_table(settings, section, table, path)
+            elif section in ("server", "limits", "store", "stream", "upstream", "routing"):
                 if not isinstance(table, dict):
                     raise ConfigError(f"{path}: [{section}] must be a table")
                 for key, value in table.items():
@@ -264,7 +277,8 @@ def load_settings(
                     setattr(settings, key, _coerce(key, value, f"{path} [{section}]"))
             else:
                 raise ConfigError(
-                    f"{path}: unknown section [{section}] (known: server, limits, store, stream, upstream, providers)"
+                    f"{path}: unknown section [{section}] (known: server, limits, store, stream, upstream, "
+                    "routing, providers, models, aliases, routes)"
                 )
     for key in _SERVER_KEYS:
         value = env.get(f"TOKENWIRE_{key.upper()}")
@@ -287,4 +301,77 @@ def load_settings(
         raise ConfigError(f"port {settings.port} is out of range (0-65535; 0 = any free port)")
     if settings.max_frame_bytes < 1024:
         raise ConfigError("max_frame_bytes must be at least 1024")
+    _check_routes(settings, path or "config")
     return settings
+
+
+_MODEL_KEYS = {
+    "provider": str,
+    "upstream_model": str,
+    "owned_by": str,
+    "context_window": int,
+    "input_per_mtok": float,
+    "output_per_mtok": float,
+}
+_ROUTE_KEYS = {"deployments", "strategy", "weights", "fallbacks"}
+STRATEGIES = ("ordered", "latency", "weighted")
+
+
+def _routing_table(settings: Settings, section: str, table: Any, path: str) -> None:
+    """``[models.NAME]``, ``[aliases]`` and ``[routes.NAME]``: checked here, used by the router."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{section}] must be a table")
+    if section == "aliases":
+        for alias, target in table.items():
+            if not isinstance(target, str) or not target:
+                raise ConfigError(f"{path} [aliases]: {alias} must name a model (a string)")
+            settings.aliases[alias] = target
+        return
+    for name, entry in table.items():
+        where = f"{path} [{section}.{name}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table")
+        if section == "models":
+            out: dict[str, Any] = {}
+            for key, value in entry.items():
+                want = _MODEL_KEYS.get(key)
+                if want is None:
+                    raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(_MODEL_KEYS))})")
+                ok = isinstance(value, str) if want is str else isinstance(value, int | float) and value >= 0
+                if not ok or isinstance(value, bool) or (want is int and isinstance(value, float)):
+                    raise ConfigError(f"{where}: {key} must be a {'string' if want is str else 'number >= 0'}")
+                out[key] = float(value) if want is float else value
+            settings.models[name] = out
+            continue
+        unknown = set(entry) - _ROUTE_KEYS
+        if unknown:
+            allowed = ", ".join(sorted(_ROUTE_KEYS))
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: {allowed})")
+        for key in ("deployments", "fallbacks"):
+            value = entry.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{where}: {key} must be a list of names")
+        strategy = entry.get("strategy", "ordered")
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"{where}: strategy must be one of {', '.join(STRATEGIES)}")
+        weights = entry.get("weights")
+        if weights is not None and (
+            not isinstance(weights, list)
+            or len(weights) != len(entry.get("deployments", []))
+            or not all(isinstance(w, int | float) and not isinstance(w, bool) and w >= 0 for w in weights)
+        ):
+            raise ConfigError(f"{where}: weights must be one number >= 0 per deployment")
+        settings.routes[name] = dict(entry)
+
+
+def _check_routes(settings: Settings, path: str) -> None:
+    """Deployments must name configured providers (``provider`` or ``provider:upstream-id``)."""
+    names = {p.name for p in settings.providers} or {"simulated"}
+    for model, route in settings.routes.items():
+        for dep in route.get("deployments", []):
+            provider = dep.split(":", 1)[0]
+            if provider not in names:
+                raise ConfigError(
+                    f"{path} [routes.{model}]: deployment {dep!r} names no configured provider "
+                    f"(configured: {', '.join(sorted(names))})"
+                )

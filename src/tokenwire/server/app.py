@@ -35,6 +35,7 @@ async def healthz(request: web.Request) -> web.Response:
         "sockets": len(gw.sessions),
         "generations": sum(1 for r in gw.registry.runs.values() if not r.gen.ended),
         "providers": [{"name": cfg.name, "kind": cfg.kind, "simulated": p.simulated} for cfg, p in gw.router.providers],
+        "deployments": gw.router.health(),  # circuit breakers and observed latency (docs/providers.md)
     }
     return _json(body, 503 if gw.draining else 200)
 

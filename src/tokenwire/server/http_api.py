@@ -278,6 +278,6 @@ async def list_models(request: web.Request) -> web.Response:
     except GatewayError as err:
         return error_response(err)
     return web.Response(
-        body=orjson.dumps({"object": "list", "data": gw.router.models()}),
+        body=orjson.dumps({"object": "list", "data": gw.router.models(), "aliases": gw.router.alias_map()}),
         content_type="application/json",
     )

@@ -16,12 +16,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ..catalog import cost_usd
+from ..catalog import price
 from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Chat
 from ..protocol.stream import CANCELLED, COMPLETED, FAILED, Generation
 from ..router import Route
+from ..routing import open_stream
 from ..simulate.reply import estimate_tokens
 from ..store.base import ConversationStore
 from ..upstream.base import ChatCall, UpstreamStream
@@ -188,19 +189,20 @@ class Run:
         stream: UpstreamStream | None = None
         registry.stats["generations"] += 1
         try:
+            # Retries, fallbacks and circuit breakers happen before the first token
+            # (routing.open_stream); ``start`` then names who actually answers.
+            stream, events, route, attempts = await open_stream(self.route, call)
+            self.upstream = stream
+            if route is not self.route:
+                self.route = route
+                answered_model = route.upstream_model
+            _answered(start_fields, route, self.chat.model, attempts)
             wait = self._emit(gen.start(start_fields), START, start_fields)
             if wait is not None:
                 await wait
-            stream = await self.route.provider.start(call)
-            self.upstream = stream
             gate = self.gate
             emit = self._emit
-            while True:
-                if not gate.is_set():
-                    await gate.wait()
-                events = await stream.read()
-                if events is None:
-                    break
+            while events is not None:
                 for kind, value in events:
                     if kind == TOKEN:
                         if ttft is None:
@@ -227,6 +229,9 @@ class Run:
                         answered_model = value
                     elif kind == ERROR:
                         raise value
+                if not gate.is_set():
+                    await gate.wait()
+                events = await stream.read()
         except asyncio.CancelledError:
             status = CANCELLED
             if self.cancel_reason is None:
@@ -248,6 +253,16 @@ class Run:
             if stream is not None and status != COMPLETED:
                 stream.close()
             self.upstream = None
+        if stream is not None and error is not None and error.code.startswith("upstream_"):
+            if self.route.deployment is not None:
+                self.route.deployment.failure(error)  # a failure mid-answer counts for the breaker too
+        if gen.seq < 0:  # nobody answered: ``start`` still opens the sequence
+            try:
+                wait = self._emit(gen.start(start_fields), START, start_fields)
+                if wait is not None:
+                    await wait
+            except asyncio.CancelledError:
+                pass
         total = time.monotonic() - t0
         await self._finish(status, error, finish_reason, usage, ttft, total, answered_model, call)
 
@@ -298,7 +313,7 @@ class Run:
         }
         if answered_model != self.route.upstream_model:
             fields["upstream_model"] = answered_model
-        cost = cost_usd(self.route.model, usage)
+        cost = price(self.route.info, usage)
         if cost is not None:
             fields["cost_usd"] = cost
         if estimated:
@@ -327,6 +342,17 @@ class Run:
         finally:
             self.ended.set()
             await registry.finished(self)
+
+
+def _answered(fields: dict[str, Any], route: Route, requested: str | None, attempts: int) -> None:
+    """The ``start`` fields name the model and provider that actually answer."""
+    fields["model"] = route.model
+    fields["provider"] = route.provider.name
+    fields["simulated"] = route.provider.simulated
+    if requested and requested != route.model:
+        fields["requested_model"] = requested
+    if attempts > 1:
+        fields["attempts"] = attempts
 
 
 class Registry:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PROFILES", "SpeedProfile", "estimate_tokens", "reply_tokens", "tokenize"]
+__all__ = ["PROFILES", "SpeedProfile", "estimate_tokens", "reasoning_tokens", "reply_tokens", "tokenize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,3 +96,14 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
         elif isinstance(content, list):
             chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
     return chars // 4 + 4 * len(messages) + 3
+
+
+_THINKING = "The user wants an answer; first weigh what matters, then check each step before replying. "
+
+
+def reasoning_tokens(n: int) -> list[str]:
+    """``n`` deterministic reasoning tokens (for providers that think before answering)."""
+    tokens: list[str] = []
+    while len(tokens) < n:
+        tokens += tokenize(_THINKING)
+    return tokens[:n]

@@ -1,17 +1,26 @@
-"""``tokenwire simulate``: a standalone OpenAI-compatible fake upstream over real HTTP.
+"""``tokenwire simulate``: a standalone fake upstream over real HTTP.
+
+It speaks OpenAI Chat Completions (``POST /v1/chat/completions``), Anthropic
+Messages (``POST /v1/messages``) and Gemini (``POST
+/v1beta/models/{model}:streamGenerateContent?alt=sse``), each in its own wire
+format (see :mod:`.wires`), with the same deterministic reply and faults.
 
 Tests and benchmarks point the gateway at it as a real provider. Speed, chunk
 splitting and faults are set on the command line for every request, or per
 request with ``@key=value`` suffixes on the model name, e.g.
 ``gpt-4.1@fault=429``, ``m@fault=cut:5``, ``m@tokens=2000@tps=0``:
 
-* ``fault=429`` / ``fault=500`` / ``fault=503``: an HTTP error with a real OpenAI error body
+* ``fault=429`` / ``fault=500`` / ``fault=503``: an HTTP error with the provider's own error body
+* ``times=N``: the fault hits only the first N requests for that exact model string
+  (then the same request succeeds: retries can be tested)
 * ``fault=cut:N``: the connection is cut after N tokens (no finish, no [DONE])
 * ``fault=malformed:N``: the N-th chunk is not JSON
 * ``fault=stall:N``: after N tokens the server stops sending (connection kept open)
 * ``fault=error:N``: an in-band ``{"error": …}`` chunk after N tokens (HTTP 200)
 * ``replay=NAME``: send the recorded stream NAME from ``--fixtures DIR`` byte for byte
   (with ``split=N``, in N-byte writes); with ``status=N`` under that HTTP status
+* ``reasoning=N``: N reasoning tokens before the answer, in the format's own shape (OpenAI
+  ``reasoning_content``, an Anthropic thinking block, Gemini ``thought`` parts)
 * ``tokens=N``, ``tps=X`` (0 = as fast as possible), ``ttft=MS``, ``split=N`` (write each
   event in N-byte pieces), ``retry_after=S`` (with 429)
 
@@ -31,7 +40,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .reply import PROFILES, estimate_tokens, reply_tokens
+from .reply import DEFAULT_MAX_TOKENS, PROFILES, estimate_tokens, reasoning_tokens, reply_tokens
+from .wires import AnthropicWire, GeminiWire, Wire
 
 __all__ = ["SimOptions", "create_sim_app", "run_simulator"]
 
@@ -48,6 +58,8 @@ class SimOptions:
     fixtures: str | None = None  #: folder of recorded streams for ``replay=NAME``
     replay: str | None = None
     status: int = 200
+    times: int = 0  #: with ``fault``: apply it to the first N requests only (0 = always)
+    reasoning: int = 0  #: reasoning tokens sent before the answer
 
 
 def _apply_suffix(opts: SimOptions, model: str) -> tuple[SimOptions, str]:
@@ -75,20 +87,15 @@ def _apply_suffix(opts: SimOptions, model: str) -> tuple[SimOptions, str]:
             changes["replay"] = value
         elif key == "status":
             changes["status"] = int(value)
+        elif key == "times":
+            changes["times"] = int(value)
+        elif key == "reasoning":
+            changes["reasoning"] = int(value)
     return replace(opts, **changes), base
 
 
 def _error_body(status: int) -> bytes:
-    kinds = {
-        429: ("Rate limit reached for requests. Please try again in 1s.", "requests", "rate_limit_exceeded"),
-        500: ("The server had an error while processing your request.", "server_error", None),
-        503: ("The engine is currently overloaded, please try again later.", "server_error", None),
-        401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
-        400: ("Invalid request.", "invalid_request_error", None),
-    }
-    message, kind, code = kinds.get(status, ("Simulated error.", "server_error", None))
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+    return Wire.error_body(status)
 
 
 class Simulator:
@@ -103,27 +110,51 @@ class Simulator:
             "last_abort_monotonic": None,
         }
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
+        self.seen: dict[str, int] = {}  #: requests per model string, for ``times=N``
+        self.request_times: deque[float] = deque(maxlen=200)  #: time.monotonic() of each request
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def _body(self, request: web.Request) -> dict[str, Any] | None:
         self.stats["requests"] += 1
+        self.request_times.append(time.monotonic())
         try:
             body = await request.json(loads=orjson.loads)
         except Exception:
-            return web.Response(status=400, body=_error_body(400), content_type="application/json")
+            return None
+        if not isinstance(body, dict):
+            return None
         self.recent.append(body)
+        return body
+
+    def _fault_response(self, opts: SimOptions, model: str, wire: type[Wire]) -> web.Response | None:
+        """An HTTP error status, if the model string asks for one (and ``times`` allows)."""
+        fault = opts.fault or ""
+        if opts.times:
+            self.seen[model] = self.seen.get(model, 0) + 1
+            if self.seen[model] > opts.times:
+                return None
+        if not fault[:3].isdigit():
+            return None
+        headers = {}
+        if opts.retry_after is not None:
+            headers["Retry-After"] = f"{opts.retry_after:g}"
+        return web.Response(
+            status=int(fault[:3]),
+            body=wire.error_body(int(fault[:3])),
+            content_type="application/json",
+            headers=headers,
+        )
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if body is None:
+            return web.Response(status=400, body=_error_body(400), content_type="application/json")
         model = str(body.get("model") or "gpt-4.1")
         opts, base_model = _apply_suffix(self.defaults, model)
-        fault = opts.fault or ""
-        if fault[:3].isdigit():
-            headers = {}
-            if opts.retry_after is not None:
-                headers["Retry-After"] = f"{opts.retry_after:g}"
-            return web.Response(
-                status=int(fault[:3]),
-                body=_error_body(int(fault[:3])),
-                content_type="application/json",
-                headers=headers,
-            )
+        refused = self._fault_response(opts, model, Wire)
+        if refused is not None:
+            return refused
+        if opts.times and self.seen.get(model, 0) > opts.times:
+            opts = replace(opts, fault=None)
         if opts.replay:
             return await self._replay(request, opts)
         messages = body.get("messages") or []
@@ -153,35 +184,88 @@ class Simulator:
                 },
                 dumps=lambda o: orjson.dumps(o).decode(),
             )
-        profile = PROFILES.get(base_model)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        wire = Wire(base_model, prompt_tokens, include_usage)
+        return await self._paced(request, base_model, tokens, wire, opts)
+
+    async def anthropic(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/messages``: Anthropic's request shape in, its event stream out."""
+        body = await self._body(request)
+        if body is None:
+            return web.Response(status=400, body=AnthropicWire.error_body(400), content_type="application/json")
+        if not request.headers.get("x-api-key") or request.headers.get("anthropic-version") is None:
+            return web.Response(status=401, body=AnthropicWire.error_body(401), content_type="application/json")
+        model = str(body.get("model") or "claude-sonnet-4.5")
+        opts, base_model = _apply_suffix(self.defaults, model)
+        refused = self._fault_response(opts, model, AnthropicWire)
+        if refused is not None:
+            return refused
+        if opts.times and self.seen.get(model, 0) > opts.times:
+            opts = replace(opts, fault=None)
+        if opts.replay:
+            return await self._replay(request, opts)
+        messages = list(body.get("messages") or [])
+        if body.get("system"):
+            messages.insert(0, {"role": "system", "content": body["system"]})
+        # Anthropic requests always carry max_tokens (the gateway defaults it to 4096):
+        # treat it as a cap on the usual reply length, not as the length itself.
+        max_tokens = int(body.get("max_tokens") or DEFAULT_MAX_TOKENS)
+        tokens = reply_tokens(messages, opts.tokens or min(max_tokens, DEFAULT_MAX_TOKENS))
+        wire = AnthropicWire(base_model, estimate_tokens(messages), True, max_tokens)
+        return await self._paced(request, base_model, tokens, wire, opts)
+
+    async def gemini(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1beta/models/{model}:streamGenerateContent?alt=sse``."""
+        model, _, action = request.match_info["target"].rpartition(":")
+        body = await self._body(request)
+        if body is None or action != "streamGenerateContent" or request.query.get("alt") != "sse":
+            return web.Response(status=400, body=GeminiWire.error_body(400), content_type="application/json")
+        if not request.headers.get("x-goog-api-key"):
+            return web.Response(status=403, body=GeminiWire.error_body(403), content_type="application/json")
+        body["_model"] = model
+        opts, base_model = _apply_suffix(self.defaults, model)
+        refused = self._fault_response(opts, model, GeminiWire)
+        if refused is not None:
+            return refused
+        if opts.times and self.seen.get(model, 0) > opts.times:
+            opts = replace(opts, fault=None)
+        if opts.replay:
+            return await self._replay(request, opts)
+        messages: list[dict[str, Any]] = []
+        system = body.get("systemInstruction") or {}
+        if system.get("parts"):
+            messages.append({"role": "system", "content": " ".join(p.get("text", "") for p in system["parts"])})
+        for c in body.get("contents") or []:
+            role = "assistant" if c.get("role") == "model" else "user"
+            messages.append({"role": role, "content": " ".join(p.get("text", "") for p in c.get("parts") or [])})
+        max_tokens = (body.get("generationConfig") or {}).get("maxOutputTokens")
+        tokens = reply_tokens(messages, opts.tokens or max_tokens)
+        wire = GeminiWire(base_model, estimate_tokens(messages), True)
+        return await self._paced(request, base_model, tokens, wire, opts)
+
+    async def _paced(
+        self, request: web.Request, model: str, tokens: list[str], wire: Wire, opts: SimOptions
+    ) -> web.StreamResponse:
+        profile = PROFILES.get(model)
         tps = opts.tps if opts.tps is not None else (profile.tokens_per_s if profile else 50.0)
         ttft = opts.ttft_ms if opts.ttft_ms is not None else (profile.ttft_ms if profile else 100.0)
         if opts.tps == 0 and opts.ttft_ms is None:
             ttft = 0.0
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await self._stream(request, base_model, tokens, usage, tps, ttft, opts, include_usage)
+        return await self._stream(request, wire, tokens, tps, ttft, opts)
 
     async def _stream(
         self,
         request: web.Request,
-        model: str,
+        wire: Wire,
         tokens: list[str],
-        usage: dict[str, int],
         tps: float,
         ttft_ms: float,
         opts: SimOptions,
-        include_usage: bool,
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
-        )
+        resp = web.StreamResponse(headers={"Content-Type": wire.content_type, "Cache-Control": "no-cache"})
         await resp.prepare(request)
         self.stats["streams"] += 1
         self.stats["active"] += 1
-        head = (
-            b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":%d,"model":%b,'
-            b'"system_fingerprint":null,"choices":[{"index":0,"delta":' % (int(time.time()), orjson.dumps(model))
-        )
         kind, _, arg = (opts.fault or "").partition(":")
         at = int(arg) if arg.isdigit() else 0
         transport = request.transport
@@ -209,7 +293,18 @@ class Simulator:
             interval = 1.0 / tps if tps > 0 else 0.0
             if interval:
                 await wait_until(due)
-            await write(head + b'{"role":"assistant","content":""},"finish_reason":null}],"usage":null}\n\n')
+            if opts.reasoning and isinstance(wire, AnthropicWire):
+                wire.text_index = 1  # a thinking block first, the answer in block 1
+            opening = wire.open()
+            if opening:
+                await write(opening)
+            if opts.reasoning:
+                for token in reasoning_tokens(opts.reasoning):
+                    if interval:
+                        due += interval
+                        await wait_until(due)
+                    await write(wire.reasoning(token))
+                await write(wire.end_reasoning())
             batch: list[bytes] = []
             for i, token in enumerate(tokens):
                 if kind == "cut" and i == at:
@@ -219,14 +314,13 @@ class Simulator:
                 if kind == "stall" and i == at:
                     await wait_until(time.monotonic() + 3600)
                 if kind == "error" and i == at:
-                    err = {"error": {"message": "Simulated mid-stream failure", "type": "server_error", "code": 500}}
-                    await write(b"data: " + orjson.dumps(err) + b"\n\ndata: [DONE]\n\n")
+                    await write(wire.error())
                     self.stats["completed"] += 1
                     return resp
                 if kind == "malformed" and i == at:
-                    event = b"data: {this is not json\n\n"
+                    event = wire.malformed()
                 else:
-                    event = head + b'{"content":' + orjson.dumps(token) + b'},"finish_reason":null}],"usage":null}\n\n'
+                    event = wire.token(token)
                 if interval:
                     due += interval
                     await wait_until(due)
@@ -238,13 +332,7 @@ class Simulator:
                         batch.clear()
             if batch:
                 await write(b"".join(batch))
-            tail = head + b'{},"finish_reason":"stop"}],"usage":null}\n\n'
-            if include_usage:
-                tail += (
-                    b'data: {"id":"chatcmpl-sim","object":"chat.completion.chunk","created":0,'
-                    b'"model":' + orjson.dumps(model) + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n"
-                )
-            await write(tail + b"data: [DONE]\n\n")
+            await write(wire.tail(len(tokens)))
             await resp.write_eof()
             self.stats["completed"] += 1
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
@@ -290,6 +378,9 @@ class Simulator:
     async def requests_handler(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.recent), dumps=lambda o: orjson.dumps(o).decode())
 
+    async def request_times_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.request_times))
+
 
 def create_sim_app(defaults: SimOptions | None = None) -> web.Application:
     sim = Simulator(defaults or SimOptions())
@@ -298,7 +389,12 @@ def create_sim_app(defaults: SimOptions | None = None) -> web.Application:
     for prefix in ("", "/v1"):
         app.router.add_post(prefix + "/chat/completions", sim.chat)
         app.router.add_get(prefix + "/models", sim.models)
+    for prefix in ("", "/v1"):
+        app.router.add_post(prefix + "/messages", sim.anthropic)
+    for prefix in ("", "/v1beta", "/v1"):
+        app.router.add_post(prefix + "/models/{target}", sim.gemini)
     app.router.add_get("/_sim/stats", sim.stats_handler)
+    app.router.add_get("/_sim/request_times", sim.request_times_handler)
     app.router.add_get("/_sim/requests", sim.requests_handler)
     return app
 

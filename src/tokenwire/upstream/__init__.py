@@ -10,3 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 NATIVE: dict[str, Callable[..., Any]] = {}
+
+
+def _register() -> None:
+    """Native wire formats register here (imported lazily: they import this package)."""
+    from .anthropic import AnthropicProvider
+    from .gemini import GeminiProvider
+
+    NATIVE.setdefault("anthropic", AnthropicProvider)
+    NATIVE.setdefault("gemini", GeminiProvider)
+
+
+_register()

@@ -1,0 +1,309 @@
+"""Choosing who answers: deployments, selection strategies, retries, fallbacks, circuit breakers.
+
+A *deployment* is one model on one provider (e.g. ``gpt-4.1`` via HolySheep,
+or via OpenAI). A request's :class:`Plan` lists groups of deployments: the
+model's own (ordered by its strategy), then each fallback model's. Before the
+first token, :func:`open_stream` walks the plan: an open circuit is skipped, a
+429/5xx/connect error or a first-token timeout is retried with backoff
+(``Retry-After`` honoured), then the next deployment is tried. Once a token has
+arrived the relay owns the stream and never switches provider mid-answer.
+
+All of this happens once per request; the per-token loop in the relay is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from .protocol import events as ev
+from .protocol.errors import GatewayError
+from .protocol.events import Event
+from .upstream.base import ChatCall, Provider, UpstreamStream
+
+if TYPE_CHECKING:
+    from .router import Route
+
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "Deployment", "Group", "Plan", "Policy", "open_stream"]
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+_EWMA = 0.3  #: weight of the newest latency sample
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The routing numbers from Settings (one object per gateway)."""
+
+    first_token_timeout: float = 60.0
+    max_retries: int = 2
+    retry_backoff: float = 0.25
+    retry_max_wait: float = 5.0
+    circuit_failures: int = 5
+    circuit_cooldown: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Policy:
+        return cls(**{f: getattr(settings, f) for f in cls.__dataclass_fields__ if hasattr(settings, f)})
+
+
+class Deployment:
+    """One model on one provider: its circuit breaker and observed time to first token.
+
+    closed → (``circuit_failures`` consecutive failures) → open for ``circuit_cooldown``
+    seconds, skipped → half-open: one request probes it → closed on success, open again
+    on failure.
+    """
+
+    __slots__ = (
+        "failures",
+        "key",
+        "last_error",
+        "latency",
+        "opened_at",
+        "policy",
+        "probe_started",
+        "provider",
+        "state",
+        "stats",
+        "upstream_model",
+    )
+
+    def __init__(self, provider: Provider, upstream_model: str, policy: Policy) -> None:
+        self.provider = provider
+        self.upstream_model = upstream_model
+        self.key = f"{provider.name}/{upstream_model}"
+        self.policy = policy
+        self.state = CLOSED
+        self.failures = 0  #: consecutive
+        self.opened_at = 0.0
+        self.probe_started: float | None = None
+        self.latency: float | None = None  #: EWMA of time to first token (s)
+        self.last_error: str | None = None
+        self.stats = {"requests": 0, "successes": 0, "failures": 0, "skipped": 0, "opened": 0}
+
+    def admit(self, now: float) -> bool:
+        """May a request go here now? (An open circuit lets one probe through after the cool-down.)"""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN and now - self.opened_at >= self.policy.circuit_cooldown:
+            self.state = HALF_OPEN
+            self.probe_started = None
+        if self.state == HALF_OPEN:
+            # one probe at a time; a probe that never reported back frees the slot after a cool-down
+            if self.probe_started is None or now - self.probe_started >= self.policy.circuit_cooldown:
+                self.probe_started = now
+                return True
+        self.stats["skipped"] += 1
+        return False
+
+    def success(self, ttft: float) -> None:
+        self.stats["successes"] += 1
+        self.failures = 0
+        self.state = CLOSED
+        self.probe_started = None
+        self.latency = ttft if self.latency is None else self.latency + _EWMA * (ttft - self.latency)
+
+    def failure(self, err: GatewayError | None = None, now: float | None = None) -> None:
+        self.stats["failures"] += 1
+        self.failures += 1
+        if err is not None:
+            self.last_error = err.code
+        if self.state == HALF_OPEN or self.failures >= self.policy.circuit_failures:
+            if self.state != OPEN:
+                self.stats["opened"] += 1
+            self.state = OPEN
+            self.opened_at = time.monotonic() if now is None else now
+            self.probe_started = None
+
+    def retry_in(self, now: float) -> float:
+        return max(0.0, self.policy.circuit_cooldown - (now - self.opened_at)) if self.state == OPEN else 0.0
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """Plain data for /healthz and metrics."""
+        now = time.monotonic() if now is None else now
+        if self.state == OPEN and now - self.opened_at >= self.policy.circuit_cooldown:
+            state = HALF_OPEN  # what admit() would do next
+        else:
+            state = self.state
+        return {
+            "deployment": self.key,
+            "provider": self.provider.name,
+            "upstream_model": self.upstream_model,
+            "circuit": state,
+            "consecutive_failures": self.failures,
+            "retry_in_s": round(self.retry_in(now), 3),
+            "ttft_ewma_ms": round(self.latency * 1000, 2) if self.latency is not None else None,
+            "last_error": self.last_error,
+            **self.stats,
+        }
+
+
+@dataclass(slots=True)
+class Group:
+    """The deployments of one model and how to pick among them."""
+
+    targets: list[Route]
+    strategy: str = "ordered"
+    weights: list[float] | None = None
+
+    def ordered(self) -> list[Route]:
+        targets = self.targets
+        if len(targets) < 2 or self.strategy == "ordered":
+            return list(targets)
+        if self.strategy == "latency":
+            # unmeasured deployments first (so each gets measured), then the fastest
+            return sorted(targets, key=lambda t: -1.0 if t.deployment.latency is None else t.deployment.latency)
+        weights = self.weights or [1.0] * len(targets)
+        rest = list(zip(targets, weights, strict=True))
+        out: list[Route] = []
+        while rest:  # weighted draw without replacement
+            total = sum(w for _, w in rest)
+            if total <= 0:
+                out += [t for t, _ in rest]
+                break
+            pick = random.uniform(0, total)
+            for i, (t, w) in enumerate(rest):
+                pick -= w
+                if pick <= 0 or i == len(rest) - 1:
+                    out.append(t)
+                    del rest[i]
+                    break
+        return out
+
+
+@dataclass(slots=True)
+class Plan:
+    groups: list[Group]
+    policy: Policy = field(default_factory=Policy)
+
+    def candidates(self) -> list[Route]:
+        seen: set[int] = set()
+        out = []
+        for group in self.groups:
+            for target in group.ordered():
+                if id(target.deployment) not in seen:
+                    seen.add(id(target.deployment))
+                    out.append(target)
+        return out
+
+
+async def _attempt(provider: Provider, call: ChatCall, timeout: float) -> tuple[UpstreamStream, list[Event] | None]:
+    """Send the request and read until the first answer event (token, reasoning or tool call).
+
+    An error event before it is raised (so it can be retried elsewhere); events that came
+    before it (model name, usage) are returned with it.
+    """
+    stream: UpstreamStream | None = None
+    pending: list[Event] = []
+    try:
+        async with asyncio.timeout(timeout if timeout > 0 else None):
+            stream = await provider.start(call)
+            while True:
+                events = await stream.read()
+                if events is None:
+                    return stream, pending or None
+                for kind, value in events:
+                    if kind == ev.ERROR:
+                        raise value
+                    if kind <= ev.TOOL_CALL:  # TOKEN, REASONING, TOOL_CALL
+                        return stream, pending + events if pending else events
+                pending += events
+    except TimeoutError:
+        if stream is not None:
+            stream.close()
+        what = "did not answer" if stream is None else "sent no first token"
+        raise GatewayError(
+            "upstream_timeout",
+            f"{provider.name} {what} within {timeout:g} s",
+            retryable=True,
+            extra={"provider": provider.name},
+        ) from None
+    except aiohttp.ClientError as exc:
+        if stream is not None:
+            stream.close()
+        raise GatewayError(
+            "upstream_error",
+            f"{provider.name} failed before the first token ({type(exc).__name__})",
+            retryable=True,
+            extra={"provider": provider.name},
+        ) from None
+    except BaseException:
+        if stream is not None:
+            stream.close()
+        raise
+
+
+async def open_stream(route: Route, call: ChatCall) -> tuple[UpstreamStream, list[Event] | None, Route, int]:
+    """Find a deployment that answers: returns its stream, its first events, its route and the attempts made.
+
+    Raises the last error if every deployment failed (with ``attempts``), or
+    ``upstream_unavailable`` if every circuit was open.
+    """
+    plan: Plan | None = route.plan
+    policy = plan.policy if plan is not None else Policy()
+    candidates = plan.candidates() if plan is not None else [route]
+    last: GatewayError | None = None
+    attempts = 0
+    skipped: list[Deployment] = []
+    for target in candidates:
+        dep: Deployment | None = target.deployment
+        if dep is not None and not dep.admit(time.monotonic()):
+            skipped.append(dep)
+            continue
+        tcall = (
+            call if target.upstream_model == call.model else ChatCall(target.upstream_model, call.messages, call.params)
+        )
+        for attempt in range(policy.max_retries + 1):
+            attempts += 1
+            t0 = time.monotonic()
+            if dep is not None:
+                dep.stats["requests"] += 1
+            try:
+                stream, first = await _attempt(target.provider, tcall, policy.first_token_timeout)
+            except GatewayError as err:
+                last = err
+                if err.code == "upstream_bad_request" or (not err.retryable and err.code != "upstream_auth"):
+                    if dep is not None and dep.state == HALF_OPEN:
+                        dep.probe_started = None  # the request was at fault, not the deployment
+                    err.extra.setdefault("attempts", attempts)
+                    raise
+                if dep is not None:
+                    dep.failure(err)
+                if not err.retryable or attempt == policy.max_retries:
+                    break  # auth refused, or out of retries: next deployment
+                retry_after = err.extra.get("retry_after")
+                if retry_after is not None:
+                    if retry_after > policy.retry_max_wait:
+                        break  # not worth holding the client: next deployment
+                    wait = float(retry_after)
+                else:
+                    wait = min(policy.retry_backoff * (2**attempt), policy.retry_max_wait)
+                    wait *= 1 + 0.1 * random.random()
+                if dep is not None and dep.state == OPEN:
+                    break
+                await asyncio.sleep(wait)
+                continue
+            except asyncio.CancelledError:
+                if dep is not None and dep.state == HALF_OPEN:
+                    dep.probe_started = None
+                raise
+            if dep is not None:
+                dep.success(time.monotonic() - t0)
+            return stream, first, target, attempts
+    if last is None:
+        now = time.monotonic()
+        wait = min((d.retry_in(now) for d in skipped), default=0.0)
+        names = ", ".join(d.key for d in skipped)
+        raise GatewayError(
+            "upstream_unavailable",
+            f"no deployment of {route.model} is available: circuit open for {names} (retry in {wait:.1f} s)",
+            retryable=True,
+            extra={"provider": route.provider.name, "retry_after": round(max(wait, 0.1), 1)},
+        )
+    last.extra.setdefault("attempts", attempts)
+    raise last
