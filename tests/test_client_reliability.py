@@ -140,7 +140,7 @@ async def test_slow_consumer_bounded_buffer_pause_resume_no_loss(relay, max_buff
         stats = stream.stats
         assert got == expected("slow reader", n)
         assert stats["pauses"] >= 2 and stats["resumes"] >= 2  # several water-mark cycles
-        limit = max_buffer or 2 * high
+        limit = client.max_buffer
         assert stats["max_buffered"] <= limit
         if max_buffer is not None:
             assert stats["max_buffered"] <= high  # the literal high-water bound
@@ -157,8 +157,11 @@ async def test_server_honours_pause_for_one_generation_only(gateway) -> None:
         async with asyncio.timeout(10):
             fast = await client.complete("flowing", model="deepseek-v3.2", max_tokens=200)
         assert fast.text == "".join(expected("flowing", 200))
-        # the paused generation sent (almost) nothing more meanwhile: the server held it
-        assert slow.stats["buffered"] <= buffered + 3 <= 2 * 10
+        # the server holds the paused generation: nothing more arrives while it stays paused
+        held = slow.stats["buffered"]
+        assert buffered <= held <= client.max_buffer
+        await asyncio.sleep(0.5)
+        assert slow.stats["buffered"] == held
         async with asyncio.timeout(10):
             rest = [t async for t in slow]
         assert [first, *rest] == expected("stalled", 400)

@@ -11,8 +11,9 @@ Design, in short:
   application ``ping``; with still nothing ``heartbeat_timeout`` later the socket is dead.
 * Each generation has a bounded buffer: at ``high_water`` queued tokens the client sends
   ``pause`` for that generation, at ``low_water`` ``resume``. Tokens already on the wire are
-  kept (never dropped); at ``max_buffer`` the reader stops reading the socket until the
-  consumer makes room, so memory is bounded whatever the consumer's speed.
+  kept (never dropped); at ``max_buffer`` (a last resort, far above ``high_water``) the reader
+  stops reading the socket until the consumer makes room, so memory is bounded whatever the
+  consumer's speed.
 """
 
 from __future__ import annotations
@@ -364,7 +365,11 @@ class AsyncClient:
         self.max_attempts = max(1, max_attempts)
         self.high_water = high_water
         self.low_water = low_water
-        self.max_buffer = max(max_buffer if max_buffer is not None else 2 * high_water, high_water)
+        # A last-resort cap, well above the pause point: reaching it stops reading the whole socket
+        # (head-of-line blocking for the other streams), so it must not trip on the tokens that
+        # are merely in flight while the pause travels to the server.
+        default_cap = max(4 * high_water, high_water + 256)
+        self.max_buffer = max(max_buffer if max_buffer is not None else default_cap, high_water)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
