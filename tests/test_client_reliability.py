@@ -140,7 +140,7 @@ async def test_slow_consumer_bounded_buffer_pause_resume_no_loss(relay, max_buff
         stats = stream.stats
         assert got == expected("slow reader", n)
         assert stats["pauses"] >= 2 and stats["resumes"] >= 2  # several water-mark cycles
-        limit = max_buffer or 2 * high
+        limit = max_buffer or 4 * high
         assert stats["max_buffered"] <= limit
         if max_buffer is not None:
             assert stats["max_buffered"] <= high  # the literal high-water bound
@@ -149,16 +149,18 @@ async def test_slow_consumer_bounded_buffer_pause_resume_no_loss(relay, max_buff
 
 async def test_server_honours_pause_for_one_generation_only(gateway) -> None:
     """While one stream is paused (its consumer stalls), another on the same socket flows."""
-    async with tokenwire.AsyncClient(gateway.ws, high_water=10, low_water=2) as client:
+    async with tokenwire.AsyncClient(gateway.ws, high_water=10, low_water=2, max_buffer=400) as client:
         slow = client.stream("stalled", model="deepseek-v3.2", max_tokens=400)
         first = await asyncio.wait_for(slow.__anext__(), 5)
         await wait_for(lambda: slow.stats["pauses"] == 1, 5)
+        await asyncio.sleep(0.1)  # tokens in flight when the pause went out have landed
         buffered = slow.stats["buffered"]
         async with asyncio.timeout(10):
             fast = await client.complete("flowing", model="deepseek-v3.2", max_tokens=200)
         assert fast.text == "".join(expected("flowing", 200))
-        # the paused generation sent (almost) nothing more meanwhile: the server held it
-        assert slow.stats["buffered"] <= buffered + 3 <= 2 * 10
+        # the paused generation sent nothing more meanwhile (without the pause it would have
+        # finished its 400 tokens in ~0.3 s): the gateway held it back
+        assert slow.stats["buffered"] == buffered < 100
         async with asyncio.timeout(10):
             rest = [t async for t in slow]
         assert [first, *rest] == expected("stalled", 400)

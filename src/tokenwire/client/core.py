@@ -12,7 +12,9 @@ Design, in short:
 * Each generation has a bounded buffer: at ``high_water`` queued tokens the client sends
   ``pause`` for that generation, at ``low_water`` ``resume``. Tokens already on the wire are
   kept (never dropped); at ``max_buffer`` the reader stops reading the socket until the
-  consumer makes room, so memory is bounded whatever the consumer's speed.
+  consumer makes room, so memory is bounded whatever the consumer's speed. That last resort
+  holds up the socket's other streams too, so it sits well above ``high_water`` (4x by default):
+  a gateway that honours ``pause`` never lets a stream get there.
 """
 
 from __future__ import annotations
@@ -364,7 +366,7 @@ class AsyncClient:
         self.max_attempts = max(1, max_attempts)
         self.high_water = high_water
         self.low_water = low_water
-        self.max_buffer = max(max_buffer if max_buffer is not None else 2 * high_water, high_water)
+        self.max_buffer = max(max_buffer if max_buffer is not None else 4 * high_water, high_water)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -666,6 +668,10 @@ class AsyncClient:
                 if error is not None:
                     self._fail_all(error)
                     return
+        except Exception as exc:  # a bug must not leave consumers waiting forever
+            _abort(ws)
+            self._ws = None
+            self._fail_all(ConnectionLostError("connection_lost", f"client reader failed: {exc!r}", retryable=False))
         finally:
             if self._rx_task is asyncio.current_task():
                 self._rx_task = None
@@ -700,7 +706,11 @@ class AsyncClient:
                     self.stats["heartbeat_timeouts"] += 1
                     return "heartbeat", None
                 try:
-                    await ws.send_str(_PING)
+                    async with asyncio.timeout(timeout):  # a peer that stopped reading blocks sends too
+                        await ws.send_str(_PING)
+                except TimeoutError:
+                    self.stats["heartbeat_timeouts"] += 1
+                    return "heartbeat", None
                 except (ConnectionError, RuntimeError, aiohttp.ClientError, OSError):
                     return "send_failed", None
                 waiting_pong = True
@@ -714,8 +724,12 @@ class AsyncClient:
                 return "error", None
 
     async def _dispatch(self, data: str) -> None:
-        ev = orjson.loads(data)
-        typ = ev.get("type")
+        try:
+            ev = orjson.loads(data)
+            typ = ev.get("type")
+        except (orjson.JSONDecodeError, AttributeError):
+            self.stats["errors"] += 1  # not a protocol frame: nothing to route it to
+            return
         st = self._streams.get(ev.get("id"))  # type: ignore[arg-type]
         if st is None:
             if typ == "error":
@@ -731,7 +745,7 @@ class AsyncClient:
                 return
             st.last_seq = seq
         if typ == "token":
-            item: tuple[int, Any] = (_TOKEN, ev["content"])
+            item: tuple[int, Any] = (_TOKEN, ev.get("content") or "")
             if st.t_first is None:
                 st.t_first = time.monotonic()
         elif typ == "start":
