@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import aiohttp
 import pytest
 from tcpproxy import TCPProxy
 
@@ -164,3 +165,28 @@ async def test_server_honours_pause_for_one_generation_only(gateway) -> None:
         async with asyncio.timeout(10):
             rest = [t async for t in slow]
         assert [first, *rest] == expected("stalled", 400)
+
+
+async def test_stream_closed_while_disconnected_is_cancelled_after_reconnect(gateway) -> None:
+    async def generations() -> int:
+        async with aiohttp.ClientSession() as http, http.get(gateway.http + "/healthz") as r:
+            return (await r.json())["generations"]
+
+    with TCPProxy(gateway.port) as proxy:
+        url = f"ws://127.0.0.1:{proxy.port}/ws/chat"
+        async with tokenwire.AsyncClient(url, backoff_base=0.3, max_attempts=8) as client:
+            doomed = client.stream("closed while offline", max_tokens=20000)  # ~24 s of tokens
+            keeper = client.stream("kept", max_tokens=2000)
+            await asyncio.wait_for(doomed.__anext__(), 5)
+            await asyncio.wait_for(keeper.__anext__(), 5)
+            proxy.refuse = True
+            proxy.drop_all()
+            await wait_for(lambda: client.stats["last_disconnect"] is not None, 5)
+            await doomed.aclose()  # no socket to send the cancel on right now
+            proxy.refuse = False
+            async with asyncio.timeout(15):
+                rest = [t async for t in keeper]
+            assert len(rest) == 1999
+            async with asyncio.timeout(5):
+                while await generations():  # noqa: ASYNC110 - polling another process
+                    await asyncio.sleep(0.05)

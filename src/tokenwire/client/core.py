@@ -217,8 +217,8 @@ class _Stream:
         self.q.clear()
         self.make_room()
         self.wake()
-        if running:
-            await client._send_quiet({"type": "cancel", "id": self.id})
+        if running and not await client._send_quiet({"type": "cancel", "id": self.id}) and not client._closed:
+            client._orphans.append(self)  # the socket is down: cancel it after the reconnect
 
     def abandon(self) -> None:
         """Sync variant of close() for ``__del__``/cancellation: schedules the cancel."""
@@ -373,6 +373,7 @@ class AsyncClient:
         self._rx_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Future[BaseException | None] | None = None
         self._streams: dict[str, _Stream] = {}
+        self._orphans: list[_Stream] = []  # closed while the socket was down; cancelled on reattach
         self._bg: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next = 0
@@ -648,7 +649,7 @@ class AsyncClient:
                     msg = f"the gateway closed the socket with {code} (authentication or policy)"
                     self._fail_all(AuthError("forbidden", msg, retryable=False))
                     return
-                if not self._streams:
+                if not self._streams and not self._orphans:
                     return  # nothing in flight: reconnect lazily on the next request
                 if not self.reconnect:
                     self._fail_all(ConnectionLostError("connection_lost", f"connection lost ({reason})"))
@@ -677,6 +678,10 @@ class AsyncClient:
                 self._rx_task = None
 
     async def _reattach(self) -> None:
+        orphans, self._orphans = self._orphans, []
+        for st in orphans:  # take them back only to cancel them (their events are ignored)
+            await self._send_quiet({"type": "attach", "id": st.id, "stream_id": st.stream_id, "last_seq": st.last_seq})
+            await self._send_quiet({"type": "cancel", "id": st.id})
         for st in list(self._streams.values()):
             await self._send_quiet({"type": "attach", "id": st.id, "stream_id": st.stream_id, "last_seq": st.last_seq})
             if st.pauses:  # the server keeps a generation's pause across sockets: restate ours
