@@ -172,7 +172,11 @@ class _Stream:
     # -- consumer side ------------------------------------------------------------
     async def next(self) -> str:
         if not self.opened:
-            await self.client._start(self)
+            try:
+                await self.client._start(self)
+            except asyncio.CancelledError:
+                self.abandon()
+                raise
         q = self.q
         while True:
             if q:
@@ -180,7 +184,11 @@ class _Stream:
                 if self.space is not None:
                     self.make_room()
                 if self.paused and not self.resume_pending and len(q) <= self.low:
-                    await self.client._resume(self)
+                    try:
+                        await self.client._resume(self)
+                    except asyncio.CancelledError:
+                        self.abandon()
+                        raise
                 if kind == _TOKEN:
                     self.parts.append(value)
                     return value
