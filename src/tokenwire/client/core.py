@@ -585,6 +585,13 @@ class AsyncClient:
             error: BaseException | None = None
             try:
                 ws = await self._connect_with_retry(immediate=True)
+                if self._closed:  # close() ran while we were connecting: leave nothing open
+                    _abort(ws)
+                    self._ws = None
+                    if self._session is not None:
+                        await self._session.close()
+                        self._session = None
+                    raise ConnectionLostError("client_closed", "the client was closed", retryable=False)
                 self._rx_task = loop.create_task(self._run(ws))
             except TokenwireError as exc:
                 error = exc
@@ -614,6 +621,8 @@ class AsyncClient:
         )
 
     async def _open_socket(self) -> aiohttp.ClientWebSocketResponse:
+        if self._closed:
+            raise ConnectionLostError("client_closed", "the client was closed", retryable=False)
         if self._session is None:
             self._session = aiohttp.ClientSession()
         t0 = time.monotonic()
