@@ -91,6 +91,7 @@ class Tmux:
         self.sock = f"tw-test-{os.getpid()}-{time.monotonic_ns()}"
         self.env = env
         self._tmux("new-session", "-d", "-s", "t", "-x", "160", "-y", "50", command)
+        self.socket_path = self._tmux("display-message", "-p", "#{socket_path}").strip()
 
     def _tmux(self, *args: str) -> str:
         return subprocess.run(
@@ -115,6 +116,8 @@ class Tmux:
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True, timeout=10)
+        if self.socket_path:
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 STATS = r"TTFT \d+ ms · [\d.]+ tokens/s · (\d+) tokens · (?:\$\d+\.\d+|cost –)"  # no price for test models
