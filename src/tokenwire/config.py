@@ -106,6 +106,10 @@ class Settings:
     read_timeout: float = 120.0
     drain_timeout: float = 30.0
     log_level: str = "info"
+    #: one JSON line per HTTP request / WebSocket on stderr (generations always log one)
+    access_log: bool = True
+    #: debug only: put prompts and replies into the generation log lines
+    log_prompts: bool = False
 
     def __repr__(self) -> str:
         return f"Settings(host={self.host!r}, port={self.port}, providers={self.providers!r})"
