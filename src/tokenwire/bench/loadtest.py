@@ -109,14 +109,10 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
                     await asyncio.sleep(0.2 * (attempt + 1))
         return None
 
-    if not cfg.get("churn"):
-        sockets = list(await asyncio.gather(*(connect(i) for i in range(n))))
-    print("ready", flush=True)
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    t0 = float(line.split()[1])
-    w0 = t0 + cfg["warmup"]
-    w1 = w0 + cfg["duration"]
     loop = asyncio.get_running_loop()
+    go: asyncio.Future[float] = loop.create_future()
+    w_end = [float("inf")]
+    readers: list[asyncio.Task[None]] = []
 
     async def lag_monitor() -> None:
         while time.monotonic() < w1:
@@ -127,24 +123,39 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 _hist_add(lag, max(0.0, now - due))
 
     async def idle(i: int) -> None:
+        """Read (and so answer the server's pings) from the moment the socket is open."""
         ws = sockets[i]
         if ws is None:
             return
         hb = cfg["heartbeat"]
-        next_ping = t0 + random.random() * hb if hb > 0 else float("inf")
+        next_ping = None
         while True:
             now = time.monotonic()
-            if now >= w1:
-                return
+            if go.done():
+                if next_ping is None:
+                    next_ping = go.result() + random.random() * hb if hb > 0 else float("inf")
+                if now >= w_end[0]:
+                    return
+                wait = max(0.01, min(next_ping, w_end[0]) - now)
+            else:
+                wait = 1.0
             try:
-                msg = await ws.receive(timeout=max(0.01, min(next_ping, w1) - now))
+                msg = await ws.receive(timeout=wait)
             except TimeoutError:
-                if time.monotonic() >= next_ping:
-                    await ws.send_str('{"type":"ping"}')
+                if next_ping is not None and time.monotonic() >= next_ping:
+                    try:
+                        await ws.send_str('{"type":"ping"}')
+                    except (aiohttp.ClientError, ConnectionError, RuntimeError):
+                        stats["closed"] += 1
+                        return
                     next_ping += hb
                 continue
+            except (aiohttp.ClientError, ConnectionError, RuntimeError):
+                stats["closed"] += 1
+                return
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 stats["closed"] += 1
+                errors[f"closed {ws.close_code}"] += 1
                 return
 
     model = cfg["model"]
@@ -207,9 +218,26 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         if ws is not None:
             await ws.close()
 
+    async def connect_idle(i: int) -> None:
+        sockets[i] = await connect(i)
+        readers.append(loop.create_task(idle(i)))
+
+    if mode == "idle":
+        await asyncio.gather(*(connect_idle(i) for i in range(n)))
+    elif not cfg.get("churn"):
+        sockets = list(await asyncio.gather(*(connect(i) for i in range(n))))
+    print("ready", flush=True)
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    t0 = float(line.split()[1])
+    w0 = t0 + cfg["warmup"]
+    w1 = w0 + cfg["duration"]
+    w_end[0] = w1
+    go.set_result(t0)
     mon = loop.create_task(lag_monitor())
-    job = idle if mode == "idle" else streamer
-    await asyncio.gather(*(job(i) for i in range(n)), return_exceptions=False)
+    if mode == "idle":
+        await asyncio.gather(*readers)
+    else:
+        await asyncio.gather(*(streamer(i) for i in range(n)))
     await mon
     still_open = sum(1 for ws in sockets if ws is not None and not ws.closed)
     for ws in sockets:
@@ -277,6 +305,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     limit = _raise_nofile()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
     work = Path(tempfile.mkdtemp(prefix="tokenwire-load-"))
     up, up_port = _spawn(
         [
@@ -300,12 +329,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "TOKENWIRE_ACCESS_LOG": "1" if args.access_log else "0",
         "TOKENWIRE_IDLE_TIMEOUT": "600",
     }
-    gw, gw_port = _spawn(
-        ["-m", "tokenwire", "serve", "--port", "0", "--log-level", "warning"], work / "gateway.log", gw_env
-    )
+    serve = ["serve", "--port", "0", "--log-level", "warning"]
+    if args.uvloop:  # the same gateway code on libuv's event loop (needs `pip install uvloop`)
+        code = "import sys, uvloop; uvloop.install(); from tokenwire.cli import main; sys.exit(main(sys.argv[1:]))"
+        gw_cmd = ["-c", code, *serve]
+    else:
+        gw_cmd = ["-m", "tokenwire", *serve]
+    gw, gw_port = _spawn(gw_cmd, work / "gateway.log", gw_env)
     workers: list[subprocess.Popen[bytes]] = []
     report: dict[str, Any] = {
         "mode": args.mode,
+        "event_loop": "uvloop" if args.uvloop else "asyncio",
         "streams": args.streams,
         "clients": args.clients,
         "tps": args.tps if args.mode != "idle" else None,
@@ -479,6 +513,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-every", type=float, default=5.0, help="seconds between gateway memory samples")
     p.add_argument("--model", default="gpt-4.1", help="model name sent (the fake upstream ignores it)")
     p.add_argument("--access-log", action="store_true", help="keep the gateway's per-request JSON log on")
+    p.add_argument("--uvloop", action="store_true", help="run the gateway on uvloop (experiment)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (- = stdout)")
 
 

@@ -113,7 +113,7 @@ class Conn(asyncio.Protocol):
         arrival = time.monotonic()
         assert self.transport is not None
         if not head.startswith("post"):
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"data\": [] }\r\n")
+            self.transport.write(b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{"data": [] }\r\n')
             return
         req = orjson.loads(body)
         n = self.tokens
