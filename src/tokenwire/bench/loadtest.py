@@ -110,9 +110,9 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         return None
 
     loop = asyncio.get_running_loop()
-    go: asyncio.Future[float] = loop.create_future()
     w_end = [float("inf")]
     readers: list[asyncio.Task[None]] = []
+    open_now = 0
 
     async def lag_monitor() -> None:
         while time.monotonic() < w1:
@@ -122,41 +122,45 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
             if w0 <= now:
                 _hist_add(lag, max(0.0, now - due))
 
+    finishing = [False]
+
     async def idle(i: int) -> None:
-        """Read (and so answer the server's pings) from the moment the socket is open."""
+        """Read from the moment the socket is open (so the server's pings are answered); no timers."""
         ws = sockets[i]
         if ws is None:
             return
-        hb = cfg["heartbeat"]
-        next_ping = None
         while True:
-            now = time.monotonic()
-            if go.done():
-                if next_ping is None:
-                    next_ping = go.result() + random.random() * hb if hb > 0 else float("inf")
-                if now >= w_end[0]:
-                    return
-                wait = max(0.01, min(next_ping, w_end[0]) - now)
-            else:
-                wait = 1.0
             try:
-                msg = await ws.receive(timeout=wait)
-            except TimeoutError:
-                if next_ping is not None and time.monotonic() >= next_ping:
+                msg = await ws.receive()
+            except (aiohttp.ClientError, ConnectionError, RuntimeError):
+                msg = None
+            if msg is None or msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                if not finishing[0]:
+                    stats["closed"] += 1
+                    errors[f"closed by server ({ws.close_code})"] += 1
+                return
+
+    async def heartbeats(t0: float) -> None:
+        """One task sends every socket an app-level ping every ``heartbeat`` s, spread over the interval."""
+        hb = cfg["heartbeat"]
+        if hb <= 0:
+            return
+        live = [ws for ws in sockets if ws is not None]
+        step = hb / max(1, len(live))
+        due = t0
+        while True:
+            for ws in live:
+                due += step
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if time.monotonic() >= w_end[0]:
+                    return
+                if not ws.closed:
                     try:
                         await ws.send_str('{"type":"ping"}')
                     except (aiohttp.ClientError, ConnectionError, RuntimeError):
-                        stats["closed"] += 1
-                        return
-                    next_ping += hb
-                continue
-            except (aiohttp.ClientError, ConnectionError, RuntimeError):
-                stats["closed"] += 1
-                return
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                stats["closed"] += 1
-                errors[f"closed {ws.close_code}"] += 1
-                return
+                        pass
 
     model = cfg["model"]
     frame_head = '{"type":"chat","model":' + orjson.dumps(model).decode()
@@ -232,17 +236,18 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     w0 = t0 + cfg["warmup"]
     w1 = w0 + cfg["duration"]
     w_end[0] = w1
-    go.set_result(t0)
     mon = loop.create_task(lag_monitor())
     if mode == "idle":
-        await asyncio.gather(*readers)
+        await heartbeats(t0)
+        await asyncio.sleep(max(0.0, w1 - time.monotonic()))
+        open_now = sum(1 for ws in sockets if ws is not None and not ws.closed)
+        finishing[0] = True
     else:
         await asyncio.gather(*(streamer(i) for i in range(n)))
     await mon
-    still_open = sum(1 for ws in sockets if ws is not None and not ws.closed)
-    for ws in sockets:
-        if ws is not None and not ws.closed:
-            await ws.close()
+    still_open = open_now if mode == "idle" else sum(1 for ws in sockets if ws is not None and not ws.closed)
+    await asyncio.gather(*(ws.close() for ws in sockets if ws is not None and not ws.closed), return_exceptions=True)
+    await asyncio.gather(*readers, return_exceptions=True)
     await session.close()
     _, cpu = process_usage(os.getpid())
     return {
@@ -398,12 +403,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(max(0.0, w0 - time.monotonic()))
         _, c0 = process_usage(gw.pid)
         _, u0 = process_usage(up.pid)
+        s0 = _sched(gw.pid)
         samples: list[tuple[float, int]] = []
         while time.monotonic() < w1:
             samples.append((time.monotonic() - w0, process_usage(gw.pid)[0]))
             time.sleep(min(args.sample_every, max(0.0, w1 - time.monotonic())))
         _, c1 = process_usage(gw.pid)
         _, u1 = process_usage(up.pid)
+        s1 = _sched(gw.pid)
         rss_end, _ = process_usage(gw.pid)
         results = []
         for w in workers:
@@ -441,6 +448,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "gateway_cpu_s": round(c1 - c0, 2),
             "gateway_cpu_pct": round((c1 - c0) / args.duration * 100, 1),
             "upstream_cpu_pct": round((u1 - u0) / args.duration * 100, 1),
+            # > a few % means the gateway wanted a CPU and had to wait: the machine, not the gateway, is the limit
+            "gateway_runqueue_wait_pct": round((s1[1] - s0[1]) / args.duration * 100, 1),
             "client_cpu_s_total": round(sum(r["cpu_s"] for r in results), 1),
             "gateway_cpu_us_per_token": round((c1 - c0) / tokens * 1e6, 2) if tokens else None,
             "added_ttft_ms": _hist_summary(hist["added_ttft"]),
@@ -459,6 +468,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["rss_growth_mb_per_min"] = round(slope, 3)
         report["rss_samples_mb"] = [(round(s[0], 1), round(s[1] / 2**20, 1)) for s in samples]
     return report
+
+
+def _sched(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) from /proc/PID/schedstat."""
+    try:
+        run_ns, wait_ns, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
 
 
 def _fmt_dist(d: dict[str, Any]) -> str:
@@ -482,8 +500,8 @@ def render(r: dict[str, Any]) -> str:
         lines += [
             f"  tokens relayed: {r['tokens_relayed']:,} ({r['tokens_per_s']:,.0f}/s), "
             f"generations {r['generations']:,}, errors {r['errors']} {r['errors_by_kind'] or ''}",
-            f"  gateway CPU: {r['gateway_cpu_us_per_token']} us/token ({r['gateway_cpu_pct']} % of a core); "
-            f"upstream {r['upstream_cpu_pct']} %",
+            f"  gateway CPU: {r['gateway_cpu_us_per_token']} us/token ({r['gateway_cpu_pct']} % of a core; "
+            f"waiting for a CPU {r['gateway_runqueue_wait_pct']} % of the time); upstream {r['upstream_cpu_pct']} %",
             f"  added TTFT:         {_fmt_dist(r['added_ttft_ms'])}",
             f"  relay latency:      {_fmt_dist(r['relay_latency_ms'])}",
             f"  added gap:          {_fmt_dist(r['added_gap_ms'])}",
