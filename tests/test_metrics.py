@@ -153,8 +153,8 @@ async def test_logs_are_json_lines_without_key_or_prompt(relay: Proc) -> None:
     assert gens[0]["stream_id"] == start["stream_id"]
     assert gens[0]["usage"] == end["usage"] and gens[0]["timing"] == end["timing"]
     assert gens[0]["cost_usd"] == end["cost_usd"] and gens[0]["status"] == "completed"
-    assert {r["path"] for r in reqs} >= {"/ws/chat", "/v1/chat/completions"}
-    ws_req = next(r for r in reqs if r["path"] == "/ws/chat")
+    assert {r["route"] for r in reqs} >= {"/ws/chat", "/v1/chat/completions"}
+    ws_req = next(r for r in reqs if r["route"] == "/ws/chat")
     assert ws_req["websocket"] is True and ws_req["status"] == 101 and "ms" in ws_req
 
 

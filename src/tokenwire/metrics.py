@@ -305,8 +305,9 @@ def write_event(obj: dict[str, Any]) -> None:
 def access_log_middleware(gw: Gateway, enabled: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
     """One JSON line per HTTP request (a WebSocket logs when it closes).
 
-    Only the path is logged, never the query string (seed clients put their key
-    there) nor any header.
+    Only the route template is logged (``/v1/poll/{sid}``), never the concrete
+    path (ids there act as handles), the query string (seed clients put their
+    key there) nor any header.
     """
 
     @web.middleware
@@ -331,7 +332,6 @@ def access_log_middleware(gw: Gateway, enabled: bool) -> Callable[..., Awaitable
                         "ts": round(time.time(), 3),
                         "event": "request",
                         "method": request.method,
-                        "path": request.path,
                         "route": route,
                         "status": status,
                         "ms": round((time.monotonic() - t0) * 1000, 2),
