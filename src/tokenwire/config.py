@@ -117,6 +117,10 @@ class Settings:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: one JSON line per HTTP request / WebSocket on stderr (generations always log one)
+    access_log: bool = True
+    #: debug only: put prompts and replies into the generation log lines
+    log_prompts: bool = False
 
     def __repr__(self) -> str:
         return f"Settings(host={self.host!r}, port={self.port}, providers={self.providers!r})"

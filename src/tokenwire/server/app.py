@@ -13,9 +13,11 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import Settings
+from ..metrics import access_log_middleware, metrics_handler, setup_event_log
 from ..protocol.errors import GatewayError
 from .gateway import Gateway
 from .http_api import chat_completions, error_response, list_models
+from .poll import poll_events, poll_start
 from .ws import CLOSE_DRAIN, websocket_handler
 
 __all__ = ["create_app", "run_server"]
@@ -90,8 +92,12 @@ async def _ws_or_426(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Application:
-    app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2)
     gw = gateway or Gateway(settings)
+    setup_event_log()
+    app = web.Application(
+        client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2,
+        middlewares=[access_log_middleware(gw, settings.access_log)],
+    )
     app["gateway"] = gw
     app.router.add_get("/ws/chat", _ws_or_426)
     app.router.add_get("/v1/ws/chat", _ws_or_426)
@@ -99,6 +105,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_post("/v1/poll/start", poll_start)
+    app.router.add_get("/v1/poll/{sid}", poll_events)
     app.router.add_get("/v1/conversations/{cid}", get_conversation)
     app.router.add_delete("/v1/conversations/{cid}", delete_conversation)
     app.router.add_get("/", _static("index.html", "text/html"))

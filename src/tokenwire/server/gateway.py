@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config import Settings
+from ..metrics import Metrics
 from ..protocol.frames import Attach, Chat, Limits
 from ..router import Route, Router
 from ..store.base import ConversationStore
@@ -42,6 +43,9 @@ class Gateway:
         self.registry = Registry(self.store, settings.resume_retention, settings.read_timeout)
         self.sessions: set[Session] = set()
         self.draining = False
+        self.metrics = Metrics(self)
+        self.metrics.log_prompts = settings.log_prompts
+        self.registry.on_finish.append(self.metrics.on_finish)
 
     # -- hooks (access control, limits and scale-out refine these) ------------
     async def authenticate_ws(self, request: web.Request) -> Any:

@@ -121,6 +121,7 @@ class Session:
             await self.ws.send_frame(orjson.dumps(obj), TEXT)
 
     async def send_error(self, err: GatewayError, id: str | None = None) -> None:
+        self.gw.metrics.client_error(err.code)
         event = err.to_event(id)
         try:
             await self.send_json(event)
@@ -199,6 +200,7 @@ class Session:
             )
         limit = gw.settings.max_generations_per_socket
         if len(self.runs) >= limit:
+            gw.metrics.reject("generations_per_socket")
             raise GatewayError(
                 "rate_limited",
                 f"{limit} generations are already running on this socket",
@@ -320,6 +322,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     session = Session(gw, ws, principal)
     gw.sessions.add(session)
+    gw.metrics.ws_connections += 1
     try:
         await session.serve()
     finally:

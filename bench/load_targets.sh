@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The issue's load targets, one `tokenwire loadtest` each (see docs/benchmarks-load.md).
+# Usage: bench/load_targets.sh [OUTDIR] [SOAK_SECONDS]   (default /tmp/tokenwire-load, 1800)
+# Not a test: figures depend on the machine; quote medians and the load average.
+set -euo pipefail
+out=${1:-/tmp/tokenwire-load}
+soak=${2:-1800}
+mkdir -p "$out"
+ulimit -n "$(ulimit -Hn)"   # the loadtest raises it too; workers and the gateway inherit it
+lt() { name=$1; shift; echo "== $name: $*"; python -m tokenwire loadtest "$@" --json "$out/$name.json" | tee "$out/$name.txt"; }
+
+# gateway CPU per relayed token, one token per upstream chunk (no pacing)
+python bench/relay_cpu.py --rounds 5 | tee "$out/relay_cpu.txt"
+# a sweep to show where latency starts to depend on CPU saturation
+for n in 100 250 500; do lt "stream-$n" --streams "$n" --tps 50 --duration 15 --warmup 5 --clients 2; done
+# targets: 1,000 streams (added TTFT), 2,000 streams (added inter-token gap)
+lt stream-1000 --streams 1000 --tps 50 --duration 20 --warmup 5 --clients 3
+lt stream-2000 --streams 2000 --tps 50 --duration 20 --warmup 5 --clients 4
+# idle sockets: as many as the descriptor limit allows (the gateway needs a few for itself)
+idle=$(( $(ulimit -Hn) >= 20100 ? 20000 : $(ulimit -Hn) - 100 ))
+lt "idle-$idle" --mode idle --streams "$idle" --duration 60 --warmup 5 --heartbeat 30 --clients 4
+# soak: every generation on a new socket, memory sampled every 10 s
+lt soak --streams 200 --tps 50 --tokens 50 --churn --duration "$soak" --warmup 30 --sample-every 10 --clients 2

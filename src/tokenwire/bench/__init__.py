@@ -1,0 +1,1 @@
+"""Measuring the gateway: ``tokenwire bench`` (latency per model and transport) and ``tokenwire loadtest``."""

@@ -1,0 +1,44 @@
+"""Registers ``tokenwire bench`` and ``tokenwire loadtest`` (imported by tokenwire.cli)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import _HELP, COMMANDS
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="ws://127.0.0.1:8000/ws/chat", help="the gateway's WebSocket URL")
+    p.add_argument("--models", help="comma-separated models (default: every model the gateway lists)")
+    p.add_argument("--runs", type=int, default=10, help="generations per model and transport (default 10)")
+    p.add_argument("--transport", default="ws", help="comma-separated: ws, sse, poll (default ws)")
+    p.add_argument("--max-tokens", type=int, default=100, help="reply length asked for (default 100)")
+    p.add_argument(
+        "--poll-interval", type=float, default=0.1, help="seconds between polls (default 0.1; 0 = long polling)"
+    )
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON (- = stdout; the table goes to stderr)")
+    p.add_argument("--chart", metavar="FILE", help="write a PNG bar chart")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .run import main
+
+    return main(args)
+
+
+def _loadtest_args(p: argparse.ArgumentParser) -> None:
+    from .loadtest import add_arguments
+
+    add_arguments(p)
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from .loadtest import main
+
+    return main(args)
+
+
+COMMANDS["bench"] = (_bench_args, _bench)
+COMMANDS["loadtest"] = (_loadtest_args, _loadtest)
+_HELP["bench"] = "the seed's benchmark table (TTFT, tokens/s, 100-token latency, price) against a gateway"
+_HELP["loadtest"] = "many concurrent streams (or idle sockets) against a gateway in front of a fake upstream"
