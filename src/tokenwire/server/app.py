@@ -89,8 +89,11 @@ async def _ws_or_426(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Application:
-    app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2)
     gw = gateway or Gateway(settings)
+    app = web.Application(
+        client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2,
+        middlewares=[gw.access.middleware()],
+    )
     app["gateway"] = gw
     app.router.add_get("/ws/chat", _ws_or_426)
     app.router.add_get("/v1/ws/chat", _ws_or_426)
