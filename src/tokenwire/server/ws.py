@@ -116,10 +116,15 @@ class Session:
         self.conversation_id: str | None = None  # the socket's own, for "content" frames
         self.writer = FrameWriter(ws, gw.settings.slow_consumer_timeout, self._slow_consumer)
 
-    def _slow_consumer(self) -> None:
-        """The client stopped reading: cut its generations (others' sockets are not touched)."""
+    def _slow_consumer(self) -> bool:
+        """The client stopped reading: cut its generations (others' sockets are not touched).
+
+        Returns True if the calling task is one of them (the writer then cancels it in place).
+        """
         log.info("cutting %d generation(s): client not reading (slow_consumer)", len(self.runs))
         stall = self.gw.settings.slow_consumer_timeout
+        current = asyncio.current_task()
+        in_place = False
         for id, (run, _) in list(self.runs.items()):
             err = GatewayError(
                 "slow_consumer",
@@ -129,7 +134,12 @@ class Session:
                 self.writer.write(orjson.dumps(err.to_event(id)))
             except (ConnectionError, RuntimeError):
                 pass
-            run.cancel("slow_consumer")
+            if run.task is current and run.cancel_reason is None:
+                run.cancel_reason = "slow_consumer"
+                in_place = True
+            else:
+                run.cancel("slow_consumer")
+        return in_place
 
     async def send_json(self, obj: dict[str, Any]) -> None:
         if not self.ws.closed:

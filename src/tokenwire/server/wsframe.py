@@ -30,7 +30,10 @@ _HEADERS = [bytes((0x81, n)) for n in range(126)]  # FIN + text opcode, short le
 
 
 class FrameWriter:
-    """Writes frames; a reader that keeps the buffer full past ``stall_timeout`` triggers ``on_stall``."""
+    """Writes frames; a reader that keeps the buffer full past ``stall_timeout`` triggers ``on_stall``.
+
+    ``on_stall`` returns True when the task that was waiting must stop (it raises CancelledError).
+    """
 
     __slots__ = ("_drain", "_transport", "_ws", "on_stall", "stall_timeout", "stalled_at")
 
@@ -38,7 +41,7 @@ class FrameWriter:
         self,
         ws: web.WebSocketResponse,
         stall_timeout: float = 0.0,
-        on_stall: Callable[[], None] | None = None,
+        on_stall: Callable[[], bool] | None = None,
     ) -> None:
         self._ws = ws
         self.stall_timeout = stall_timeout
@@ -88,10 +91,28 @@ class FrameWriter:
         return self._drain_or_stall()
 
     async def _drain_or_stall(self) -> None:
+        # aiohttp's drain waiter is shared by every writer of the socket and is not shielded:
+        # cancelling it (a timeout, a cancelled generation) would break the socket's later
+        # drains and its close. So it runs as its own task that nobody cancels; it ends when
+        # the buffer drains or the connection is lost.
+        drain = asyncio.ensure_future(self._drain())  # type: ignore[var-annotated]
         try:
-            await asyncio.wait_for(self._drain(), self.stall_timeout)  # type: ignore[misc]
-        except TimeoutError:
-            if self.stalled_at is None:
-                self.stalled_at = time.monotonic()
-                if self.on_stall is not None:
-                    self.on_stall()
+            done, _ = await asyncio.wait((drain,), timeout=self.stall_timeout)
+        finally:
+            if not drain.done():
+                drain.add_done_callback(_consume)
+        if done:
+            drain.result()  # a lost connection raises here, as a plain drain would
+            return
+        if self.stalled_at is None:
+            self.stalled_at = time.monotonic()
+            if self.on_stall is not None and self.on_stall():
+                # the waiting generation itself is cut: cancel it here (Task.cancel from inside
+                # the task would only land at its next real suspension, after more writes)
+                raise asyncio.CancelledError
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    """Retrieve an orphaned drain's outcome so asyncio does not log it as unhandled."""
+    if not task.cancelled():
+        task.exception()
