@@ -185,6 +185,9 @@ class Session:
                 elif msg.type == WSMsgType.ERROR:
                     log.info("socket error: %s", ws.exception())
                     break
+        except ConnectionError as exc:
+            # the client vanished while we answered it (e.g. a reset during a ping flood): not our error
+            log.debug("client gone: %s", exc)
         finally:
             self.detach_all()
 
