@@ -22,6 +22,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (default ./tokenwire.toml if present)")
     p.add_argument("--db", help='SQLite file for conversations (":memory:" = not kept)')
     p.add_argument("--log-level", default=None, help="debug, info, warning (default info)")
+    p.add_argument(
+        "--insecure-open",
+        action="store_const",
+        const=True,
+        help="serve without API keys on a non-loopback address (only behind something that authenticates)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -29,7 +35,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(
         args.config,
-        overrides={"host": args.host, "port": args.port, "db_path": args.db, "log_level": args.log_level},
+        overrides={
+            "host": args.host,
+            "port": args.port,
+            "db_path": args.db,
+            "log_level": args.log_level,
+            "insecure_open": args.insecure_open,
+        },
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_server(settings)

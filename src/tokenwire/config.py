@@ -121,6 +121,23 @@ class Settings:
     access_log: bool = True
     #: debug only: put prompts and replies into the generation log lines
     log_prompts: bool = False
+    # -- access and limits (docs/security.md) --
+    #: serve without keys on a non-loopback address (otherwise refused at start-up)
+    insecure_open: bool = False
+    #: browser Origins allowed to open sockets, comma-separated ("*" = any; "" = same host only)
+    allowed_origins: str = ""
+    #: seconds a key lookup is cached (a revoked key is refused within this time)
+    key_cache_ttl: float = 1.0
+    #: concurrent sockets per key (0 = no limit)
+    max_sockets_per_key: int = 256
+    #: limits for clients without a key (open mode), per IP address (0 = no limit)
+    ip_rpm: int = 0
+    ip_tpm: int = 0
+    ip_max_sockets: int = 0
+    #: frames a client may send per second on one socket (a burst of this many is allowed)
+    max_frames_per_second: int = 200
+    #: seconds a socket's send buffer may stay full before its generations are cut (0 = never)
+    slow_consumer_timeout: float = 30.0
 
     def __repr__(self) -> str:
         return f"Settings(host={self.host!r}, port={self.port}, providers={self.providers!r})"

@@ -7,9 +7,20 @@ are stable strings (see docs/protocol.md); messages are for humans.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["HTTP_STATUS", "GatewayError"]
+__all__ = ["HTTP_STATUS", "GatewayError", "set_redactor"]
+
+#: Masks secrets (provider keys) in messages before they reach a client; set by tokenwire.auth.
+_redact: Callable[[str], str] | None = None
+
+
+def set_redactor(fn: Callable[[str], str] | None) -> None:
+    """Install the function every client-bound error message passes through."""
+    global _redact
+    _redact = fn
+
 
 #: HTTP status used when an error code is returned over plain HTTP.
 HTTP_STATUS: dict[str, int] = {
@@ -73,7 +84,7 @@ class GatewayError(Exception):
             "type": "error",
             "id": id,
             "code": self.code,
-            "message": self.message,
+            "message": self.message if _redact is None else _redact(self.message),
             "retryable": self.retryable,
         }
         if self.status is not None:
@@ -92,7 +103,7 @@ class GatewayError(Exception):
         }.get(self.code, "invalid_request_error" if self.http_status < 500 else "api_error")
         return {
             "error": {
-                "message": self.message,
+                "message": self.message if _redact is None else _redact(self.message),
                 "type": kind,
                 "param": None,
                 "code": self.code,

@@ -77,6 +77,8 @@ class Chat:
     params: dict[str, Any] = field(default_factory=dict)
     stream_id: str | None = None
     dialect: Dialect = "v1"
+    #: who asked (set by the access policy at admission, never by a client); usage is charged to it
+    owner: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -117,9 +119,12 @@ def _bad(message: str, id: str | None = None, code: str = "bad_request") -> Gate
 
 def parse_frame(text: str | bytes, limits: Limits, next_id: int = 0) -> Request:
     """Parse one text frame. ``next_id`` names generations of dialects that send no id."""
-    if len(text) > limits.max_frame_bytes:
+    size = len(text)
+    if size > limits.max_frame_bytes // 4 and isinstance(text, str):
+        size = len(text.encode("utf-8", "surrogatepass"))  # a character may take up to 4 bytes
+    if size > limits.max_frame_bytes:
         raise _bad(
-            f"frame of {len(text)} bytes is over the {limits.max_frame_bytes}-byte limit",
+            f"frame of {size} bytes is over the {limits.max_frame_bytes}-byte limit",
             code="frame_too_large",
         )
     try:

@@ -124,6 +124,7 @@ class Generation:
         self.seq += 1
         self.status = status
         self.ended = True
+        self.usage = fields.get("usage")  # read at the end by usage accounting (tokenwire.auth)
         body = {"type": "end", "seq": self.seq, "status": status, **fields}
         return self._append(_dumps(body)[1:])
 

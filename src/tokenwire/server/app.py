@@ -96,7 +96,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     setup_event_log()
     app = web.Application(
         client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2,
-        middlewares=[access_log_middleware(gw, settings.access_log)],
+        middlewares=[access_log_middleware(gw, settings.access_log), gw.access.middleware()],
     )
     app["gateway"] = gw
     app.router.add_get("/ws/chat", _ws_or_426)

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..auth.policy import AccessPolicy
 from ..config import Settings
 from ..metrics import Metrics
+from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach, Chat, Limits
 from ..router import Route, Router
 from ..store.base import ConversationStore
@@ -46,21 +48,32 @@ class Gateway:
         self.metrics = Metrics(self)
         self.metrics.log_prompts = settings.log_prompts
         self.registry.on_finish.append(self.metrics.on_finish)
+        #: keys, Origin checks and limits (tokenwire.auth); raises ConfigError for an unsafe bind
+        self.access = AccessPolicy(settings, self)
 
     # -- hooks (access control, limits and scale-out refine these) ------------
     async def authenticate_ws(self, request: web.Request) -> Any:
         """Who is connecting; raise an HTTP error to refuse before the upgrade."""
-        return None
+        return await self.access.authenticate_ws(request)
 
     async def authenticate_http(self, request: web.Request) -> Any:
-        return None
+        return await self.access.authenticate_http(request)
 
     async def admit(self, session: Any, chat: Chat, route: Route) -> None:
         """Check limits before a generation starts (raise GatewayError to refuse)."""
-        return None
+        try:
+            await self.access.admit(session, chat, route)
+        except GatewayError as err:
+            if err.code in ("rate_limited", "budget_exceeded"):
+                self.metrics.reject(err.extra.get("limit") or err.code)
+            raise
 
     async def authorize_attach(self, session: Any, run: Run) -> None:
-        return None
+        await self.access.authorize_attach(session, run)
+
+    def frame_gate(self) -> Any:
+        """A per-socket check of each client frame (frames per second), or None."""
+        return self.access.frame_gate()
 
     async def attach_remote(self, session: Any, req: Attach) -> Run | None:
         """Find a generation this process does not hold (another instance's)."""
@@ -71,3 +84,4 @@ class Gateway:
         await self.router.aclose()
         await self.http.aclose()
         await self.store.aclose()
+        await self.access.aclose()

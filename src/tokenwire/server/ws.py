@@ -114,7 +114,32 @@ class Session:
         self.paused = False
         self.next_id = 0
         self.conversation_id: str | None = None  # the socket's own, for "content" frames
-        self.writer = FrameWriter(ws)
+        self.writer = FrameWriter(ws, gw.settings.slow_consumer_timeout, self._slow_consumer)
+
+    def _slow_consumer(self) -> bool:
+        """The client stopped reading: cut its generations (others' sockets are not touched).
+
+        Returns True if the calling task is one of them (the writer then cancels it in place).
+        """
+        log.info("cutting %d generation(s): client not reading (slow_consumer)", len(self.runs))
+        stall = self.gw.settings.slow_consumer_timeout
+        current = asyncio.current_task()
+        in_place = False
+        for id, (run, _) in list(self.runs.items()):
+            err = GatewayError(
+                "slow_consumer",
+                f"the client read nothing for {stall:g} s while its send buffer was full; generation cancelled",
+            )
+            try:
+                self.writer.write(orjson.dumps(err.to_event(id)))
+            except (ConnectionError, RuntimeError):
+                pass
+            if run.task is current and run.cancel_reason is None:
+                run.cancel_reason = "slow_consumer"
+                in_place = True
+            else:
+                run.cancel("slow_consumer")
+        return in_place
 
     async def send_json(self, obj: dict[str, Any]) -> None:
         if not self.ws.closed:
@@ -132,6 +157,7 @@ class Session:
         ws = self.ws
         gw = self.gw
         idle = gw.settings.idle_timeout
+        gate = gw.frame_gate()  # frames per second (None = no limit)
         try:
             while True:
                 try:
@@ -141,6 +167,11 @@ class Session:
                         continue  # a client waiting for a long reply is not idle
                     await ws.close(code=CLOSE_IDLE, message=b"idle timeout")
                     break
+                if gate is not None and msg.type in (TEXT, WSMsgType.BINARY):
+                    refused = gate(msg.data)
+                    if refused is not None:
+                        await self.send_error(refused, refused.extra.pop("id", None))
+                        continue
                 if msg.type == TEXT:
                     await self.handle(msg.data)
                 elif msg.type == WSMsgType.BINARY:
@@ -155,6 +186,9 @@ class Session:
                 elif msg.type == WSMsgType.ERROR:
                     log.info("socket error: %s", ws.exception())
                     break
+        except ConnectionError as exc:
+            # the client vanished while we answered it (e.g. a reset during a ping flood): not our error
+            log.debug("client gone: %s", exc)
         finally:
             self.detach_all()
 

@@ -14,22 +14,39 @@ the public ``send_frame``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
 __all__ = ["WRITE_BUFFER_LIMIT", "FrameWriter"]
 
 WRITE_BUFFER_LIMIT = 256 * 1024  #: bytes queued in the kernel-side buffer before we wait
+#: after a stall, what may still be queued without waiting (the error and end frames)
+STALL_SLACK = 64 * 1024
 
 _HEADERS = [bytes((0x81, n)) for n in range(126)]  # FIN + text opcode, short lengths
 
 
 class FrameWriter:
-    __slots__ = ("_drain", "_transport", "_ws")
+    """Writes frames; a reader that keeps the buffer full past ``stall_timeout`` triggers ``on_stall``.
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    ``on_stall`` returns True when the task that was waiting must stop (it raises CancelledError).
+    """
+
+    __slots__ = ("_drain", "_transport", "_ws", "on_stall", "stall_timeout", "stalled_at")
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        stall_timeout: float = 0.0,
+        on_stall: Callable[[], bool] | None = None,
+    ) -> None:
         self._ws = ws
+        self.stall_timeout = stall_timeout
+        self.on_stall = on_stall
+        self.stalled_at: float | None = None
         writer = getattr(ws, "_writer", None)
         transport = getattr(writer, "transport", None)
         protocol = getattr(writer, "protocol", None)
@@ -56,5 +73,46 @@ class FrameWriter:
         else:
             transport.write(b"\x81\x7f" + n.to_bytes(8, "big") + payload)
         if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-            return self._drain()  # type: ignore[misc]
+            if self.stall_timeout <= 0:
+                return self._drain()  # type: ignore[misc]
+            return self._over_limit(transport)
         return None
+
+    def _over_limit(self, transport: asyncio.WriteTransport) -> Awaitable[None] | None:
+        """The slow path: wait for the reader, at most ``stall_timeout`` (the hot path never gets here)."""
+        stalled_at = self.stalled_at
+        if stalled_at is not None:
+            if time.monotonic() - stalled_at < self.stall_timeout:
+                # just cut off: the last frames (error, end) go out without waiting, up to a bound
+                if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT + STALL_SLACK:
+                    raise ConnectionResetError("the client is not reading (slow consumer)")
+                return None
+            self.stalled_at = None
+        return self._drain_or_stall()
+
+    async def _drain_or_stall(self) -> None:
+        # aiohttp's drain waiter is shared by every writer of the socket and is not shielded:
+        # cancelling it (a timeout, a cancelled generation) would break the socket's later
+        # drains and its close. So it runs as its own task that nobody cancels; it ends when
+        # the buffer drains or the connection is lost.
+        drain = asyncio.ensure_future(self._drain())  # type: ignore[var-annotated]
+        try:
+            done, _ = await asyncio.wait((drain,), timeout=self.stall_timeout)
+        finally:
+            if not drain.done():
+                drain.add_done_callback(_consume)
+        if done:
+            drain.result()  # a lost connection raises here, as a plain drain would
+            return
+        if self.stalled_at is None:
+            self.stalled_at = time.monotonic()
+            if self.on_stall is not None and self.on_stall():
+                # the waiting generation itself is cut: cancel it here (Task.cancel from inside
+                # the task would only land at its next real suspension, after more writes)
+                raise asyncio.CancelledError
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    """Retrieve an orphaned drain's outcome so asyncio does not log it as unhandled."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,370 @@
+"""Who may connect, what each may spend: the access policy behind the Gateway's hooks.
+
+Everything here runs once per handshake, per request or per generation end,
+never per token: token buckets are checked at admission and debited when a
+reply ends (its usage is known then).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import web
+
+from ..catalog import cost_usd
+from ..config import ConfigError, Settings
+from ..protocol.errors import GatewayError, set_redactor
+from ..protocol.frames import Chat
+from ..router import Route
+from .keys import KeyRecord, SQLiteKeyStore, hash_key, open_key_store
+from .limits import Principal, TokenBucket
+from .redact import Redactor, install_log_filter
+
+if TYPE_CHECKING:
+    from ..server.gateway import Gateway
+    from ..server.relay import Run
+
+__all__ = ["PRINCIPAL", "AccessPolicy", "extract_key", "is_loopback"]
+
+log = logging.getLogger("tokenwire.auth")
+
+PRINCIPAL = "tokenwire.principal"  #: request key the middleware stores the principal under
+WS_PATHS = frozenset({"/ws/chat", "/v1/ws/chat"})
+
+_NEED_KEY = (
+    "this gateway needs an API key: send the header 'Authorization: Bearer tw_…', "
+    "or (browsers) the WebSocket subprotocols 'tokenwire.v1, bearer.tw_…', or ?key=tw_…"
+)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def extract_key(request: web.BaseRequest) -> str | None:
+    """The key a client presented: Authorization header, then subprotocol, then ``?key=``."""
+    auth = request.headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise GatewayError("unauthorized", "the Authorization header must be 'Bearer <key>'")
+        return value.strip()
+    for header in request.headers.getall("Sec-WebSocket-Protocol", ()):
+        for proto in header.split(","):
+            proto = proto.strip()
+            if proto.startswith("bearer."):
+                return proto[7:]
+    key = request.query.get("key")
+    return key or None
+
+
+def refusal(err: GatewayError) -> web.Response:
+    """An HTTP answer to a refused request or handshake, with a reason a client can read."""
+    headers = {}
+    if err.code == "unauthorized":
+        headers["WWW-Authenticate"] = 'Bearer realm="tokenwire"'
+    retry_after = err.extra.get("retry_after")
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(float(retry_after))))
+    return web.Response(
+        status=err.http_status,
+        body=orjson.dumps(err.to_openai()),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class AccessPolicy:
+    """Keys, Origin checks and per-key (or per-IP) limits for one gateway process."""
+
+    def __init__(self, settings: Settings, gateway: Gateway) -> None:
+        self.settings = settings
+        self.store = open_key_store(settings.db_path)
+        self.keys_exist = self._has_keys_now()
+        self._keys_checked = time.monotonic()
+        if not self.keys_exist and not settings.insecure_open and not is_loopback(settings.host):
+            self._close_sync()
+            raise ConfigError(
+                f"refusing to serve on {settings.host} with no API keys (anyone could spend the provider keys); "
+                "create one with `tokenwire keys create --name NAME`, bind to 127.0.0.1, "
+                "or pass --insecure-open (TOKENWIRE_INSECURE_OPEN=1) if something in front authenticates"
+            )
+        self.origins = {o.strip().rstrip("/").lower() for o in settings.allowed_origins.split(",") if o.strip()}
+        self.principals: dict[str, Principal] = {}
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self.redactor = Redactor(p.api_key for p in settings.providers if p.api_key)
+        set_redactor(self.redactor.secrets_only)
+        install_log_filter(self.redactor)
+        gateway.registry.on_finish.append(self.on_finish)
+
+    def _has_keys_now(self) -> bool:
+        if isinstance(self.store, SQLiteKeyStore):
+            return bool(self.store.call(self.store._has_keys))
+        return False
+
+    def _close_sync(self) -> None:
+        if isinstance(self.store, SQLiteKeyStore):
+            self.store.close_sync()
+
+    @property
+    def open_mode(self) -> bool:
+        return not self.keys_exist
+
+    # -- who is asking --------------------------------------------------------
+    def check_origin(self, request: web.BaseRequest) -> None:
+        """Refuse browser requests from pages not on the allowlist (cross-site WebSocket hijacking)."""
+        origin = request.headers.get("Origin")
+        if origin is None or "*" in self.origins:
+            return
+        normal = origin.strip().rstrip("/").lower()
+        if normal in self.origins:
+            return
+        if not self.origins:
+            parts = urlsplit(normal)
+            if parts.scheme in ("http", "https") and parts.netloc and parts.netloc == (request.host or "").lower():
+                return
+        raise GatewayError(
+            "forbidden",
+            f"Origin {origin[:200]!r} is not allowed to connect; add it to allowed_origins (TOKENWIRE_ALLOWED_ORIGINS)",
+        )
+
+    async def _lookup(self, key: str) -> KeyRecord | None:
+        h = hash_key(key)
+        now = time.monotonic()
+        hit = self._cache.get(h)
+        if hit is not None and now - hit[0] < self.settings.key_cache_ttl:
+            record = hit[1]
+        else:
+            record = await self.store.find(h)
+            if len(self._cache) > 10_000:
+                self._cache.clear()  # unknown keys sprayed at us must not grow memory
+            self._cache[h] = (now, record)
+        if record is None or not record.matches(key):
+            return None
+        return record
+
+    async def _refresh_keys_exist(self) -> None:
+        now = time.monotonic()
+        if not self.keys_exist and now - self._keys_checked >= self.settings.key_cache_ttl:
+            self._keys_checked = now
+            self.keys_exist = await self.store.has_keys()
+
+    async def authenticate(self, request: web.BaseRequest) -> Principal:
+        """The principal behind a request, or GatewayError ``unauthorized``/``forbidden``."""
+        self.check_origin(request)
+        key = extract_key(request)
+        await self._refresh_keys_exist()
+        if not self.keys_exist:
+            return self._ip_principal(request.remote or "?")
+        if key is None:
+            raise GatewayError("unauthorized", _NEED_KEY)
+        record = await self._lookup(key)
+        if record is None:
+            raise GatewayError("unauthorized", "the API key is not valid")
+        if record.revoked is not None:
+            raise GatewayError("unauthorized", f"the API key {record.shown}… has been revoked")
+        p = self.principals.get("k:" + record.id)
+        if p is None:
+            p = Principal(label=f"key {record.name!r} ({record.shown}…)", record=record, spent=record.cost_usd)
+            self.principals["k:" + record.id] = p
+        else:
+            p.record = record
+            p.spent = max(p.spent, record.cost_usd)
+        p.checked = time.monotonic()
+        return p
+
+    def _ip_principal(self, ip: str) -> Principal:
+        p = self.principals.get("ip:" + ip)
+        if p is None:
+            if len(self.principals) > 50_000:
+                self._prune()
+            p = Principal(label=f"ip {ip}", ip=ip)
+            self.principals["ip:" + ip] = p
+        return p
+
+    def _prune(self) -> None:
+        for name, p in list(self.principals.items()):
+            if p.record is None and p.sockets == 0 and not p.in_flight:
+                del self.principals[name]
+
+    # -- hooks ----------------------------------------------------------------
+    async def authenticate_ws(self, request: web.Request) -> Principal:
+        p = request.get(PRINCIPAL)
+        if isinstance(p, Principal):
+            return p
+        try:
+            return await self.authenticate(request)
+        except GatewayError as err:
+            raise _http_error(err) from None
+
+    async def authenticate_http(self, request: web.Request) -> Principal:
+        return await self.authenticate(request)
+
+    async def admit(self, who: Any, chat: Chat, route: Route) -> None:
+        """Refuse a generation over a limit (before it starts); charge it to its principal."""
+        p = getattr(who, "principal", who)
+        if not isinstance(p, Principal):
+            return
+        now = time.monotonic()
+        record = p.record
+        if record is not None:
+            if now - p.checked >= self.settings.key_cache_ttl:
+                fresh = await self.store.get(record.id)
+                p.checked = now
+                if fresh is not None:
+                    p.record = record = fresh
+                    p.spent = max(p.spent, fresh.cost_usd)
+            if record.revoked is not None:
+                raise GatewayError(
+                    "unauthorized", f"the API key {record.shown}… has been revoked", extra={"id": chat.id}
+                )
+            if record.models and not any(fnmatchcase(route.model, pat) for pat in record.models):
+                raise GatewayError(
+                    "forbidden",
+                    f"{p.label} may not use model {route.model[:80]!r} (allowed: {', '.join(record.models)})",
+                    extra={"id": chat.id},
+                )
+            if record.budget_usd is not None and p.spent >= record.budget_usd:
+                raise GatewayError(
+                    "budget_exceeded",
+                    f"{p.label} has spent ${p.spent:.6f} of its ${record.budget_usd:g} budget",
+                    extra={"id": chat.id},
+                )
+            rpm, tpm = record.rpm, record.tpm
+        else:
+            rpm, tpm = self.settings.ip_rpm, self.settings.ip_tpm
+        if tpm:
+            if p.tpm is None:
+                p.tpm = TokenBucket.per_minute(tpm, now)
+            wait = p.tpm.wait_positive(now)
+            if wait > 0:
+                raise _limited(chat, f"{p.label} used its {tpm} tokens per minute", wait)
+        if rpm:
+            if p.rpm is None:
+                p.rpm = TokenBucket.per_minute(rpm, now)
+            wait = p.rpm.take(now)
+            if wait > 0:
+                raise _limited(chat, f"{p.label} reached its {rpm} requests per minute", wait)
+        chat.owner = p
+        p.in_flight.add(id(chat))
+
+    async def authorize_attach(self, who: Any, run: Run) -> None:
+        """Only the key that started a generation may resume it."""
+        p = getattr(who, "principal", who)
+        owner = run.chat.owner
+        if not isinstance(owner, Principal) or owner.record is None:
+            return
+        if not isinstance(p, Principal) or p.key_id != owner.key_id:
+            raise GatewayError("forbidden", "that stream belongs to another API key", extra={"id": None})
+
+    async def on_finish(self, run: Run) -> None:
+        """Account a finished generation: tokens into the TPM bucket, cost into the budget and the store."""
+        p = run.chat.owner
+        if not isinstance(p, Principal):
+            return
+        p.in_flight.discard(id(run.chat))
+        usage = run.gen.usage or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        if run.gen.status == "failed" and run.gen.token_count == 0:
+            prompt = completion = 0  # refused upstream before anything was generated: not billed
+        cost = (
+            (cost_usd(run.route.model, {"prompt_tokens": prompt, "completion_tokens": completion}) or 0.0)
+            if (prompt or completion)
+            else 0.0
+        )
+        if p.tpm is not None:
+            p.tpm.debit(time.monotonic(), prompt + completion)
+        p.spent += cost
+        if p.record is not None:
+            await self.store.add_usage(p.record.id, prompt, completion, cost)
+
+    def frame_gate(self) -> Callable[[Any], GatewayError | None] | None:
+        """A per-socket check run on each client frame: refuses frames over ``max_frames_per_second``."""
+        n = self.settings.max_frames_per_second
+        if n <= 0:
+            return None
+        bucket = TokenBucket(n, n, time.monotonic())
+
+        def gate(data: Any) -> GatewayError | None:
+            wait = bucket.take(time.monotonic())
+            if wait <= 0:
+                return None
+            gen_id = None
+            if isinstance(data, str) and len(data) < 65536:
+                try:
+                    obj = orjson.loads(data)
+                    if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                        gen_id = obj["id"][:128]
+                except orjson.JSONDecodeError:
+                    pass
+            return GatewayError(
+                "rate_limited",
+                f"more than {n} frames per second on this socket; this frame was dropped",
+                retryable=True,
+                extra={"id": gen_id, "retry_after": round(wait, 3)},
+            )
+
+        return gate
+
+    def middleware(self) -> Callable[[web.Request, Any], Awaitable[web.StreamResponse]]:
+        """Authenticates WebSocket handshakes before the upgrade and counts each principal's sockets."""
+
+        @web.middleware
+        async def access(request: web.Request, handler: Any) -> web.StreamResponse:
+            if request.path not in WS_PATHS or request.headers.get("Upgrade", "").lower() != "websocket":
+                return await handler(request)
+            try:
+                p = await self.authenticate(request)
+            except GatewayError as err:
+                log.info("refused a WebSocket from %s: %s", request.remote, err.message)
+                return refusal(err)
+            limit = self.settings.max_sockets_per_key if p.record is not None else self.settings.ip_max_sockets
+            if limit and p.sockets >= limit:
+                return refusal(
+                    GatewayError(
+                        "rate_limited",
+                        f"{p.label} already has {limit} open sockets (max_sockets_per_key / ip_max_sockets)",
+                        retryable=True,
+                        extra={"retry_after": 1},
+                    )
+                )
+            p.sockets += 1
+            request[PRINCIPAL] = p
+            try:
+                return await handler(request)
+            finally:
+                p.sockets -= 1
+
+        return access
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+def _limited(chat: Chat, why: str, wait: float) -> GatewayError:
+    return GatewayError(
+        "rate_limited",
+        f"{why}; retry in {wait:.1f} s",
+        retryable=True,
+        extra={"id": chat.id, "retry_after": round(wait, 3)},
+    )
+
+
+def _http_error(err: GatewayError) -> web.HTTPException:
+    cls = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 429: web.HTTPTooManyRequests}.get(
+        err.http_status, web.HTTPForbidden
+    )
+    return cls(body=orjson.dumps(err.to_openai()), content_type="application/json")

@@ -1,0 +1,120 @@
+"""A reader that stops reading is cut off (``slow_consumer``) while 100 other streams keep their pace."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import statistics
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+from rawws import Raw, text
+
+PACE = 42.0  #: gpt-4.1's simulated tokens per second at speed 1
+TOKENS = 126  #: three seconds of tokens per stream
+
+
+async def paced_stream(session: aiohttp.ClientSession, url: str, i: int) -> tuple[float, float, int]:
+    """(tokens/s measured by the client, the longest gap between tokens, token count)."""
+    async with session.ws_connect(url) as ws:
+        msg = {"type": "chat", "id": "p", "model": "gpt-4.1", "messages": [{"role": "user", "content": f"s{i}"}]}
+        msg["params"] = {"max_tokens": TOKENS}
+        await ws.send_str(orjson.dumps(msg).decode())
+        stamps: list[float] = []
+        async for m in ws:
+            event = orjson.loads(m.data)
+            if event["type"] == "token":
+                stamps.append(time.monotonic())
+            elif event["type"] in ("end", "error"):
+                assert event.get("status") == "completed", event
+                break
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]), max(gaps), len(stamps)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_idle(pid: int, timeout: float = 20.0) -> float:
+    """Wait until the process has worked and then uses (almost) no CPU; returns the CPU seconds used."""
+    start = last = cpu_seconds(pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        now = cpu_seconds(pid)
+        if now - last < 0.02 and now - start > 0.3:  # it worked, then stopped
+            return now - start
+        last = now
+    raise AssertionError("the gateway never went idle: the stalled stream is not held back")
+
+
+async def test_stalled_reader_is_cut_while_100_streams_keep_their_pace(spawn, tmp_path) -> None:
+    fast = spawn("simulate", "--port", "0", "--fast")
+    config = tmp_path / "tokenwire.toml"
+    config.write_text(
+        f"""
+[server]
+slow_consumer_timeout = 2.0
+[providers.simulated]
+preset = "simulated"
+models = ["gpt-4.1"]
+[providers.fast]
+kind = "openai"
+base_url = "{fast.http}/v1"
+api_key = "sk-fast-upstream-key"
+models = ["fast-*"]
+"""
+    )
+    gw = spawn("serve", "--port", "0", "--config", str(config), env={"TOKENWIRE_DB": ":memory:"})
+
+    # the stalled reader: a 4 KiB receive buffer, and it never reads
+    stalled = await Raw.connect(gw.host, gw.port, rcvbuf=4096)
+    assert stalled.status == 101
+    big = {"type": "chat", "id": "hog", "model": "fast-1", "messages": [{"role": "user", "content": "x"}]}
+    big["params"] = {"max_tokens": 400_000}
+    await stalled.send(text(big))
+    t_stall = time.monotonic()
+    # it fills the kernel's buffers and the gateway's 256 KiB, then the relay waits: the gateway goes idle
+    busy = await wait_idle(gw.pid)
+    print(f"\nstalled reader filled its buffers in {time.monotonic() - t_stall:.1f} s ({busy:.1f} s CPU)")
+
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(*(paced_stream(session, gw.ws, i) for i in range(100)))
+        rates = [r for r, _, _ in results]
+        worst_gaps = sorted(g for _, g, _ in results)
+        assert all(n == TOKENS for _, _, n in results)
+        median = statistics.median(rates)
+        print(
+            f"\n100 streams beside a stalled reader: median {median:.1f} tok/s (pace {PACE}), "
+            f"min {min(rates):.1f}, p99 longest gap {worst_gaps[98] * 1000:.0f} ms"
+        )
+        assert median >= 0.9 * PACE and min(rates) >= 0.75 * PACE
+        assert worst_gaps[98] < 0.3  # without the stalled reader: ~0.08 s
+
+        # the stalled generation is cut once its buffer has been full for slow_consumer_timeout
+        for _ in range(100):
+            async with session.get(gw.http + "/healthz") as r:
+                health = await r.json()
+            if health["generations"] == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert health["generations"] == 0, health
+        print(f"stalled generation cut {time.monotonic() - t_stall:.1f} s after it started")
+
+    # the reader wakes up: what it finds at the end of its buffer says why it was cut
+    seen = b""
+    deadline = time.monotonic() + 20
+    while b'"reason":"slow_consumer"' not in seen and time.monotonic() < deadline:
+        chunk = await asyncio.wait_for(stalled.reader.read(1 << 20), 10)
+        if not chunk:
+            break
+        seen = seen[-4096:] + chunk
+    assert b'"code":"slow_consumer"' in seen and b'"reason":"slow_consumer"' in seen
+    assert time.monotonic() - t_stall < 25
+    stalled.close()
+    assert "Traceback" not in gw.text() and "sk-fast-upstream-key" not in gw.text()
