@@ -36,6 +36,10 @@ async def healthz(request: web.Request) -> web.Response:
         "generations": sum(1 for r in gw.registry.runs.values() if not r.gen.ended),
         "providers": [{"name": cfg.name, "kind": cfg.kind, "simulated": p.simulated} for cfg, p in gw.router.providers],
     }
+    if gw.cluster is not None:  # Redis down: still serving, but resume and conversations fail
+        body["redis"] = gw.cluster.health()
+        if not body["redis"]["ok"] and not gw.draining:
+            body["status"] = "degraded"
     return _json(body, 503 if gw.draining else 200)
 
 
@@ -107,6 +111,14 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     async def on_shutdown(app: web.Application) -> None:
         await gw.aclose()
 
+    if gw.cluster is not None:
+        cluster = gw.cluster
+
+        async def on_startup(app: web.Application) -> None:
+            await cluster.start()
+
+        app.on_startup.append(on_startup)
+
     app.on_cleanup.append(on_shutdown)
     return app
 
@@ -122,6 +134,9 @@ async def _static_dir(request: web.Request) -> web.Response:
 
 async def drain(gw: Gateway, deadline: float) -> None:
     """Stop taking sockets, tell clients to reconnect elsewhere, let replies finish."""
+    if gw.cluster is not None:  # clients can resume elsewhere: send them at once
+        await gw.cluster.drain(gw, deadline)
+        return
     gw.draining = True
     await gw.registry.shutdown(deadline)
     for session in list(gw.sessions):

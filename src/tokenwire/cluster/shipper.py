@@ -1,0 +1,188 @@
+"""Ships resumable generations' events to Redis Streams, in batches, off the hot path.
+
+The relay already keeps every event of a generation, encoded once, in
+``Generation.log``. So nothing is added to the token loop: one task per process
+wakes every ``redis_flush_ms``, takes the events each live generation logged
+since the last tick and writes them all in ONE pipeline (one round trip per
+tick for the whole process, one ``XADD`` per generation per tick, however many
+tokens arrived).
+
+Layout of one generation ``S`` (prefix ``P``):
+
+- ``P:s:S:m`` — ``{"epoch": …, "owner": …}``, set with NX when the generation
+  starts (the cross-instance uniqueness of ``stream_id``);
+- ``P:s:S`` — a Redis Stream; each entry is a batch of consecutive events:
+  ``f`` = seq of the first, ``e`` = epoch, ``d`` = the events' id-less
+  encodings joined by ``\\n`` (orjson never emits a raw newline). The entry ID
+  is ``<seq of the last event>-1``, so ``XRANGE P:s:S <n>-0 +`` starts at the
+  batch holding event ``n``.
+
+Both keys are capped (``MAXLEN ~``) and expire ``resume_retention`` seconds
+after the end. When a write fails (Redis down or restarted), the generation is
+marked for a resync: once Redis answers again, its whole log (still in memory)
+is written afresh, so a restarted Redis gets every event back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ..store.redis import FAULTS, RedisLink
+
+if TYPE_CHECKING:
+    from ..server.relay import Run
+
+__all__ = ["CHUNK", "MAXLEN", "StreamShipper"]
+
+log = logging.getLogger("tokenwire.cluster")
+
+#: most events in one stream entry (bounds an entry's size on a resync)
+CHUNK = 512
+#: approximate cap on entries per stream (a batch holds >= 1 event)
+MAXLEN = 20_000
+#: time-to-live of a running generation's keys, refreshed while it runs
+RUNNING_TTL = 600
+_REFRESH = 60.0
+
+
+class _Ship:
+    __slots__ = ("epoch", "key", "meta", "meta_value", "refreshed", "resync", "run", "sent")
+
+    def __init__(self, run: Run, key: str, epoch: bytes, meta_value: bytes) -> None:
+        self.run = run
+        self.key = key
+        self.meta = key + ":m"
+        self.epoch = epoch
+        self.meta_value = meta_value
+        self.sent = 0  #: seq of the next event to write
+        self.resync = False
+        self.refreshed = time.monotonic()
+
+
+class StreamShipper:
+    def __init__(self, link: RedisLink, prefix: str, interval: float, retention: float) -> None:
+        self.link = link
+        self.prefix = prefix
+        self.interval = interval
+        self.retention = max(1, int(retention))
+        self.ships: dict[str, _Ship] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.stats = {"ticks": 0, "entries": 0, "events": 0, "resyncs": 0}
+
+    def key(self, stream_id: str) -> str:
+        return f"{self.prefix}:s:{stream_id}"
+
+    def add(self, run: Run, epoch: bytes, meta_value: bytes) -> None:
+        sid = run.gen.stream_id
+        self.ships[sid] = _Ship(run, self.key(sid), epoch, meta_value)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        backoff = 0.0
+        while True:
+            if not self.ships:
+                self._wake.clear()
+                await self._wake.wait()
+            await asyncio.sleep(max(self.interval, backoff))
+            try:
+                await self.flush()
+                backoff = 0.0
+            except FAULTS:
+                backoff = min(1.0, max(0.05, backoff * 2))
+            except Exception:
+                log.exception("shipping stream events to Redis failed")
+                backoff = 1.0
+
+    async def flush(self) -> None:
+        """Write every live generation's new events in one pipeline."""
+        async with self._lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self.ships:
+            return
+        pipe = self.link.redis.pipeline(transaction=False)
+        plan: list[tuple[_Ship, int, bool]] = []
+        now = time.monotonic()
+        for ship in self.ships.values():
+            gen = ship.run.gen
+            touched = False
+            if ship.resync:
+                pipe.delete(ship.key)
+                pipe.set(ship.meta, ship.meta_value, ex=RUNNING_TTL)
+                ship.sent = gen.first_seq
+                touched = True
+            upto = gen.seq + 1
+            if upto > ship.sent:
+                start = ship.sent - gen.first_seq
+                if start < 0:  # trimmed from memory before it could be shipped: readers will see the gap
+                    ship.sent, start = gen.first_seq, 0
+                events = gen.log[start:]
+                first = ship.sent
+                for i in range(0, len(events), CHUNK):
+                    part = events[i : i + CHUNK]
+                    pipe.xadd(
+                        ship.key,
+                        {"f": first + i, "e": ship.epoch, "d": b"\n".join(part)},
+                        id=f"{first + i + len(part) - 1}-1",
+                        maxlen=MAXLEN,
+                        approximate=True,
+                    )
+                self.stats["entries"] += (len(events) + CHUNK - 1) // CHUNK
+                self.stats["events"] += len(events)
+                touched = True
+            done = gen.ended
+            if done:
+                pipe.expire(ship.key, self.retention)
+                pipe.expire(ship.meta, self.retention)
+            elif touched and (ship.resync or now - ship.refreshed > _REFRESH):
+                pipe.expire(ship.key, RUNNING_TTL)
+                pipe.expire(ship.meta, RUNNING_TTL)
+                ship.refreshed = now
+            if touched or done:
+                plan.append((ship, upto, done))
+        if not plan:
+            return
+        self.stats["ticks"] += 1
+        try:
+            async with asyncio.timeout(self.link.deadline):
+                await pipe.execute()
+        except BaseException as exc:
+            for ship, _, _ in plan:
+                ship.resync = True
+            if isinstance(exc, FAULTS):
+                self.link.fault(exc, "shipping stream events")
+                self.stats["resyncs"] += 1
+            raise
+        self.link.ok()
+        for ship, upto, done in plan:
+            ship.sent = upto
+            ship.resync = False
+            if done:
+                self.ships.pop(ship.run.gen.stream_id, None)
+
+    async def aclose(self, timeout: float) -> None:
+        """Ship what is left (the ends of drained generations), then stop."""
+        deadline = time.monotonic() + timeout
+        while self.ships and time.monotonic() < deadline:
+            try:
+                await self.flush()
+            except FAULTS:
+                await asyncio.sleep(0.1)
+            else:
+                if any(not s.run.gen.ended for s in self.ships.values()):
+                    break  # still running: cancelled by shutdown, nothing more will come
+        if self.ships:
+            log.warning("%d stream logs not fully shipped to Redis at exit", len(self.ships))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
