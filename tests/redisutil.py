@@ -6,6 +6,7 @@ same port, for the fault tests. Every test uses its own key prefix.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -79,8 +80,8 @@ class RedisServer:
 
 
 def shared_or_private() -> tuple[str, RedisServer | None]:
-    """The project machines' Redis if it answers, else a private server."""
-    if ping(6379):
+    """The project machines' Redis if it answers, else a private server (always with TOKENWIRE_TEST_PRIVATE_REDIS=1)."""
+    if ping(6379) and not os.environ.get("TOKENWIRE_TEST_PRIVATE_REDIS"):
         return "redis://127.0.0.1:6379/0", None
     server = RedisServer().start()
     return server.url, server

@@ -358,7 +358,7 @@ async def test_lost_log_is_refused_not_replayed(cluster, redis_url) -> None:
     a, b = cluster(2)
     sid = uuid.uuid4().hex
     async with await WS.connect(a.ws) as ws:
-        await ws.send(chat("c", "trim me", 40, 0, sid))
+        await ws.send(chat("c", "trim me", 40, 100, sid))  # paced: the log holds several batches
         events = await ws.until_end("c")
     assert_exactly_once(events, "trim me", 40)
     prefix = None
@@ -367,14 +367,19 @@ async def test_lost_log_is_refused_not_replayed(cluster, redis_url) -> None:
         async for key in r.scan_iter(match=f"*:s:{sid}"):
             prefix = key
         assert prefix is not None
-        first = await r.xrange(prefix, count=1)
-        await r.xdel(prefix, first[0][0])  # the oldest batch is gone
+        entries = await r.xrange(prefix)
+        assert len(entries) > 2
+        await r.xdel(prefix, entries[0][0])  # the oldest batch is gone
+        async with await WS.connect(b.ws) as ws:
+            await ws.send({"type": "attach", "id": "x", "stream_id": sid, "last_seq": -1})
+            err = await ws.recv()
+            assert err["type"] == "error" and err["code"] == "stream_expired" and err["id"] == "x", err
+            await ws.send({"type": "attach", "id": "y", "stream_id": sid, "last_seq": 38})
+            tail = await ws.until_end("y")
+            assert [e["seq"] for e in tail] == [39, 40, 41]
+            await r.xtrim(prefix, maxlen=0)  # every event gone, the stream known to have ended
+            await ws.send({"type": "attach", "id": "z", "stream_id": sid, "last_seq": 38})
+            err = await ws.recv()
+            assert err["code"] == "stream_expired" and err["id"] == "z", err
     finally:
         await r.aclose()
-    async with await WS.connect(b.ws) as ws:
-        await ws.send({"type": "attach", "id": "x", "stream_id": sid, "last_seq": -1})
-        err = await ws.recv()
-        assert err["type"] == "error" and err["code"] == "stream_expired" and err["id"] == "x", err
-        await ws.send({"type": "attach", "id": "y", "stream_id": sid, "last_seq": 38})
-        tail = await ws.until_end("y")
-    assert [e["seq"] for e in tail] == [39, 40, 41]

@@ -281,7 +281,9 @@ class Cluster:
             if raw is None:
                 return None
             meta = orjson.loads(raw)
-            remote = RemoteRun(self, req.stream_id, meta["epoch"].encode(), meta["owner"], req.last_seq)
+            remote = RemoteRun(
+                self, req.stream_id, meta["epoch"].encode(), meta["owner"], req.last_seq, meta.get("end")
+            )
             await remote.load(req.last_seq)
         except GatewayError as err:
             err.extra["id"] = req.id

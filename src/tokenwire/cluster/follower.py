@@ -55,8 +55,11 @@ class RemoteRun:
     resumable = True
     conversation_id = None
 
-    def __init__(self, cluster: Cluster, stream_id: str, epoch: bytes, owner: str, last_seq: int) -> None:
+    def __init__(
+        self, cluster: Cluster, stream_id: str, epoch: bytes, owner: str, last_seq: int, end: int | None = None
+    ) -> None:
         self.cluster = cluster
+        self.end = end  #: the end's seq, if the owner had shipped it when we looked
         self.key = cluster.shipper.key(stream_id)
         self.epoch = epoch
         self.owner = owner
@@ -84,6 +87,18 @@ class RemoteRun:
             if len(entries) < _PAGE or self.gen.ended:
                 break
             lo = "(" + self.last_id
+        self._check_end()
+
+    def _check_end(self) -> None:
+        """A finished stream whose log does not reach its end has lost events."""
+        gen = self.gen
+        if self.end is not None and not gen.ended:
+            if gen.seq > self.end:
+                raise StreamExpired(gen.stream_id, f"last_seq {gen.seq} is ahead of stream {gen.stream_id}")
+            raise StreamExpired(
+                gen.stream_id,
+                f"events {gen.seq + 1}..{self.end} of stream {gen.stream_id} are no longer kept; it cannot be resumed",
+            )
 
     def _ingest(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[bytes]:
         """Append the new events of these entries to the log; return them."""
@@ -182,14 +197,9 @@ class RemoteRun:
                 if not resp:
                     if now - last_event > OWNER_CHECK:
                         last_event = now
-                        if not await self.cluster.alive(self.owner):
-                            await self._fail(
-                                StreamExpired(
-                                    self.gen.stream_id,
-                                    f"instance {self.owner} running stream {self.gen.stream_id} is gone and the "
-                                    "stream never ended; it cannot be resumed",
-                                )
-                            )
+                        lost = await self._lost()
+                        if lost is not None:
+                            await self._fail(lost)
                             return
                     continue
                 last_event = now
@@ -209,6 +219,30 @@ class RemoteRun:
         finally:
             self.ended.set()
             self._stop()
+
+    async def _lost(self) -> GatewayError | None:
+        """After a long silence: is the stream gone, ended without us, or its owner dead?"""
+        sid = self.gen.stream_id
+        try:
+            raw = await self.cluster.link.call(self.cluster.link.redis.get(self.key + ":m"))
+        except GatewayError:
+            return None  # Redis trouble is handled by the read loop
+        if raw is None:
+            return StreamExpired(sid, f"stream {sid} is past its retention window; it cannot be resumed")
+        meta = orjson.loads(raw)
+        if meta.get("epoch", "").encode() != self.epoch:
+            return StreamExpired(sid, f"stream {sid} was replaced; it cannot be resumed")
+        if meta.get("end") is not None:
+            self.end = meta["end"]
+            try:
+                self._check_end()
+            except GatewayError as err:
+                return err
+        if not await self.cluster.alive(self.owner):
+            return StreamExpired(
+                sid, f"instance {self.owner} running stream {sid} is gone before its end; it cannot be resumed"
+            )
+        return None
 
     async def _deliver(self, rest: bytes) -> None:
         kind = _kind(rest)

@@ -50,7 +50,10 @@ async def get_conversation(request: web.Request) -> web.Response:
     except GatewayError as err:
         return error_response(err)
     cid = request.match_info["cid"]
-    messages = await gw.store.history(cid)
+    try:
+        messages = await gw.store.history(cid)
+    except GatewayError as err:  # e.g. store_unavailable while Redis is down
+        return error_response(err)
     if not messages:
         return error_response(GatewayError("not_found", f"no conversation {cid[:128]}"))
     return _json({"id": cid, "messages": messages})
@@ -62,7 +65,10 @@ async def delete_conversation(request: web.Request) -> web.Response:
         await gw.authenticate_http(request)
     except GatewayError as err:
         return error_response(err)
-    found = await gw.store.delete(request.match_info["cid"])
+    try:
+        found = await gw.store.delete(request.match_info["cid"])
+    except GatewayError as err:
+        return error_response(err)
     return _json({"deleted": found}, 200 if found else 404)
 
 

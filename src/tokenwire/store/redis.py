@@ -60,6 +60,8 @@ class RedisLink:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
             decode_responses=False,
+            # followers hold a connection each while they block on XREAD
+            max_connections=10_000,
         )
         #: a hard ceiling on one call, whatever the socket time-outs do
         self.deadline = 2 * timeout + 0.5
