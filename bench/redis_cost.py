@@ -196,7 +196,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch", type=int, default=1, help="tokens per upstream network write")
     p.add_argument("--tps", type=float, default=0, help="tokens per second per stream (0 = as fast as possible)")
-    p.add_argument("--flush-ms", type=float, default=5.0, help="the gateway's redis_flush_ms")
+    p.add_argument("--flush-ms", type=float, default=10.0, help="the gateway's redis_flush_ms")
     p.add_argument("--follow", action="store_true", help="also follow every stream from a second instance")
     asyncio.run(main_async(p.parse_args()))
 

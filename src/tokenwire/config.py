@@ -100,7 +100,7 @@ class Settings:
     #: seconds any one Redis call may take before it counts as a fault
     redis_timeout: float = 2.0
     #: how often resumable streams' new events are shipped to Redis, in one pipeline
-    redis_flush_ms: float = 5.0
+    redis_flush_ms: float = 10.0
     max_frame_bytes: int = 1024 * 1024
     max_messages: int = 1000
     max_generations_per_socket: int = 32

@@ -90,24 +90,17 @@ return #KEYS
 
 
 def _pack(*args: Any) -> bytes:
-    """One command in RESP."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if type(a) is int:
-            a = b"%d" % a
-        elif type(a) is str:
-            a = a.encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(a), a))
-    return b"".join(out)
+    """One command in RESP (arguments: bytes, str or int)."""
+    enc = [a if type(a) is bytes else b"%d" % a if type(a) is int else a.encode() for a in args]
+    return b"*%d\r\n" % len(enc) + b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in enc])
 
 
 class _Ship:
-    __slots__ = ("epoch", "key", "meta", "meta_value", "refreshed", "resync", "run", "sent")
+    __slots__ = ("epoch", "key", "meta_value", "refreshed", "resync", "run", "sent")
 
     def __init__(self, run: Run, key: str, epoch: bytes, meta_value: bytes) -> None:
         self.run = run
-        self.key = key
-        self.meta = key + ":m"
+        self.key = key.encode()
         self.epoch = epoch
         self.meta_value = meta_value
         self.sent = 0  #: seq of the next event to write
@@ -127,18 +120,19 @@ class StreamShipper:
         self._lock = asyncio.Lock()
         self.stats = {"ticks": 0, "entries": 0, "events": 0, "resyncs": 0}
         self._sha = hashlib.sha1(_SHIP.encode()).hexdigest().encode()
+        self._conn: Any = None
 
-    async def _ship(self, keys: list[str], args: list[Any]) -> None:
-        """``EVALSHA`` packed here and sent on a pooled connection.
+    async def _ship(self, keys: list[bytes], args: list[Any]) -> None:
+        """``EVALSHA``, packed here, on a connection kept for the shipper.
 
-        redis-py's generic packing costs ~0.3 us per argument more than this,
-        and a tick carries several arguments per stream.
+        redis-py's generic packing and pool hand-out cost several times more
+        than this per tick, and a tick carries several arguments per stream.
         """
-        pool = self.link.redis.connection_pool
-        conn = await pool.get_connection()
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self.link.redis.connection_pool.get_connection()
         try:
-            body = _pack(b"EVALSHA", self._sha, len(keys), *keys, *args)
-            await conn.send_packed_command(body)
+            await conn.send_packed_command(_pack(b"EVALSHA", self._sha, len(keys), *keys, *args), check_health=False)
             try:
                 await conn.read_response()
             except NoScriptError:
@@ -146,10 +140,12 @@ class StreamShipper:
                 await conn.send_packed_command(_pack(b"EVAL", _SHIP.encode(), len(keys), *keys, *args))
                 await conn.read_response()
         except BaseException:
-            await conn.disconnect()
+            self._conn = None
+            with contextlib.suppress(BaseException):
+                await conn.disconnect()
+            with contextlib.suppress(BaseException):
+                await self.link.redis.connection_pool.release(conn)
             raise
-        finally:
-            await pool.release(conn)
 
     def key(self, stream_id: str) -> str:
         return f"{self.prefix}:s:{stream_id}"
@@ -185,7 +181,7 @@ class StreamShipper:
     async def _flush(self) -> None:
         if not self.ships:
             return
-        keys: list[str] = []
+        keys: list[bytes] = []
         args: list[Any] = [MAXLEN, RUNNING_TTL, self.retention]
         plan: list[tuple[_Ship, int, bool]] = []
         now = time.monotonic()
@@ -203,9 +199,12 @@ class StreamShipper:
                     ship.sent, start = gen.first_seq, 0
                 events = gen.log[start:]
                 first = ship.sent
-                for i in range(0, len(events), CHUNK):
-                    part = events[i : i + CHUNK]
-                    entries += (f"{first + i + len(part) - 1}-1", first + i, b"\n".join(part))
+                if len(events) <= CHUNK:  # the usual case
+                    entries = [b"%d-1" % (first + len(events) - 1), first, b"\n".join(events)]
+                else:
+                    for i in range(0, len(events), CHUNK):
+                        part = events[i : i + CHUNK]
+                        entries += (b"%d-1" % (first + i + len(part) - 1), first + i, b"\n".join(part))
                 self.stats["entries"] += len(entries) // 3
                 self.stats["events"] += len(events)
             done = gen.ended
@@ -258,3 +257,7 @@ class StreamShipper:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+        if self._conn is not None:
+            with contextlib.suppress(BaseException):
+                await self.link.redis.connection_pool.release(self._conn)
+            self._conn = None
