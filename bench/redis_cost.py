@@ -52,13 +52,14 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, token
             ).decode()
         )
         follower = None
-        if follow is not None:  # a second client following the stream through another instance
-            follower = asyncio.create_task(_follow(session, follow, sid))
         n = 0
         async for msg in ws:
             event = orjson.loads(msg.data)
             kind = event.get("type")
-            if kind == "token":
+            if kind == "start" and follow is not None:
+                # a second client following the stream through another instance
+                follower = asyncio.create_task(_follow(session, follow, sid))
+            elif kind == "token":
                 n += 1
             elif kind == "end":
                 if event["status"] != "completed":
@@ -72,7 +73,6 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, token
 
 
 async def _follow(session: aiohttp.ClientSession, url: str, sid: str) -> int:
-    await asyncio.sleep(0.05)
     async with session.ws_connect(url) as ws:
         await ws.send_str(orjson.dumps({"type": "attach", "id": "f", "stream_id": sid, "last_seq": -1}).decode())
         n = 0

@@ -154,6 +154,34 @@ async def test_cancel_through_b_stops_generation_on_a(cluster, sim) -> None:
     assert time.monotonic() - t_cancel < 5
 
 
+async def test_pause_and_resume_through_b(cluster) -> None:
+    a, b = cluster(2)
+    sid = uuid.uuid4().hex
+    prompt, n = "pause me from afar", 200
+    async with await WS.connect(a.ws) as ws_a, await WS.connect(b.ws) as ws_b:
+        await ws_a.send(chat("orig", prompt, n, 100, sid))
+        assert (await ws_a.recv())["type"] == "start"
+        await ws_b.send({"type": "attach", "id": "far", "stream_id": sid, "last_seq": -1})
+        on_b = [await ws_b.recv() for _ in range(10)]
+        await ws_b.send({"type": "pause", "id": "far"})
+        await asyncio.sleep(0.5)  # in flight: up to a flush interval and a round trip
+        while True:
+            try:
+                on_b.append(await ws_b.recv(timeout=0.3))
+            except TimeoutError:
+                break
+        held = len(on_b)
+        await asyncio.sleep(1.0)  # at 100 tokens/s, ~100 tokens would have come
+        with pytest.raises(TimeoutError):
+            await ws_b.recv(timeout=0.2)
+        assert on_b[-1]["type"] == "token" and held < n
+        await ws_b.send({"type": "resume", "id": "far"})
+        on_b += await ws_b.until_end("far", timeout=20)
+        on_a = await ws_a.until_end("orig", timeout=20)
+    assert_exactly_once(on_b, prompt, n)
+    assert on_a[-1]["seq"] == on_b[-1]["seq"]
+
+
 async def _client_that_moves(
     a: Proc, b: Proc, gid: str, prompt: str, n: int, sid: str, started: asyncio.Event | None = None
 ) -> tuple[list[dict[str, Any]], list[int]]:
@@ -349,6 +377,12 @@ async def test_redis_restart_mid_run(cluster, private_redis) -> None:
                 break
             await asyncio.sleep(0.05)
         assert h["status"] == "ok" and h["redis"]["ok"] and h["redis"]["faults"] > 0, h
+        for _ in range(100):
+            if h["redis"]["control"]:
+                break
+            await asyncio.sleep(0.05)
+            h = await health(gw)
+        assert h["redis"]["control"], "the control channel is subscribed again"
 
 
 async def test_lost_log_is_refused_not_replayed(cluster, redis_url) -> None:
