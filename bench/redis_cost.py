@@ -120,6 +120,7 @@ async def measure(args: argparse.Namespace, redis: RedisServer | None) -> dict[s
             for r in range(args.rounds):
                 info0 = await redis_info(redis.port) if redis else None
                 c0 = cpu_seconds(gw.pid)
+                f0 = cpu_seconds(other.pid) if other else 0.0
                 t0 = time.perf_counter()
                 counts = await asyncio.gather(
                     *(
@@ -134,6 +135,8 @@ async def measure(args: argparse.Namespace, redis: RedisServer | None) -> dict[s
                 if n != args.streams * args.tokens:
                     raise RuntimeError(f"expected {args.streams * args.tokens} tokens, got {n}")
                 row: dict[str, Any] = {"tokens": n, "wall": wall, "us": cpu / n * 1e6}
+                if other is not None:
+                    row["follower_us"] = (cpu_seconds(other.pid) - f0) / n * 1e6
                 if redis is not None and info0 is not None:
                     info1 = await redis_info(redis.port)
                     delta = {
@@ -148,6 +151,8 @@ async def measure(args: argparse.Namespace, redis: RedisServer | None) -> dict[s
                 line = (
                     f"  round {r + 1}/{args.rounds}: {n} tokens in {wall:.2f} s, gateway CPU {row['us']:.2f} us/token"
                 )
+                if "follower_us" in row:
+                    line += f", following instance CPU {row['follower_us']:.2f} us/token"
                 if "cmd_per_token" in row:
                     line += (
                         f", Redis {row['cmd_per_token']:.4f} commands/token "
@@ -164,7 +169,54 @@ async def measure(args: argparse.Namespace, redis: RedisServer | None) -> dict[s
     if redis is not None:
         out["cmd_per_token"] = statistics.median(r["cmd_per_token"] for r in per_round)
         out["redis_us"] = statistics.median(r["redis_us"] for r in per_round)
+    if other is not None:
+        out["follower_us"] = statistics.median(r["follower_us"] for r in per_round)
     return out
+
+
+async def ship_model(port: int, ticks: int = 300) -> None:
+    """The shipper alone, in this process: CPU per tick and per stream, with no other load."""
+    import types
+
+    from tokenwire.cluster.shipper import StreamShipper, _Ship
+    from tokenwire.protocol.stream import Generation
+    from tokenwire.store.redis import RedisLink
+
+    print("\nshipping cost model (the shipper alone, in-process, CPU of this process):")
+    link = RedisLink(f"redis://127.0.0.1:{port}/0", 2.0)
+    try:
+        for streams, per_tick in ((1, 1), (10, 1), (100, 1), (100, 5), (10, 50)):
+            sh = StreamShipper(link, "model-" + uuid.uuid4().hex[:6], 0.01, 60)
+            gens = []
+            for i in range(streams):
+                gen = Generation(f"m{i}")
+                gen.start({"model": "x"})
+                sh.ships[gen.stream_id] = _Ship(types.SimpleNamespace(gen=gen), sh.key(gen.stream_id), b"e", b"{}")
+                gens.append(gen)
+            await sh.flush()
+            t0 = time.process_time()
+            for _ in range(ticks):
+                for gen in gens:
+                    for _ in range(per_tick):
+                        gen.token(" word")
+                await sh.flush()
+            dt = time.process_time() - t0
+            relay = 0.0  # subtract the Generation.token calls themselves
+            t1 = time.process_time()
+            for gen in gens:
+                for _ in range(ticks * per_tick):
+                    gen.token(" word")
+            relay = time.process_time() - t1
+            us_tick = (dt - relay) / ticks * 1e6
+            print(
+                f"  {streams:4d} streams x {per_tick:3d} tokens per tick: {us_tick:8.1f} us per tick, "
+                f"{us_tick / (streams * per_tick):6.2f} us per token"
+            )
+            await link.redis.delete(*(sh.key(g.stream_id) for g in gens))
+            sh.ships.clear()
+            await sh.aclose(1)
+    finally:
+        await link.aclose()
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -174,6 +226,8 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         print(f"with Redis (private redis-server on port {server.port}, flush every {args.flush_ms:g} ms):", flush=True)
         with_redis = await measure(args, server)
+        if args.model:
+            await ship_model(server.port)
     finally:
         server.stop()
     shape = f"{args.streams} streams x {args.tokens} tokens, tps {args.tps:g}" + (
@@ -187,6 +241,8 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     print(f"  Redis commands per token:           {with_redis['cmd_per_token']:.4f}")
     print(f"  Redis server CPU per token:         {with_redis['redis_us']:.2f} us")
+    if "follower_us" in with_redis:
+        print(f"  following instance CPU per token:   {with_redis['follower_us']:.2f} us (Redis to its socket)")
 
 
 def main() -> None:
@@ -198,6 +254,7 @@ def main() -> None:
     p.add_argument("--tps", type=float, default=0, help="tokens per second per stream (0 = as fast as possible)")
     p.add_argument("--flush-ms", type=float, default=10.0, help="the gateway's redis_flush_ms")
     p.add_argument("--follow", action="store_true", help="also follow every stream from a second instance")
+    p.add_argument("--model", action="store_true", help="also measure the shipper alone (CPU per tick and per stream)")
     asyncio.run(main_async(p.parse_args()))
 
 
