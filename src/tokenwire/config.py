@@ -95,6 +95,12 @@ class Settings:
     #: SQLite file for conversations; ":memory:" keeps them in the process only
     db_path: str = ""
     redis_url: str | None = None
+    #: key prefix in Redis, so several deployments (or tests) can share one server
+    redis_prefix: str = "tw"
+    #: seconds any one Redis call may take before it counts as a fault
+    redis_timeout: float = 2.0
+    #: how often resumable streams' new events are shipped to Redis, in one pipeline
+    redis_flush_ms: float = 10.0
     max_frame_bytes: int = 1024 * 1024
     max_messages: int = 1000
     max_generations_per_socket: int = 32

@@ -39,6 +39,10 @@ async def healthz(request: web.Request) -> web.Response:
         "providers": [{"name": cfg.name, "kind": cfg.kind, "simulated": p.simulated} for cfg, p in gw.router.providers],
         "deployments": gw.router.health(),  # circuit breakers and observed latency (docs/providers.md)
     }
+    if gw.cluster is not None:  # Redis down: still serving, but resume and conversations fail
+        body["redis"] = gw.cluster.health()
+        if not body["redis"]["ok"] and not gw.draining:
+            body["status"] = "degraded"
     return _json(body, 503 if gw.draining else 200)
 
 
@@ -49,7 +53,10 @@ async def get_conversation(request: web.Request) -> web.Response:
     except GatewayError as err:
         return error_response(err)
     cid = request.match_info["cid"]
-    messages = await gw.store.history(cid)
+    try:
+        messages = await gw.store.history(cid)
+    except GatewayError as err:  # e.g. store_unavailable while Redis is down
+        return error_response(err)
     if not messages:
         return error_response(GatewayError("not_found", f"no conversation {cid[:128]}"))
     return _json({"id": cid, "messages": messages})
@@ -61,7 +68,10 @@ async def delete_conversation(request: web.Request) -> web.Response:
         await gw.authenticate_http(request)
     except GatewayError as err:
         return error_response(err)
-    found = await gw.store.delete(request.match_info["cid"])
+    try:
+        found = await gw.store.delete(request.match_info["cid"])
+    except GatewayError as err:
+        return error_response(err)
     return _json({"deleted": found}, 200 if found else 404)
 
 
@@ -117,6 +127,14 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     async def on_shutdown(app: web.Application) -> None:
         await gw.aclose()
 
+    if gw.cluster is not None:
+        cluster = gw.cluster
+
+        async def on_startup(app: web.Application) -> None:
+            await cluster.start()
+
+        app.on_startup.append(on_startup)
+
     app.on_cleanup.append(on_shutdown)
     return app
 
@@ -132,6 +150,9 @@ async def _static_dir(request: web.Request) -> web.Response:
 
 async def drain(gw: Gateway, deadline: float) -> None:
     """Stop taking sockets, tell clients to reconnect elsewhere, let replies finish."""
+    if gw.cluster is not None:  # clients can resume elsewhere: send them at once
+        await gw.cluster.drain(gw, deadline)
+        return
     gw.draining = True
     await gw.registry.shutdown(deadline)
     for session in list(gw.sessions):

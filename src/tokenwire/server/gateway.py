@@ -18,6 +18,7 @@ from ..upstream.http import SharedSession
 from .relay import Registry, Run
 
 if TYPE_CHECKING:
+    from ..cluster import Cluster
     from .ws import Session
 
 __all__ = ["Gateway"]
@@ -26,6 +27,10 @@ log = logging.getLogger("tokenwire")
 
 
 def make_store(settings: Settings) -> ConversationStore:
+    if settings.redis_url:
+        from ..store.redis import RedisConversationStore
+
+        return RedisConversationStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout)
     if settings.db_path == ":memory:":
         from ..store.memory import MemoryConversationStore
 
@@ -42,7 +47,15 @@ class Gateway:
         self.http = SharedSession(settings.connect_timeout, settings.read_timeout)
         self.router = Router(settings, self.http)
         self.store = make_store(settings)
-        self.registry = Registry(self.store, settings.resume_retention, settings.read_timeout)
+        #: with ``redis_url``: shared conversations, cross-instance resume, cancel routing
+        self.cluster: Cluster | None = None
+        if settings.redis_url:
+            from ..cluster import Cluster
+
+            self.cluster = Cluster(settings, self.store)  # type: ignore[arg-type]
+            self.registry: Registry = self.cluster.registry
+        else:
+            self.registry = Registry(self.store, settings.resume_retention, settings.read_timeout)
         self.sessions: set[Session] = set()
         self.draining = False
         self.metrics = Metrics(self)
@@ -77,10 +90,14 @@ class Gateway:
 
     async def attach_remote(self, session: Any, req: Attach) -> Run | None:
         """Find a generation this process does not hold (another instance's)."""
+        if self.cluster is not None:
+            return await self.cluster.attach_remote(req)  # type: ignore[return-value]
         return None
 
     async def aclose(self) -> None:
         await self.registry.shutdown(0)
+        if self.cluster is not None:
+            await self.cluster.aclose()
         await self.router.aclose()
         await self.http.aclose()
         await self.store.aclose()

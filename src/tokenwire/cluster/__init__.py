@@ -1,0 +1,313 @@
+"""Scale-out over Redis: several gateway instances behind one load balancer, no sticky sessions.
+
+With ``redis_url`` set, :class:`Cluster` plugs into the :class:`Gateway`:
+
+- conversations live in Redis (:class:`~tokenwire.store.redis.RedisConversationStore`);
+- the ``conversation_busy`` lock is a Redis key (``SET NX PX``), so it holds across instances;
+- resumable generations are shipped to Redis Streams in batches (:mod:`.shipper`),
+  and an ``attach`` for a generation this instance does not hold follows the
+  stream (:mod:`.follower`);
+- ``cancel``/``pause``/``resume`` for such a generation are published on one
+  control channel and applied by the instance that runs it;
+- each instance keeps a liveness key, so a follower can tell a crashed owner
+  from a slow generation;
+- on SIGTERM, :meth:`Cluster.drain` closes resumable sockets at once with 4001
+  (their clients resume on another instance) while the generations finish here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..protocol.errors import GatewayError
+from ..protocol.frames import Attach, Chat
+from ..router import Route
+from ..server.relay import Registry, Run
+from ..store.redis import FAULTS, RedisConversationStore
+from .follower import RemoteRun
+from .shipper import StreamShipper
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..server.gateway import Gateway
+
+__all__ = ["Cluster", "ClusterRegistry"]
+
+log = logging.getLogger("tokenwire.cluster")
+
+#: the conversation lock's lifetime; refreshed by the heartbeat while the reply runs
+LOCK_MS = 30_000
+HEARTBEAT = 2.0
+ALIVE_TTL = 10
+
+# Compare-and-delete: free a lock only if it is still ours.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+class _RemoteWatcher:
+    """Stands in, on the owning instance, for sockets following a generation from elsewhere.
+
+    While it is subscribed the generation is not "detached", so it is not
+    abandoned after the retention window.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def send(self, rest: bytes, kind: int, value: Any) -> None:
+        return None
+
+
+class ClusterRegistry(Registry):
+    """The local registry, plus Redis-wide uniqueness, locks and stream shipping."""
+
+    def __init__(self, cluster: Cluster, store: RedisConversationStore, retention: float, read_timeout: float) -> None:
+        super().__init__(store, retention, read_timeout)
+        self.cluster = cluster
+        #: stream_id -> (lock key, lock token) for conversations this instance is answering
+        self.locks: dict[str, tuple[str, str]] = {}
+
+    async def begin(self, chat: Chat, route: Route, conversation_id: str | None, resumable: bool) -> Run:
+        c = self.cluster
+        link = c.link
+        r = link.redis
+        stream_id = chat.stream_id or self.new_stream_id()
+        lock: tuple[str, str] | None = None
+        meta: tuple[str, bytes, bytes] | None = None
+        try:
+            if resumable:
+                epoch = uuid.uuid4().hex[:16].encode()
+                meta_value = orjson.dumps({"epoch": epoch.decode(), "owner": c.instance})
+                meta_key = c.shipper.key(stream_id) + ":m"
+                fresh = await link.call(r.set(meta_key, meta_value, nx=True, ex=600), "reserving the stream id")
+                if not fresh:
+                    raise GatewayError("duplicate_id", f"stream_id {stream_id} is already in use")
+                meta = (meta_key, epoch, meta_value)
+            if conversation_id is not None:
+                lock_key = f"{c.prefix}:busy:{conversation_id}"
+                token = f"{c.instance}:{stream_id}"
+                got = await link.call(r.set(lock_key, token, nx=True, px=LOCK_MS), "locking the conversation")
+                if not got:
+                    raise GatewayError(
+                        "conversation_busy",
+                        f"conversation {conversation_id} is already generating a reply (on this or another "
+                        "instance); wait for its end or cancel it",
+                        retryable=True,
+                    )
+                lock = (lock_key, token)
+            run = await super().begin(chat, route, conversation_id, resumable)
+        except BaseException as exc:
+            if meta is not None:
+                await self._release(meta[0], meta[2].decode())
+            if lock is not None:
+                await self._release(*lock)
+            if isinstance(exc, GatewayError) and "id" not in exc.extra:
+                exc.extra["id"] = chat.id
+            raise
+        if lock is not None:
+            self.locks[run.gen.stream_id] = lock
+        if meta is not None:
+            c.shipper.add(run, meta[1], meta[2])
+        return run
+
+    async def _release(self, key: str, token: str) -> None:
+        link = self.cluster.link
+        try:
+            await link.call(link.redis.eval(_RELEASE, 1, key, token), "releasing a lock")
+        except GatewayError:
+            pass  # it expires on its own
+
+    async def commit_reply(self, run: Run) -> None:
+        """The reply is stored; free the conversation on every instance before ``end`` goes out."""
+        parent = getattr(super(), "commit_reply", None)
+        if parent is not None:
+            await parent(run)
+        lock = self.locks.pop(run.gen.stream_id, None)
+        if lock is not None:
+            await self._release(*lock)
+
+    async def finished(self, run: Run) -> None:
+        lock = self.locks.pop(run.gen.stream_id, None)
+        if lock is not None:
+            await self._release(*lock)
+        await super().finished(run)
+
+
+class Cluster:
+    def __init__(self, settings: Settings, store: RedisConversationStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.link = store.link
+        self.prefix = settings.redis_prefix
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.channel = f"{self.prefix}:ctl"
+        self.shipper = StreamShipper(self.link, self.prefix, settings.redis_flush_ms / 1000, settings.resume_retention)
+        self.registry = ClusterRegistry(self, store, settings.resume_retention, settings.read_timeout)
+        self.watchers: dict[str, _RemoteWatcher] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.control_ok = False
+
+    # -- life cycle -------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._control())]
+
+    async def aclose(self) -> None:
+        await self.shipper.aclose(self.link.deadline * 2)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(GatewayError):
+            await self.link.call(self.link.redis.delete(self._alive_key(self.instance)))
+
+    def health(self) -> dict[str, Any]:
+        h = self.link.health()
+        h["instance"] = self.instance
+        h["control"] = self.control_ok
+        h["shipping"] = len(self.shipper.ships)
+        return h
+
+    # -- liveness and lock refresh ------------------------------------------------
+    def _alive_key(self, instance: str) -> str:
+        return f"{self.prefix}:i:{instance}"
+
+    async def _heartbeat(self) -> None:
+        while True:
+            pipe = self.link.redis.pipeline(transaction=False)
+            pipe.set(self._alive_key(self.instance), b"1", ex=ALIVE_TTL)
+            for key, _ in self.registry.locks.values():
+                pipe.pexpire(key, LOCK_MS)
+            with contextlib.suppress(GatewayError):
+                await self.link.call(pipe.execute(), "heartbeat")
+            await asyncio.sleep(HEARTBEAT)
+
+    async def alive(self, instance: str) -> bool:
+        """Whether ``instance`` still runs (unknown counts as alive: never fail on a doubt)."""
+        try:
+            return bool(await self.link.call(self.link.redis.exists(self._alive_key(instance))))
+        except GatewayError:
+            return True
+
+    # -- control channel ----------------------------------------------------------
+    def send_control(self, op: str, stream_id: str, **args: Any) -> None:
+        """Publish a control message for the instance running ``stream_id`` (fire and forget)."""
+        msg = orjson.dumps({"op": op, "sid": stream_id, **args})
+        run = self.registry.get(stream_id)
+        if run is not None:  # it is ours after all
+            self._apply(orjson.loads(msg))
+            return
+
+        async def publish() -> None:
+            try:
+                n = await self.link.call(self.link.redis.publish(self.channel, msg), f"sending {op}")
+                if not n:
+                    log.warning("%s for stream %s reached no instance", op, stream_id)
+            except GatewayError as err:
+                log.warning("%s", err.message)
+
+        task = asyncio.get_running_loop().create_task(publish())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _control(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self.link.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                async with asyncio.timeout(self.link.deadline):
+                    await pubsub.subscribe(self.channel)
+                self.control_ok = True
+                delay = 0.1
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg.get("type") == "message":
+                        try:
+                            self._apply(orjson.loads(msg["data"]))
+                        except Exception:
+                            log.exception("bad control message %r", msg.get("data"))
+            except FAULTS as exc:
+                self.control_ok = False
+                self.link.fault(exc, "the control channel")
+            finally:
+                self.control_ok = False
+                with contextlib.suppress(BaseException):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+    def _apply(self, msg: dict[str, Any]) -> None:
+        run = self.registry.get(msg.get("sid", ""))
+        if run is None:
+            return
+        op = msg.get("op")
+        if op == "cancel":
+            if not run.gen.ended:
+                run.cancel(msg.get("reason") or "cancelled")
+        elif op == "pause":
+            run.set_paused(by_socket=msg.get("by_socket"), self_=msg.get("self_"))
+        elif op == "watch":
+            watcher = self.watchers.get(run.gen.stream_id)
+            if watcher is None:
+                watcher = self.watchers[run.gen.stream_id] = _RemoteWatcher()
+                run.subscribe(watcher)
+            watcher.count += 1
+        elif op == "unwatch":
+            watcher = self.watchers.get(run.gen.stream_id)
+            if watcher is not None:
+                watcher.count -= 1
+                if watcher.count <= 0:
+                    del self.watchers[run.gen.stream_id]
+                    run.unsubscribe(watcher)
+
+    # -- attach to another instance's generation ---------------------------------------
+    async def attach_remote(self, req: Attach) -> RemoteRun | None:
+        link = self.link
+        meta_key = self.shipper.key(req.stream_id) + ":m"
+        try:
+            raw = await link.call(link.redis.get(meta_key), f"looking up stream {req.stream_id}")
+            if raw is None:
+                return None
+            meta = orjson.loads(raw)
+            remote = RemoteRun(
+                self, req.stream_id, meta["epoch"].encode(), meta["owner"], req.last_seq, meta.get("end")
+            )
+            await remote.load(req.last_seq)
+        except GatewayError as err:
+            err.extra["id"] = req.id
+            err.extra.setdefault("stream_id", req.stream_id)
+            raise
+        return remote
+
+    # -- graceful drain -----------------------------------------------------------
+    async def drain(self, gw: Gateway, deadline: float) -> None:
+        """Send resumable clients elsewhere at once (4001); let every generation finish here."""
+        from ..server.ws import CLOSE_DRAIN
+
+        gw.draining = True
+        t_end = time.monotonic() + deadline
+
+        async def close(session: Any) -> None:
+            waits = [run.ended.wait() for run, _ in session.runs.values() if not run.resumable]
+            if waits:  # a reply that cannot be resumed elsewhere is finished on this socket
+                await asyncio.wait(
+                    [asyncio.ensure_future(w) for w in waits], timeout=max(0.0, t_end - time.monotonic())
+                )
+            with contextlib.suppress(Exception):
+                await session.ws.close(code=CLOSE_DRAIN, message=b"restarting: reconnect and resume")
+
+        await asyncio.gather(*(close(s) for s in list(gw.sessions)), return_exceptions=True)
+        await gw.registry.shutdown(max(0.0, t_end - time.monotonic()))
+        await self.shipper.aclose(self.link.deadline * 2)

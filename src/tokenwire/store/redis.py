@@ -1,0 +1,161 @@
+"""Redis connection with bounded calls and a health record, and conversations kept in Redis.
+
+Every Redis call made by the gateway goes through :meth:`RedisLink.call` (or a
+pipeline executed with the same deadline), so a Redis that is down, restarting
+or wedged turns into a clear ``store_unavailable`` error within
+``redis_timeout``-ish seconds, never a hung client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..protocol.errors import GatewayError
+from .base import Message
+
+__all__ = ["FAULTS", "RedisConversationStore", "RedisLink", "redact"]
+
+log = logging.getLogger("tokenwire.redis")
+
+T = TypeVar("T")
+
+#: What a broken, restarting or unreachable Redis raises.
+FAULTS = (RedisError, OSError, TimeoutError)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for logs and /healthz)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+class RedisLink:
+    """One pooled client plus what the gateway knows about Redis's health."""
+
+    def __init__(self, url: str, timeout: float = 2.0) -> None:
+        self.url = redact(url)
+        self.timeout = timeout
+        # One immediate retry: after a Redis restart the first use of a pooled
+        # connection fails once, and a fresh connection then works.
+        self.redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=False,
+            # followers hold a connection each while they block on XREAD
+            max_connections=10_000,
+        )
+        #: a hard ceiling on one call, whatever the socket time-outs do
+        self.deadline = 2 * timeout + 0.5
+        self.healthy = True
+        self.error: str | None = None
+        self.down_since: float | None = None
+        self.faults = 0
+
+    async def call(self, aw: Awaitable[T], what: str = "Redis") -> T:
+        """Await one Redis call with the deadline; a fault becomes ``store_unavailable``."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                result = await aw
+        except FAULTS as exc:
+            raise self.fault(exc, what) from None
+        self.ok()
+        return result
+
+    def fault(self, exc: BaseException, what: str = "Redis") -> GatewayError:
+        """Record a fault (logged once per outage) and describe it for a client."""
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self.healthy:
+            log.error("Redis at %s is unavailable: %s", self.url, detail)
+            self.down_since = time.time()
+        self.healthy = False
+        self.error = detail
+        self.faults += 1
+        return GatewayError(
+            "store_unavailable",
+            f"{what} failed: Redis at {self.url} is unavailable ({detail}); retry shortly",
+            retryable=True,
+        )
+
+    def ok(self) -> None:
+        if not self.healthy:
+            log.warning("Redis at %s is reachable again", self.url)
+            self.healthy = True
+            self.error = None
+            self.down_since = None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ok": self.healthy,
+            "url": self.url,
+            "error": self.error,
+            "down_since": self.down_since,
+            "faults": self.faults,
+        }
+
+    async def aclose(self) -> None:
+        try:
+            await self.redis.aclose()
+        except FAULTS:
+            pass
+
+
+class RedisConversationStore:
+    """Conversations as a Redis list of JSON turns plus one key for the system prompt.
+
+    Shared by every instance, so any instance continues any conversation.
+    """
+
+    def __init__(self, url: str, prefix: str = "tw", timeout: float = 2.0) -> None:
+        self.link = RedisLink(url, timeout)
+        self.prefix = prefix
+
+    def _keys(self, conversation_id: str) -> tuple[str, str]:
+        base = f"{self.prefix}:c:{conversation_id}"
+        return base, base + ":sys"
+
+    async def history(self, conversation_id: str) -> list[Message]:
+        turns_key, sys_key = self._keys(conversation_id)
+        pipe = self.link.redis.pipeline(transaction=False)
+        pipe.get(sys_key)
+        pipe.lrange(turns_key, 0, -1)
+        system, turns = await self.link.call(pipe.execute(), "loading the conversation")
+        out: list[Message] = [{"role": "system", "content": system.decode()}] if system is not None else []
+        out.extend(orjson.loads(t) for t in turns)
+        return out
+
+    async def append(self, conversation_id: str, messages: list[Message], system: str | None = None) -> None:
+        turns_key, sys_key = self._keys(conversation_id)
+        pipe = self.link.redis.pipeline(transaction=True)  # the turns and the prompt land together
+        if system is not None:
+            pipe.set(sys_key, system.encode())
+        if messages:
+            pipe.rpush(turns_key, *(orjson.dumps(m) for m in messages))
+        elif system is None:
+            return
+        await self.link.call(pipe.execute(), "storing the conversation")
+
+    async def delete(self, conversation_id: str) -> bool:
+        n = await self.link.call(self.link.redis.delete(*self._keys(conversation_id)), "deleting the conversation")
+        return bool(n)
+
+    async def aclose(self) -> None:
+        await self.link.aclose()
