@@ -203,3 +203,30 @@ def test_log_redaction_masks_keys_urls_and_provider_keys(capfd) -> None:
     err = capfd.readouterr().err
     assert "tw_abcdefghijklmnop" not in err and "sk-provider-secret-123" not in err and "tw_zzzz" not in err
     assert "key=[redacted]" in err and "ValueError" in err
+
+
+async def test_only_the_key_that_started_a_stream_may_resume_it(keyed) -> None:
+    alice = {"Authorization": "Bearer " + keyed.keys["alice"]}
+    bob = {"Authorization": "Bearer " + keyed.keys["bob"]}
+    msgs = [{"role": "user", "content": "resume me"}]
+    ws = await WS.connect(keyed.ws, headers=alice)
+    await ws.send(
+        {
+            "type": "chat",
+            "id": "r",
+            "model": "gpt-4.1",
+            "messages": msgs,
+            "stream_id": "s_resume_me_1",
+            "params": {"max_tokens": 400},
+        }
+    )
+    assert (await ws.recv())["type"] == "start"
+    await ws.close()
+    async with await WS.connect(keyed.ws, headers=bob) as other:
+        await other.send({"type": "attach", "id": "x", "stream_id": "s_resume_me_1", "last_seq": 0})
+        err = await other.recv()
+        assert err["type"] == "error" and err["code"] == "forbidden" and err["id"] == "x"
+    async with await WS.connect(keyed.ws, headers=alice) as same:
+        await same.send({"type": "attach", "id": "x", "stream_id": "s_resume_me_1", "last_seq": 0})
+        events = await same.until_end("x")
+        assert events[-1]["type"] == "end" and events[0]["seq"] == 1

@@ -267,7 +267,7 @@ class AccessPolicy:
         if not isinstance(owner, Principal) or owner.record is None:
             return
         if not isinstance(p, Principal) or p.key_id != owner.key_id:
-            raise GatewayError("forbidden", "that stream belongs to another API key", extra={"id": None})
+            raise GatewayError("forbidden", "that stream belongs to another API key")
 
     async def on_finish(self, run: Run) -> None:
         """Account a finished generation: tokens into the TPM bucket, cost into the budget and the store."""

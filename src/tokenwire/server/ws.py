@@ -314,7 +314,11 @@ class Session:
                     f"stream {req.stream_id} is unknown or past its retention window; it cannot be resumed",
                     extra={"id": req.id, "stream_id": req.stream_id},
                 )
-        await gw.authorize_attach(self, run)
+        try:
+            await gw.authorize_attach(self, run)
+        except GatewayError as err:
+            err.extra["id"] = req.id
+            raise
         try:
             replay = run.gen.after(req.last_seq)
         except GatewayError as err:
