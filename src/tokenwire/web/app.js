@@ -393,7 +393,7 @@ function showStatus(s) {
       const left = s.retryAt ? Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000)) : 0;
       text = left > 0 ? `reconnecting in ${left} s` : "reconnecting…";
     } else if (s.state === "offline" && s.error) text = `offline — ${s.error.message}`;
-    ui.statusText.textContent = text;
+    if (ui.statusText.textContent !== text) ui.statusText.textContent = text; // no repeats for screen readers
   };
   paint();
   if (s.state === "reconnecting" && s.retryAt > Date.now()) countdown = setInterval(paint, 250);
