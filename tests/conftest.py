@@ -36,6 +36,9 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield _spawn
     for proc in procs:
         proc.stop()
+        # shown by pytest only when the test failed: what each process said
+        tail = "\n".join(proc.text().splitlines()[-40:])
+        print(f"--- output of tokenwire process {proc.pid} (port {proc.port}) ---\n{tail}")
 
 
 @pytest.fixture

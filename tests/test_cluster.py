@@ -417,3 +417,26 @@ async def test_lost_log_is_refused_not_replayed(cluster, redis_url) -> None:
             assert err["code"] == "stream_expired" and err["id"] == "z", err
     finally:
         await r.aclose()
+
+
+async def test_attach_on_another_instance_needs_the_same_key(cluster, tmp_path) -> None:
+    """The owning key travels with the stream's record: another key is refused on any instance."""
+    from secutil import create_key
+
+    db = tmp_path / "keys.db"
+    alice, bob = create_key(db, "alice"), create_key(db, "bob")
+    a, b = cluster(2, TOKENWIRE_DB=str(db))
+    sid = uuid.uuid4().hex
+    hdr = {"Authorization": f"Bearer {alice}"}
+    async with await WS.connect(a.ws, headers=hdr) as ws_a:
+        await ws_a.send(chat("c1", "keyed", 60, 50, sid))
+        first = [await ws_a.recv() for _ in range(5)]
+        async with await WS.connect(b.ws, headers={"Authorization": f"Bearer {bob}"}) as ws_bob:
+            await ws_bob.send({"type": "attach", "id": "steal", "stream_id": sid, "last_seq": 4})
+            refused = await ws_bob.recv()
+        async with await WS.connect(b.ws, headers=hdr) as ws_alice_b:
+            await ws_alice_b.send({"type": "attach", "id": "mine", "stream_id": sid, "last_seq": 4})
+            rest = await ws_alice_b.until_end("mine")
+    assert refused["type"] == "error" and refused["code"] == "forbidden", refused
+    assert first[0]["type"] == "start"
+    assert_exactly_once(first + rest, "keyed", 60)

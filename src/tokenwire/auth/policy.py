@@ -263,10 +263,17 @@ class AccessPolicy:
     async def authorize_attach(self, who: Any, run: Run) -> None:
         """Only the key that started a generation may resume it."""
         p = getattr(who, "principal", who)
-        owner = run.chat.owner
-        if not isinstance(owner, Principal) or owner.record is None:
-            return
-        if not isinstance(p, Principal) or p.key_id != owner.key_id:
+        chat = getattr(run, "chat", None)
+        if chat is not None:
+            owner = chat.owner
+            if not isinstance(owner, Principal) or owner.record is None:
+                return
+            owner_key = owner.key_id
+        else:  # another instance's generation (tokenwire.cluster): its key is in the stream's record
+            owner_key = getattr(run, "key_id", None)
+            if owner_key is None:
+                return
+        if not isinstance(p, Principal) or p.key_id != owner_key:
             raise GatewayError("forbidden", "that stream belongs to another API key")
 
     async def on_finish(self, run: Run) -> None:

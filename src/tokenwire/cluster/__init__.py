@@ -88,7 +88,9 @@ class ClusterRegistry(Registry):
         try:
             if resumable:
                 epoch = uuid.uuid4().hex[:16].encode()
-                meta_value = orjson.dumps({"epoch": epoch.decode(), "owner": c.instance})
+                # the API key that started it: only that key may attach, on any instance
+                key_id = getattr(getattr(chat, "owner", None), "key_id", None)
+                meta_value = orjson.dumps({"epoch": epoch.decode(), "owner": c.instance, "key_id": key_id})
                 meta_key = c.shipper.key(stream_id) + ":m"
                 fresh = await link.call(r.set(meta_key, meta_value, nx=True, ex=600), "reserving the stream id")
                 if not fresh:
@@ -284,6 +286,7 @@ class Cluster:
             remote = RemoteRun(
                 self, req.stream_id, meta["epoch"].encode(), meta["owner"], req.last_seq, meta.get("end")
             )
+            remote.key_id = meta.get("key_id")
             await remote.load(req.last_seq)
         except GatewayError as err:
             err.extra["id"] = req.id

@@ -63,6 +63,7 @@ class RemoteRun:
         self.key = cluster.shipper.key(stream_id)
         self.epoch = epoch
         self.owner = owner
+        self.key_id: str | None = None  #: the API key that started the generation, if any
         self.gen = Generation(stream_id)
         self.gen.seq = last_seq
         self.gen.first_seq = last_seq + 1
