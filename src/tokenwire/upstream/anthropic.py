@@ -12,10 +12,8 @@ from typing import Any
 import orjson
 
 from ..protocol import events as ev
-from ..protocol.errors import GatewayError
 from ..protocol.events import Event
-from ..protocol.sse import SSEDecoder, SSEError
-from .base import ChatCall
+from .base import ChatCall, StreamParser
 from .openai import OpenAIProvider, _OpenAIStream, parse_openai_error
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "AnthropicStreamParser", "to_anthropic_request"]
@@ -40,7 +38,7 @@ THINKING_BUDGET = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 _loads = orjson.loads
 
 
-class AnthropicStreamParser:
+class AnthropicStreamParser(StreamParser):
     """Turns a Messages event stream into provider-neutral events.
 
     Text deltas are tokens, thinking deltas are reasoning, ``tool_use`` blocks are
@@ -49,33 +47,14 @@ class AnthropicStreamParser:
     dropped. Usage is emitted once, with the final ``message_delta``.
     """
 
-    __slots__ = ("_input", "_sse", "_tools", "done", "finished", "provider")
+    __slots__ = ("_input", "_tools")
+
+    unit = "event"
 
     def __init__(self, provider: str = "anthropic") -> None:
-        self._sse = SSEDecoder()
-        self.provider = provider
+        super().__init__(provider)  # done: ``message_stop`` seen
         self._tools: dict[int, int] = {}  #: content-block index -> tool-call index
         self._input: dict[str, Any] = {}
-        self.done = False  #: ``message_stop`` seen
-        self.finished = False  #: a stop reason seen
-
-    def feed(self, data: bytes) -> list[Event]:
-        try:
-            sse_events = self._sse.feed(data)
-        except SSEError as exc:
-            return [(ev.ERROR, GatewayError("upstream_bad_response", str(exc), retryable=True))]
-        if not sse_events:
-            return []
-        out: list[Event] = []
-        for name, payload in sse_events:
-            self._handle(name, payload, out)
-        return out
-
-    def close(self) -> list[Event]:
-        out: list[Event] = []
-        for name, payload in self._sse.close():
-            self._handle(name, payload, out)
-        return out
 
     def _handle(self, name: str, data: bytes, out: list[Event]) -> None:
         if self.done or name == "ping":
@@ -137,14 +116,6 @@ class AnthropicStreamParser:
         elif kind == "error" or name == "error":
             self.done = True  # nothing follows an error event
             out.append((ev.ERROR, parse_openai_error(self.provider, obj, in_stream=True)))
-
-    def _bad(self, what: str) -> GatewayError:
-        return GatewayError(
-            "upstream_bad_response",
-            f"{self.provider} sent a malformed stream event ({what})",
-            retryable=True,
-            extra={"provider": self.provider},
-        )
 
 
 def _usage(u: dict[str, Any]) -> dict[str, Any]:

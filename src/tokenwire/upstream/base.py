@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.events import Event
+from ..protocol.sse import SSEDecoder, SSEError
 
-__all__ = ["ChatCall", "Provider", "UpstreamStream", "http_error"]
+__all__ = ["ChatCall", "Provider", "StreamParser", "UpstreamStream", "http_error"]
 
 
 @dataclass(slots=True)
@@ -23,6 +25,53 @@ class ChatCall:
     model: str  #: the provider's own model id
     messages: list[dict[str, Any]]
     params: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamParser:
+    """Base of the pure provider parsers (bytes in, events out, no I/O).
+
+    It owns the SSE decoding, the end-of-stream flush and the malformed-event error;
+    a subclass says what one event means in :meth:`_handle`.
+    """
+
+    __slots__ = ("_sse", "done", "finished", "provider")
+
+    unit = "chunk"  #: what the provider calls one event, for error messages
+
+    def __init__(self, provider: str) -> None:
+        self._sse = SSEDecoder()
+        self.provider = provider
+        self.done = False  #: the provider's own end marker seen
+        self.finished = False  #: a finish reason seen
+
+    def feed(self, data: bytes) -> list[Event]:
+        try:
+            sse_events = self._sse.feed(data)
+        except SSEError as exc:
+            return [(ev.ERROR, GatewayError("upstream_bad_response", str(exc), retryable=True))]
+        if not sse_events:
+            return []
+        out: list[Event] = []
+        for name, payload in sse_events:
+            self._handle(name, payload, out)
+        return out
+
+    def close(self) -> list[Event]:
+        out: list[Event] = []
+        for name, payload in self._sse.close():
+            self._handle(name, payload, out)
+        return out
+
+    def _handle(self, name: str, data: bytes, out: list[Event]) -> None:
+        raise NotImplementedError
+
+    def _bad(self, what: str) -> GatewayError:
+        return GatewayError(
+            "upstream_bad_response",
+            f"{self.provider} sent a malformed stream {self.unit} ({what})",
+            retryable=True,
+            extra={"provider": self.provider},
+        )
 
 
 class UpstreamStream(Protocol):

@@ -15,8 +15,7 @@ import orjson
 from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.events import Event
-from ..protocol.sse import SSEDecoder, SSEError
-from .base import ChatCall
+from .base import ChatCall, StreamParser
 from .http import HTTPUpstream, read_error_body
 from .openai import _OpenAIStream, parse_openai_error
 
@@ -38,7 +37,7 @@ FINISH_REASONS = {
 _loads = orjson.loads
 
 
-class GeminiStreamParser:
+class GeminiStreamParser(StreamParser):
     """Turns ``GenerateContentResponse`` chunks into provider-neutral events.
 
     Parts with ``thought: true`` are reasoning; ``functionCall`` parts arrive
@@ -48,35 +47,14 @@ class GeminiStreamParser:
     the relay keeps the last.
     """
 
-    __slots__ = ("_calls", "_model_sent", "_sse", "done", "finished", "provider")
+    __slots__ = ("_calls", "_model_sent")
 
     def __init__(self, provider: str = "gemini") -> None:
-        self._sse = SSEDecoder()
-        self.provider = provider
+        super().__init__(provider)  # done: an error ended the stream
         self._calls = 0
         self._model_sent = False
-        self.done = False  #: an error ended the stream
-        self.finished = False  #: a finishReason seen
 
-    def feed(self, data: bytes) -> list[Event]:
-        try:
-            sse_events = self._sse.feed(data)
-        except SSEError as exc:
-            return [(ev.ERROR, GatewayError("upstream_bad_response", str(exc), retryable=True))]
-        if not sse_events:
-            return []
-        out: list[Event] = []
-        for _, payload in sse_events:
-            self._handle(payload, out)
-        return out
-
-    def close(self) -> list[Event]:
-        out: list[Event] = []
-        for _, payload in self._sse.close():
-            self._handle(payload, out)
-        return out
-
-    def _handle(self, data: bytes, out: list[Event]) -> None:
+    def _handle(self, name: str, data: bytes, out: list[Event]) -> None:
         if self.done:
             return
         try:
@@ -134,14 +112,6 @@ class GeminiStreamParser:
         if not self._model_sent and obj.get("modelVersion"):
             self._model_sent = True
             out.append((ev.MODEL, obj["modelVersion"]))
-
-    def _bad(self, what: str) -> GatewayError:
-        return GatewayError(
-            "upstream_bad_response",
-            f"{self.provider} sent a malformed stream chunk ({what})",
-            retryable=True,
-            extra={"provider": self.provider},
-        )
 
 
 def _usage(u: dict[str, Any]) -> dict[str, Any]:

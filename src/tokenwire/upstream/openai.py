@@ -16,8 +16,7 @@ import orjson
 from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.events import Event
-from ..protocol.sse import SSEDecoder, SSEError
-from .base import ChatCall, http_error
+from .base import ChatCall, StreamParser, http_error
 from .http import HTTPUpstream, read_error_body
 
 __all__ = ["OpenAIProvider", "OpenAIStreamParser", "parse_openai_error"]
@@ -63,7 +62,7 @@ _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _DecodeError = msgspec.DecodeError
 
 
-class OpenAIStreamParser:
+class OpenAIStreamParser(StreamParser):
     """Turns a ``chat.completion.chunk`` event stream into provider-neutral events.
 
     Handles what real providers send: ``usage`` in a last chunk with empty
@@ -74,31 +73,10 @@ class OpenAIStreamParser:
     as OpenRouter does).
     """
 
-    __slots__ = ("_sse", "done", "finished", "provider")
+    __slots__ = ()
 
     def __init__(self, provider: str = "upstream") -> None:
-        self._sse = SSEDecoder()
-        self.provider = provider
-        self.done = False  #: ``[DONE]`` seen
-        self.finished = False  #: a finish_reason seen
-
-    def feed(self, data: bytes) -> list[Event]:
-        try:
-            sse_events = self._sse.feed(data)
-        except SSEError as exc:
-            return [(ev.ERROR, GatewayError("upstream_bad_response", str(exc), retryable=True))]
-        if not sse_events:
-            return []
-        out: list[Event] = []
-        for name, payload in sse_events:
-            self._handle(name, payload, out)
-        return out
-
-    def close(self) -> list[Event]:
-        out: list[Event] = []
-        for name, payload in self._sse.close():
-            self._handle(name, payload, out)
-        return out
+        super().__init__(provider)  # done: ``[DONE]`` seen
 
     def _handle(self, name: str, data: bytes, out: list[Event]) -> None:
         if self.done:
@@ -180,14 +158,6 @@ class OpenAIStreamParser:
                 out.append((ev.FINISH, choice.finish_reason))
         if chunk.usage:
             out.append((ev.USAGE, chunk.usage))
-
-    def _bad(self, what: str) -> GatewayError:
-        return GatewayError(
-            "upstream_bad_response",
-            f"{self.provider} sent a malformed stream chunk ({what})",
-            retryable=True,
-            extra={"provider": self.provider},
-        )
 
 
 def _content_parts(parts: Any, out: list[Event]) -> None:
