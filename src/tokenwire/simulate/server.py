@@ -62,6 +62,22 @@ class SimOptions:
     reasoning: int = 0  #: reasoning tokens sent before the answer
 
 
+#: model-name suffix ``@key=value`` -> (SimOptions field, how to read the value)
+_SUFFIXES: dict[str, tuple[str, Any]] = {
+    "fault": ("fault", str),
+    "tokens": ("tokens", int),
+    "tps": ("tps", float),
+    "ttft": ("ttft_ms", float),
+    "split": ("split", int),
+    "retry_after": ("retry_after", float),
+    "batch": ("batch", int),
+    "replay": ("replay", str),
+    "status": ("status", int),
+    "times": ("times", int),
+    "reasoning": ("reasoning", int),
+}
+
+
 def _apply_suffix(opts: SimOptions, model: str) -> tuple[SimOptions, str]:
     if "@" not in model:
         return opts, model
@@ -69,28 +85,9 @@ def _apply_suffix(opts: SimOptions, model: str) -> tuple[SimOptions, str]:
     changes: dict[str, Any] = {}
     for part in parts:
         key, _, value = part.partition("=")
-        if key == "fault":
-            changes["fault"] = value
-        elif key == "tokens":
-            changes["tokens"] = int(value)
-        elif key == "tps":
-            changes["tps"] = float(value)
-        elif key == "ttft":
-            changes["ttft_ms"] = float(value)
-        elif key == "split":
-            changes["split"] = int(value)
-        elif key == "retry_after":
-            changes["retry_after"] = float(value)
-        elif key == "batch":
-            changes["batch"] = int(value)
-        elif key == "replay":
-            changes["replay"] = value
-        elif key == "status":
-            changes["status"] = int(value)
-        elif key == "times":
-            changes["times"] = int(value)
-        elif key == "reasoning":
-            changes["reasoning"] = int(value)
+        if key in _SUFFIXES:
+            field, convert = _SUFFIXES[key]
+            changes[field] = convert(value)
     return replace(opts, **changes), base
 
 

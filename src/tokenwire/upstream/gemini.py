@@ -16,8 +16,8 @@ from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.events import Event
 from .base import ChatCall, StreamParser
-from .http import HTTPUpstream, read_error_body
-from .openai import _OpenAIStream, parse_openai_error
+from .http import HTTPUpstream
+from .openai import _OpenAIStream, error_from_response, parse_openai_error
 
 __all__ = ["GeminiProvider", "GeminiStreamParser", "to_gemini_request"]
 
@@ -268,18 +268,4 @@ class GeminiProvider(HTTPUpstream):
         return _OpenAIStream(resp, GeminiStreamParser(self.name))  # type: ignore[arg-type]
 
     async def _error(self, resp: aiohttp.ClientResponse) -> GatewayError:
-        raw = await read_error_body(resp)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = {"error": {"message": raw.decode("utf-8", "replace").strip()[:500]}}
-        if isinstance(body, list) and body:
-            body = body[0]
-        err = parse_openai_error(self.name, body, status=resp.status)
-        retry_after = resp.headers.get("Retry-After")
-        if retry_after:
-            try:
-                err.extra["retry_after"] = float(retry_after)
-            except ValueError:
-                pass
-        return self.redact(err)
+        return await error_from_response(self, resp)

@@ -282,16 +282,24 @@ class OpenAIProvider(HTTPUpstream):
         return _OpenAIStream(resp, OpenAIStreamParser(self.name))
 
     async def _error(self, resp: aiohttp.ClientResponse) -> GatewayError:
-        raw = await read_error_body(resp)
+        return await error_from_response(self, resp)
+
+
+async def error_from_response(upstream: HTTPUpstream, resp: aiohttp.ClientResponse) -> GatewayError:
+    """A provider's HTTP error response as a gateway error: status, message, Retry-After kept,
+    the key scrubbed. Reads OpenAI's ``{"error": …}``, Anthropic's and Gemini's (a list of one)."""
+    raw = await read_error_body(resp)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = {"error": {"message": raw.decode("utf-8", "replace").strip()[:500]}}
+    if isinstance(body, list) and body:
+        body = body[0]
+    err = parse_openai_error(upstream.name, body, status=resp.status)
+    retry_after = resp.headers.get("Retry-After")
+    if retry_after:
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = {"error": {"message": raw.decode("utf-8", "replace").strip()[:500]}}
-        err = parse_openai_error(self.name, body, status=resp.status)
-        retry_after = resp.headers.get("Retry-After")
-        if retry_after:
-            try:
-                err.extra["retry_after"] = float(retry_after)
-            except ValueError:
-                pass
-        return self.redact(err)
+            err.extra["retry_after"] = float(retry_after)
+        except ValueError:
+            pass
+    return upstream.redact(err)
