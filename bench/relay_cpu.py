@@ -58,7 +58,12 @@ async def measure(args: argparse.Namespace) -> list[float]:
     sim = start(["simulate", "--port", "0", "--fast", "--batch", str(args.batch)])
     gw = start(
         ["serve", "--port", "0", "--log-level", "warning"],
-        env={"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": sim.http + "/v1", "TOKENWIRE_DB": ":memory:"},
+        env={
+            "OPENAI_API_KEY": "sk-bench",
+            "OPENAI_BASE_URL": sim.http + "/v1",
+            "TOKENWIRE_DB": ":memory:",
+            "TOKENWIRE_EVENT_LOOP": args.loop,
+        },
     )
     results: list[float] = []
     try:
@@ -95,12 +100,13 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=2000, help="tokens per reply")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=1, help="tokens per upstream network write (1 = one per chunk)")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the gateway's event loop")
     args = p.parse_args()
     results = asyncio.run(measure(args))
     print(
         f"\ngateway CPU per relayed token: median {statistics.median(results):.2f} us, "
         f"min {min(results):.2f} us over {len(results)} rounds "
-        f"({args.streams} streams x {args.tokens} tokens, batch {args.batch})"
+        f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop})"
     )
 
 

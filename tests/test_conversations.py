@@ -102,8 +102,15 @@ async def test_next_turn_right_after_end_is_never_busy(gateway) -> None:
     """``end`` comes only once the reply is stored and the conversation is free."""
     async with await WS.connect(gateway.ws) as ws:
         for turn in range(20):
-            await ws.send({"type": "chat", "id": f"t{turn}", "conversation_id": "rapid", "content": f"turn {turn}",
-                           "params": {"max_tokens": 2}})
+            await ws.send(
+                {
+                    "type": "chat",
+                    "id": f"t{turn}",
+                    "conversation_id": "rapid",
+                    "content": f"turn {turn}",
+                    "params": {"max_tokens": 2},
+                }
+            )
             events = await ws.until_end(f"t{turn}")
             assert events[-1]["type"] == "end" and events[-1]["status"] == "completed", events
     async with aiohttp.ClientSession() as s, s.get(gateway.http + "/v1/conversations/rapid") as r:

@@ -17,8 +17,18 @@ def parse(obj: object) -> fr.Request:
 
 
 def test_v1_chat_fields() -> None:
-    chat = parse({"type": "chat", "id": "c1", "model": "m", "content": "hi", "system": "s", "conversation_id": "conv",
-                  "params": {"temperature": 0.5, "max_tokens": 10}, "stream_id": "abcdef0123456789"})
+    chat = parse(
+        {
+            "type": "chat",
+            "id": "c1",
+            "model": "m",
+            "content": "hi",
+            "system": "s",
+            "conversation_id": "conv",
+            "params": {"temperature": 0.5, "max_tokens": 10},
+            "stream_id": "abcdef0123456789",
+        }
+    )
     assert isinstance(chat, fr.Chat) and chat.dialect == "v1"
     assert (chat.id, chat.model, chat.content, chat.system, chat.conversation_id) == ("c1", "m", "hi", "s", "conv")
     assert chat.params == {"temperature": 0.5, "max_tokens": 10} and chat.stream_id == "abcdef0123456789"
@@ -80,8 +90,13 @@ def test_deep_nesting_is_invalid_json_not_a_crash() -> None:
 
 def test_generation_seq_log_and_replay() -> None:
     gen = Generation("s_test")
-    frames = [gen.start({"model": "m"}), gen.token("Hel"), gen.token('lo "x"'), gen.reasoning("hm"),
-              gen.end("completed", {"finish_reason": "stop"})]
+    frames = [
+        gen.start({"model": "m"}),
+        gen.token("Hel"),
+        gen.token('lo "x"'),
+        gen.reasoning("hm"),
+        gen.end("completed", {"finish_reason": "stop"}),
+    ]
     decoded = [orjson.loads(id_prefix("c9") + f) for f in frames]
     assert [d["seq"] for d in decoded] == [0, 1, 2, 3, 4]
     assert [d["type"] for d in decoded] == ["start", "token", "token", "reasoning", "end"]

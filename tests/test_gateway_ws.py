@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import time
 
 import aiohttp
 import orjson
@@ -276,13 +279,45 @@ async def test_idle_socket_closed_with_code(spawn) -> None:
 async def test_websocket_ping_pong_heartbeat(spawn) -> None:
     gw = spawn("serve", "--port", "0", env={"TOKENWIRE_DB": ":memory:", "TOKENWIRE_WS_PING_INTERVAL": "0.2"})
     async with aiohttp.ClientSession() as session, session.ws_connect(gw.ws, autoping=False) as ws:
+        t0 = time.monotonic()
         msg = await ws.receive(timeout=3)
-        assert msg.type == aiohttp.WSMsgType.PING  # the server pings
-        # we never answer: the server must give up on us
+        assert msg.type == aiohttp.WSMsgType.PING  # the server pings a silent socket
+        pinged = time.monotonic() - t0
+        # we never answer: the server must give up on us, without a close handshake (a dead peer)
+        kinds = []
         while True:
             msg = await ws.receive(timeout=3)
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            kinds.append(msg.type)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                 break
+        dropped = time.monotonic() - t0
+    assert 0.15 <= pinged <= 0.6
+    assert 0.35 <= dropped <= 1.5, dropped  # two silent intervals (+ one sweep), not one
+    assert aiohttp.WSMsgType.CLOSE not in kinds
+
+
+async def test_any_client_frame_keeps_the_socket_alive(spawn) -> None:
+    """A client that never answers WebSocket pings but talks (browsers cannot see pings) stays."""
+    gw = spawn("serve", "--port", "0", env={"TOKENWIRE_DB": ":memory:", "TOKENWIRE_WS_PING_INTERVAL": "0.2"})
+    async with aiohttp.ClientSession() as session, session.ws_connect(gw.ws, autoping=False) as ws:
+        pongs = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.5:  # 7 intervals
+            await ws.send_str('{"type":"ping"}')
+            msg = await ws.receive(timeout=1)
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            assert json.loads(msg.data) == {"type": "pong"}
+            pongs += 1
+            await asyncio.sleep(0.1)
+        assert pongs >= 10 and not ws.closed
+        # and a client that answers the server's pings (aiohttp's autoping) stays too
+    async with aiohttp.ClientSession() as session, session.ws_connect(gw.ws) as ws:
+        with contextlib.suppress(asyncio.TimeoutError):  # (receive's own timeout restarts at each ping)
+            msg = await asyncio.wait_for(ws.receive(), 1.2)
+            raise AssertionError(f"socket closed: {msg}")
+        assert not ws.closed
+        await ws.send_str('{"type":"ping"}')
+        assert json.loads((await ws.receive(timeout=2)).data) == {"type": "pong"}
 
 
 async def test_http_endpoints(gateway) -> None:

@@ -175,10 +175,42 @@ async def test_stall_hits_read_timeout(spawn, sim, tmp_path) -> None:
         t0 = time.monotonic()
         await ws.send({"type": "chat", "id": "s", "model": "gpt-4.1@fault=stall:3@tps=100", "content": "x"})
         events = await ws.until_end("s", timeout=10)
-    assert time.monotonic() - t0 < 5
+    elapsed = time.monotonic() - t0
+    assert 0.5 <= elapsed < 2.5, elapsed  # read_timeout, plus at most a watchdog tick and start-up
     err = next(e for e in events if e["type"] == "error")
     assert err["code"] == "upstream_timeout" and err["retryable"] is True
+    assert "sent nothing for 0.5 s" in err["message"]
     assert text_of(events) and events[-1]["status"] == "failed"
+
+
+async def test_a_paused_generation_is_not_a_silent_provider(spawn, sim) -> None:
+    """While the client holds a generation paused, the upstream is not read: no read timeout."""
+    gw = spawn(
+        "serve",
+        "--port",
+        "0",
+        env={
+            "OPENAI_API_KEY": "k",
+            "OPENAI_BASE_URL": sim.http + "/v1",
+            "TOKENWIRE_DB": ":memory:",
+            "TOKENWIRE_READ_TIMEOUT": "0.5",
+        },
+    )
+    prompt = "hold on"
+    async with await WS.connect(gw.ws) as ws:
+        await ws.send(
+            {"type": "chat", "id": "p", "model": "gpt-4.1@tps=50", "content": prompt, "params": {"max_tokens": 30}}
+        )
+        events = [await ws.recv()]
+        while events[-1]["type"] != "token":
+            events.append(await ws.recv())
+        await ws.send({"type": "pause", "id": "p"})
+        await asyncio.sleep(1.5)  # three read timeouts
+        await ws.send({"type": "resume", "id": "p"})
+        events += await ws.until_end("p", timeout=10)
+    assert not [e for e in events if e["type"] == "error"]
+    assert events[-1]["status"] == "completed"
+    assert text_of(events) == "".join(reply_tokens([{"role": "user", "content": prompt}])[:30])
 
 
 async def test_unreachable_upstream(spawn) -> None:

@@ -112,6 +112,8 @@ class Settings:
     read_timeout: float = 120.0
     drain_timeout: float = 30.0
     log_level: str = "info"
+    #: "auto" (uvloop when it is installed), "uvloop" or "asyncio" (docs/benchmarks-load.md)
+    event_loop: str = "auto"
     # routing: retries, fallbacks, circuit breakers (docs/providers.md)
     first_token_timeout: float = 60.0  #: request sent -> first token (retried/fallen back on expiry)
     max_retries: int = 2  #: per deployment, before the first token, on 429/5xx/connect errors
@@ -328,6 +330,8 @@ def load_settings(
         raise ConfigError(f"port {settings.port} is out of range (0-65535; 0 = any free port)")
     if settings.max_frame_bytes < 1024:
         raise ConfigError("max_frame_bytes must be at least 1024")
+    if settings.event_loop not in ("auto", "uvloop", "asyncio"):
+        raise ConfigError(f"event_loop must be auto, uvloop or asyncio (not {settings.event_loop!r})")
     _check_routes(settings, path or "config")
     return settings
 

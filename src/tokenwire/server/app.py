@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -12,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..metrics import access_log_middleware, metrics_handler, setup_event_log
 from ..protocol.errors import GatewayError
 from .gateway import Gateway
@@ -127,13 +128,12 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     async def on_shutdown(app: web.Application) -> None:
         await gw.aclose()
 
-    if gw.cluster is not None:
-        cluster = gw.cluster
+    async def on_startup(app: web.Application) -> None:
+        gw.liveness.start()
+        if gw.cluster is not None:
+            await gw.cluster.start()
 
-        async def on_startup(app: web.Application) -> None:
-            await cluster.start()
-
-        app.on_startup.append(on_startup)
+    app.on_startup.append(on_startup)
 
     app.on_cleanup.append(on_shutdown)
     return app
@@ -176,7 +176,8 @@ def run_server(settings: Settings) -> None:
         port = site._server.sockets[0].getsockname()[1] if site._server else settings.port  # type: ignore[union-attr]
         print(
             f"tokenwire listening on http://{settings.host}:{port}  "
-            f"(WebSocket ws://{settings.host}:{port}/ws/chat; providers: {providers})",
+            f"(WebSocket ws://{settings.host}:{port}/ws/chat; providers: {providers}; "
+            f"event loop: {'uvloop' if 'uvloop' in type(asyncio.get_running_loop()).__module__ else 'asyncio'})",
             flush=True,
         )
         stop = asyncio.Event()
@@ -189,4 +190,22 @@ def run_server(settings: Settings) -> None:
         await drain(gw, settings.drain_timeout)
         await runner.cleanup()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(main())
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when asked for (or, with "auto", when installed); else asyncio's.
+
+    uvloop's transports make each socket read and write, the gateway's floor cost per
+    paced token, cheaper (figures in docs/benchmarks-load.md).
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("event_loop = uvloop, but uvloop is not installed (pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop

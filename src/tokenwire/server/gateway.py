@@ -15,6 +15,7 @@ from ..protocol.frames import Attach, Chat, Limits
 from ..router import Route, Router
 from ..store.base import ConversationStore
 from ..upstream.http import SharedSession
+from .liveness import Liveness
 from .relay import Registry, Run
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class Gateway:
         else:
             self.registry = Registry(self.store, settings.resume_retention, settings.read_timeout)
         self.sessions: set[Session] = set()
+        #: pings silent sockets, drops dead ones, closes idle ones: one task for all of them
+        self.liveness = Liveness(self.sessions, settings.ws_ping_interval, settings.idle_timeout)
         self.draining = False
         self.metrics = Metrics(self)
         self.metrics.log_prompts = settings.log_prompts
@@ -95,6 +98,7 @@ class Gateway:
         return None
 
     async def aclose(self) -> None:
+        await self.liveness.aclose()
         await self.registry.shutdown(0)
         if self.cluster is not None:
             await self.cluster.aclose()

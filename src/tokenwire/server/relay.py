@@ -31,6 +31,8 @@ __all__ = ["END", "START", "Registry", "Run", "Subscriber"]
 
 log = logging.getLogger("tokenwire.relay")
 
+READ_TIMEOUT = "upstream_timeout"  #: the cancel reason the read watchdog gives
+
 START = 10  #: subscriber event kind: value is the start fields
 END = 11  #: value is the end fields
 
@@ -70,12 +72,14 @@ class Run:
         "gen",
         "paused_by_socket",
         "paused_self",
+        "reads",
         "registry",
         "resumable",
         "route",
         "subs",
         "task",
         "upstream",
+        "watch",
     )
 
     def __init__(
@@ -104,6 +108,10 @@ class Run:
         self.ended = asyncio.Event()
         self.detached_at: float | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        #: bumped before and after each upstream read: odd while one is outstanding, so the
+        #: registry's one watchdog task can spot a silent provider (no timer per read)
+        self.reads = 0
+        self.watch: tuple[int, float] = (0, 0.0)  #: the watchdog's last (reads, when it changed)
 
     # -- control ------------------------------------------------------------
     def set_paused(self, *, by_socket: bool | None = None, self_: bool | None = None) -> None:
@@ -231,20 +239,21 @@ class Run:
                         raise value
                 if not gate.is_set():
                     await gate.wait()
+                self.reads += 1
                 events = await stream.read()
+                self.reads += 1
         except asyncio.CancelledError:
             status = CANCELLED
             if self.cancel_reason is None:
                 self.cancel_reason = "shutdown"
+            elif self.cancel_reason == READ_TIMEOUT:
+                status = FAILED
+                error = self._read_timeout()
         except GatewayError as exc:
             status, error = FAILED, exc
         except TimeoutError:
             status = FAILED
-            error = GatewayError(
-                "upstream_timeout",
-                f"{self.route.provider.name} sent nothing for {registry.read_timeout:g} s",
-                retryable=True,
-            )
+            error = self._read_timeout()
         except Exception as exc:  # never a traceback to the client
             log.exception("generation %s failed", gen.stream_id)
             status = FAILED
@@ -265,6 +274,13 @@ class Run:
                 pass
         total = time.monotonic() - t0
         await self._finish(status, error, finish_reason, usage, ttft, total, answered_model, call)
+
+    def _read_timeout(self) -> GatewayError:
+        return GatewayError(
+            "upstream_timeout",
+            f"{self.route.provider.name} sent nothing for {self.registry.read_timeout:g} s",
+            retryable=True,
+        )
 
     async def _finish(
         self,
@@ -371,6 +387,7 @@ class Registry:
         self.busy_conversations: set[str] = set()
         self.stats = {"generations": 0, "tokens": 0, "errors": 0, "resumes": 0}
         self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
+        self._watchdog: asyncio.Task[None] | None = None
 
     @staticmethod
     def new_stream_id() -> str:
@@ -405,8 +422,30 @@ class Registry:
             "conversation_id": conversation_id,
             "resumable": resumable,
         }
-        run.task = asyncio.get_running_loop().create_task(run.run(call, start_fields))
+        loop = asyncio.get_running_loop()
+        run.task = loop.create_task(run.run(call, start_fields))
+        if self._watchdog is None and self.read_timeout > 0:
+            self._watchdog = loop.create_task(self._watch_reads(), name="tokenwire-read-watchdog")
         return run
+
+    async def _watch_reads(self) -> None:
+        """Fail generations whose provider sent nothing for ``read_timeout`` seconds.
+
+        One task for all of them, instead of the HTTP client's timer per read (a
+        ``call_later`` and a ``cancel`` per token). A run paused by its client, or
+        waiting for a slow client, has no read outstanding and is left alone.
+        """
+        limit = self.read_timeout
+        tick = max(0.05, min(limit / 8, 5.0))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for run in list(self.runs.values()):
+                reads = run.reads
+                if reads != run.watch[0]:
+                    run.watch = (reads, now)
+                elif reads & 1 and now - run.watch[1] >= limit and not run.gen.ended:
+                    run.cancel(READ_TIMEOUT)
 
     async def _prompt(self, chat: Chat, conversation_id: str | None) -> list[dict[str, Any]]:
         new = chat.messages if chat.messages is not None else [{"role": "user", "content": chat.content}]
@@ -491,3 +530,6 @@ class Registry:
         tasks = [r.task for r in self.runs.values() if r.task is not None and not r.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None

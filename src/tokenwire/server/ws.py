@@ -27,7 +27,10 @@ __all__ = ["CLOSE_DRAIN", "CLOSE_IDLE", "Session", "websocket_handler"]
 log = logging.getLogger("tokenwire.ws")
 
 TEXT = WSMsgType.TEXT
-CLOSE_IDLE = 4000  #: closed after idle_timeout with no frame and no generation
+BINARY = WSMsgType.BINARY
+PING = WSMsgType.PING
+PONG = WSMsgType.PONG
+CLOSE_IDLE = 4000  #: closed after idle_timeout with no application frame and no generation
 CLOSE_DRAIN = 4001  #: the instance is restarting: reconnect (elsewhere) and resume
 SUBPROTOCOL = "tokenwire.v1"
 _PONG = b'{"type":"pong"}'
@@ -105,9 +108,20 @@ def openai_tool_call(delta: dict[str, Any]) -> dict[str, Any]:
 class Session:
     """One client socket: parses frames, starts and routes generations."""
 
-    def __init__(self, gw: Gateway, ws: web.WebSocketResponse, principal: Any = None) -> None:
+    def __init__(
+        self,
+        gw: Gateway,
+        ws: web.WebSocketResponse,
+        principal: Any = None,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.gw = gw
         self.ws = ws
+        self.transport = transport
+        self.last_seen = self.last_frame = time.monotonic()
+        self.pinged = False
+        self.closing = False
+        self._closer: asyncio.Task[bool] | None = None
         self.principal = principal
         self.runs: dict[str, tuple[Run, Any]] = {}  # generation id -> (run, subscriber)
         self.ended_ids: deque[str] = deque(maxlen=256)
@@ -153,37 +167,60 @@ class Session:
         except (ConnectionError, RuntimeError):
             pass
 
+    # -- liveness (driven by server.liveness.Liveness, one task for every socket) --
+    def busy(self) -> bool:
+        return bool(self.runs)
+
+    def ping(self) -> None:
+        self.writer.ping()
+
+    def drop(self) -> None:
+        log.info("dropping a socket silent for two ping intervals")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_idle(self) -> None:
+        if not self.closing:
+            self.closing = True
+            # kept on the session: the loop holds tasks only weakly
+            self._closer = asyncio.get_running_loop().create_task(
+                self.ws.close(code=CLOSE_IDLE, message=b"idle timeout")
+            )
+
     async def serve(self) -> None:
         ws = self.ws
         gw = self.gw
-        idle = gw.settings.idle_timeout
         gate = gw.frame_gate()  # frames per second (None = no limit)
+        clock = time.monotonic
         try:
             while True:
-                try:
-                    msg = await ws.receive(timeout=idle if idle > 0 else None)
-                except TimeoutError:
-                    if self.runs:
-                        continue  # a client waiting for a long reply is not idle
-                    await ws.close(code=CLOSE_IDLE, message=b"idle timeout")
-                    break
-                if gate is not None and msg.type in (TEXT, WSMsgType.BINARY):
-                    refused = gate(msg.data)
-                    if refused is not None:
-                        await self.send_error(refused, refused.extra.pop("id", None))
-                        continue
-                if msg.type == TEXT:
+                msg = await ws.receive()
+                mtype = msg.type
+                self.last_seen = now = clock()
+                self.pinged = False
+                if mtype is TEXT or mtype is BINARY:
+                    self.last_frame = now
+                    if gate is not None:
+                        refused = gate(msg.data)
+                        if refused is not None:
+                            await self.send_error(refused, refused.extra.pop("id", None))
+                            continue
+                if mtype is TEXT:
                     await self.handle(msg.data)
-                elif msg.type == WSMsgType.BINARY:
+                elif mtype is PING:
+                    await ws.pong(msg.data)
+                elif mtype is PONG:
+                    continue
+                elif mtype is BINARY:
                     await self.send_error(
                         GatewayError(
                             "unsupported_frame",
                             "binary frames are not supported; send JSON in text frames",
                         )
                     )
-                elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                elif mtype in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                     break
-                elif msg.type == WSMsgType.ERROR:
+                elif mtype is WSMsgType.ERROR:
                     log.info("socket error: %s", ws.exception())
                     break
         except ConnectionError as exc:
@@ -353,12 +390,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
         compress=False,
-        autoping=True,
-        heartbeat=gw.settings.ws_ping_interval or None,
+        autoping=False,  # pings, pongs and dead peers: Session.serve and server.liveness
         max_msg_size=max(4 * gw.settings.max_frame_bytes, 4 * 1024 * 1024),
     )
     await ws.prepare(request)
-    session = Session(gw, ws, principal)
+    session = Session(gw, ws, principal, request.transport)  # type: ignore[arg-type]
     gw.sessions.add(session)
     gw.metrics.ws_connections += 1
     try:

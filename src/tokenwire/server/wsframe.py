@@ -78,6 +78,16 @@ class FrameWriter:
             return self._over_limit(transport)
         return None
 
+    def ping(self) -> None:
+        """Send a WebSocket ping (empty payload); the client's pong is read by the session."""
+        transport = self._transport
+        if transport is None:
+            _background(self._ws.ping())
+            return
+        if transport.is_closing():
+            raise ConnectionResetError("socket is closed")
+        transport.write(b"\x89\x00")
+
     def _over_limit(self, transport: asyncio.WriteTransport) -> Awaitable[None] | None:
         """The slow path: wait for the reader, at most ``stall_timeout`` (the hot path never gets here)."""
         stalled_at = self.stalled_at
@@ -110,6 +120,16 @@ class FrameWriter:
                 # the waiting generation itself is cut: cancel it here (Task.cancel from inside
                 # the task would only land at its next real suspension, after more writes)
                 raise asyncio.CancelledError
+
+
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background(coro: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    task.add_done_callback(_consume)
 
 
 def _consume(task: asyncio.Future[None]) -> None:

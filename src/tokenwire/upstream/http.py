@@ -30,11 +30,10 @@ class SharedSession:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=self.connect_timeout,
-                    sock_read=self.read_timeout,
-                ),
+                # No ``sock_read``: it costs a timer reset per received chunk (per token). A
+                # silent provider is caught by the relay's one watchdog (Registry._watch_reads)
+                # and, before the first token, by routing's first-token timeout.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=None),
                 json_serialize=lambda o: orjson.dumps(o).decode(),
                 auto_decompress=True,
             )
