@@ -23,6 +23,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help='SQLite file for conversations (":memory:" = not kept)')
     p.add_argument("--log-level", default=None, help="debug, info, warning (default info)")
     p.add_argument(
+        "--workers",
+        type=int,
+        help="gateway processes sharing the port, one per core (default 1; more needs TOKENWIRE_REDIS_URL)",
+    )
+    p.add_argument(
         "--insecure-open",
         action="store_const",
         const=True,
@@ -41,9 +46,14 @@ def _serve(args: argparse.Namespace) -> int:
             "db_path": args.db,
             "log_level": args.log_level,
             "insecure_open": args.insecure_open,
+            "workers": args.workers,
         },
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        from .server.workers import serve_workers
+
+        return serve_workers(settings)
     run_server(settings)
     return 0
 

@@ -112,8 +112,10 @@ class Settings:
     read_timeout: float = 120.0
     drain_timeout: float = 30.0
     log_level: str = "info"
-    #: "auto" (uvloop when it is installed), "uvloop" or "asyncio" (docs/benchmarks-load.md)
-    event_loop: str = "auto"
+    #: "asyncio" (measured default), "uvloop", or "auto" (uvloop when it is installed) (docs/benchmarks-load.md)
+    event_loop: str = "asyncio"
+    #: gateway processes sharing the port (SO_REUSEPORT), one per core; > 1 needs redis_url
+    workers: int = 1
     # routing: retries, fallbacks, circuit breakers (docs/providers.md)
     first_token_timeout: float = 60.0  #: request sent -> first token (retried/fallen back on expiry)
     max_retries: int = 2  #: per deployment, before the first token, on 429/5xx/connect errors
@@ -330,6 +332,8 @@ def load_settings(
         raise ConfigError(f"port {settings.port} is out of range (0-65535; 0 = any free port)")
     if settings.max_frame_bytes < 1024:
         raise ConfigError("max_frame_bytes must be at least 1024")
+    if settings.workers < 1:
+        raise ConfigError(f"workers must be at least 1 (not {settings.workers})")
     if settings.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError(f"event_loop must be auto, uvloop or asyncio (not {settings.event_loop!r})")
     _check_routes(settings, path or "config")

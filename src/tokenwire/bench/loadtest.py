@@ -334,17 +334,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "TOKENWIRE_ACCESS_LOG": "1" if args.access_log else "0",
         "TOKENWIRE_IDLE_TIMEOUT": "600",
     }
-    serve = ["serve", "--port", "0", "--log-level", "warning"]
-    if args.uvloop:  # the same gateway code on libuv's event loop (needs `pip install uvloop`)
-        code = "import sys, uvloop; uvloop.install(); from tokenwire.cli import main; sys.exit(main(sys.argv[1:]))"
-        gw_cmd = ["-c", code, *serve]
-    else:
-        gw_cmd = ["-m", "tokenwire", *serve]
+    gw_env["TOKENWIRE_EVENT_LOOP"] = args.loop
+    gw_cmd = ["-m", "tokenwire", "serve", "--port", "0", "--log-level", "warning"]
     gw, gw_port = _spawn(gw_cmd, work / "gateway.log", gw_env)
     workers: list[subprocess.Popen[bytes]] = []
     report: dict[str, Any] = {
         "mode": args.mode,
-        "event_loop": "uvloop" if args.uvloop else "asyncio",
+        "event_loop": _loop_name(args.loop),
         "streams": args.streams,
         "clients": args.clients,
         "tps": args.tps if args.mode != "idle" else None,
@@ -517,6 +513,16 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _loop_name(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("stream", "idle"), default="stream", help="stream tokens, or idle sockets only")
     p.add_argument("--streams", type=int, default=100, help="concurrent streams (idle: sockets)")
@@ -531,7 +537,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-every", type=float, default=5.0, help="seconds between gateway memory samples")
     p.add_argument("--model", default="gpt-4.1", help="model name sent (the fake upstream ignores it)")
     p.add_argument("--access-log", action="store_true", help="keep the gateway's per-request JSON log on")
-    p.add_argument("--uvloop", action="store_true", help="run the gateway on uvloop (experiment)")
+    p.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="asyncio",
+        help="the gateway's event loop (auto: uvloop when installed)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (- = stdout)")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 from importlib import resources
@@ -35,11 +36,14 @@ async def healthz(request: web.Request) -> web.Response:
     body = {
         "status": "draining" if gw.draining else "ok",
         "version": __version__,
+        "pid": os.getpid(),
         "sockets": len(gw.sessions),
         "generations": sum(1 for r in gw.registry.runs.values() if not r.gen.ended),
         "providers": [{"name": cfg.name, "kind": cfg.kind, "simulated": p.simulated} for cfg, p in gw.router.providers],
         "deployments": gw.router.health(),  # circuit breakers and observed latency (docs/providers.md)
     }
+    if gw.worker is not None:
+        body["worker"] = gw.worker[0]
     if gw.cluster is not None:  # Redis down: still serving, but resume and conversations fail
         body["redis"] = gw.cluster.health()
         if not body["redis"]["ok"] and not gw.draining:
@@ -162,30 +166,47 @@ async def drain(gw: Gateway, deadline: float) -> None:
             pass
 
 
-def run_server(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM, then drain and exit."""
+def run_server(
+    settings: Settings,
+    worker: tuple[int, int] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then drain and exit.
+
+    ``worker`` = (index, count) when this is one of ``serve --workers`` processes
+    (server.workers): the port is shared with the others (``SO_REUSEPORT``).
+    """
 
     async def main() -> None:
         gw = Gateway(settings)
+        gw.worker = worker
         app = create_app(settings, gw)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
+        site = web.TCPSite(
+            runner, settings.host, settings.port, backlog=4096, reuse_address=True, reuse_port=worker is not None
+        )
         await site.start()
         providers = ", ".join(f"{cfg.name}{' (simulated)' if p.simulated else ''}" for cfg, p in gw.router.providers)
         port = site._server.sockets[0].getsockname()[1] if site._server else settings.port  # type: ignore[union-attr]
-        print(
-            f"tokenwire listening on http://{settings.host}:{port}  "
-            f"(WebSocket ws://{settings.host}:{port}/ws/chat; providers: {providers}; "
-            f"event loop: {'uvloop' if 'uvloop' in type(asyncio.get_running_loop()).__module__ else 'asyncio'})",
-            flush=True,
-        )
+        loop_name = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
+        if worker is None:
+            print(
+                f"tokenwire listening on http://{settings.host}:{port}  "
+                f"(WebSocket ws://{settings.host}:{port}/ws/chat; providers: {providers}; event loop: {loop_name})",
+                flush=True,
+            )
+        else:
+            print(f"tokenwire worker {worker[0]}/{worker[1]} (pid {os.getpid()}) ready on port {port}", flush=True)
+        if on_ready is not None:
+            on_ready()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        print("tokenwire: draining…", flush=True)
+        if worker is None:
+            print("tokenwire: draining…", flush=True)
         await site.stop()
         await drain(gw, settings.drain_timeout)
         await runner.cleanup()

@@ -61,6 +61,8 @@ class Gateway:
         #: pings silent sockets, drops dead ones, closes idle ones: one task for all of them
         self.liveness = Liveness(self.sessions, settings.ws_ping_interval, settings.idle_timeout)
         self.draining = False
+        #: (index, count) when one of ``serve --workers`` processes
+        self.worker: tuple[int, int] | None = None
         self.metrics = Metrics(self)
         self.metrics.log_prompts = settings.log_prompts
         self.registry.on_finish.append(self.metrics.on_finish)

@@ -393,6 +393,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         autoping=False,  # pings, pongs and dead peers: Session.serve and server.liveness
         max_msg_size=max(4 * gw.settings.max_frame_bytes, 4 * 1024 * 1024),
     )
+    if gw.worker is not None:  # which of `serve --workers` processes took the socket (debugging, tests)
+        ws.headers["X-Tokenwire-Worker"] = str(gw.worker[0])
     await ws.prepare(request)
     session = Session(gw, ws, principal, request.transport)  # type: ignore[arg-type]
     gw.sessions.add(session)

@@ -1,0 +1,143 @@
+"""``tokenwire serve --workers N``: N processes on one port, streams shared over a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from redisutil import new_prefix, shared_or_private
+from wsutil import WS, text_of
+
+from tokenwire.simulate.reply import reply_tokens
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    url, server = shared_or_private()
+    yield url
+    if server is not None:
+        server.stop()
+
+
+def workers_env(sim: Any, redis_url: str) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": sim.http + "/v1",
+        "TOKENWIRE_REDIS_URL": redis_url,
+        "TOKENWIRE_REDIS_PREFIX": new_prefix(),
+        "TOKENWIRE_DB": ":memory:",
+    }
+
+
+async def connect(url: str) -> tuple[WS, str]:
+    """A socket, and which worker took it (the upgrade response's X-Tokenwire-Worker)."""
+    seen: dict[str, str] = {}
+
+    async def on_end(session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        seen["worker"] = params.response.headers.get("X-Tokenwire-Worker", "")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_end)
+    session = aiohttp.ClientSession(trace_configs=[trace])
+    ws = await session.ws_connect(url)
+    return WS(session, ws), seen["worker"]
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_more_than_one_worker_needs_redis(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--workers", "2", "--db", ":memory:"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    assert "workers = 2 needs redis_url (TOKENWIRE_REDIS_URL)" in r.stderr
+
+
+async def test_connections_spread_over_workers_and_streams_resume_on_another(spawn, sim, redis_url) -> None:
+    gw = spawn("serve", "--port", "0", "--workers", "2", env=workers_env(sim, redis_url), timeout=40)
+    assert len(children(gw.pid)) == 2
+
+    # new connections reach both workers (the kernel hashes each connection to one)
+    pids, workers = set(), set()
+    async with aiohttp.ClientSession() as s:
+        for _ in range(24):
+            async with s.get(gw.http + "/healthz", headers={"Connection": "close"}) as r:
+                body = await r.json()
+            pids.add(body["pid"])
+            workers.add(body["worker"])
+    assert workers == {0, 1} and pids == set(children(gw.pid))
+
+    # a stream started on one worker, cut, and resumed through the other: every token once
+    sid = uuid.uuid4().hex
+    prompt, n = "resume me on the other worker", 120
+    ws, first = await connect(gw.ws)
+    frame = {"type": "chat", "id": "c", "model": "gpt-4.1@tps=100", "content": prompt, "stream_id": sid}
+    await ws.send({**frame, "params": {"max_tokens": n}})
+    got = [await ws.recv() for _ in range(25)]
+    await ws.ws.close()
+    await ws.session.close()
+    for _ in range(60):
+        ws, other = await connect(gw.ws)
+        if other != first:
+            break
+        await ws.close()
+    assert other != first, "60 connections all reached the same worker"
+    async with ws:
+        await ws.send({"type": "attach", "id": "again", "stream_id": sid, "last_seq": got[-1]["seq"]})
+        rest = await ws.until_end("again")
+    events = got + rest
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "end" and events[-1]["status"] == "completed"
+    assert text_of(events) == "".join(reply_tokens([{"role": "user", "content": prompt}], n))
+
+
+async def test_sigterm_drains_every_worker(spawn, sim, redis_url) -> None:
+    gw = spawn("serve", "--port", "0", "--workers", "2", env=workers_env(sim, redis_url), timeout=40)
+    kids = children(gw.pid)
+    assert len(kids) == 2
+    t0 = time.monotonic()
+    assert gw.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - t0 < 15
+    for _ in range(50):
+        if not any(os.path.exists(f"/proc/{k}") for k in kids):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{k}") for k in kids), "a worker outlived the supervisor"
+    assert "draining" in gw.text()
+
+
+async def test_a_worker_that_dies_is_replaced(spawn, sim, redis_url) -> None:
+    gw = spawn("serve", "--port", "0", "--workers", "2", env=workers_env(sim, redis_url), timeout=40)
+    victim, survivor = children(gw.pid)
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(100):
+        now = children(gw.pid)
+        if len(now) == 2 and victim not in now:
+            break
+        await asyncio.sleep(0.1)
+    assert survivor in now and victim not in now and len(now) == 2, now
+    assert "restarting worker" in gw.text()
+    async with aiohttp.ClientSession() as s:  # and the port still answers
+        async with s.get(gw.http + "/healthz") as r:
+            assert r.status == 200
