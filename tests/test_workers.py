@@ -112,6 +112,10 @@ async def test_connections_spread_over_workers_and_streams_resume_on_another(spa
     assert text_of(events) == "".join(reply_tokens([{"role": "user", "content": prompt}], n))
 
 
+def alive(pids: list[int]) -> bool:
+    return any(os.path.exists(f"/proc/{p}") for p in pids)
+
+
 async def test_sigterm_drains_every_worker(spawn, sim, redis_url) -> None:
     gw = spawn("serve", "--port", "0", "--workers", "2", env=workers_env(sim, redis_url), timeout=40)
     kids = children(gw.pid)
@@ -120,10 +124,10 @@ async def test_sigterm_drains_every_worker(spawn, sim, redis_url) -> None:
     assert gw.stop(signal.SIGTERM, timeout=30) == 0
     assert time.monotonic() - t0 < 15
     for _ in range(50):
-        if not any(os.path.exists(f"/proc/{k}") for k in kids):
+        if not alive(kids):
             break
         await asyncio.sleep(0.1)
-    assert not any(os.path.exists(f"/proc/{k}") for k in kids), "a worker outlived the supervisor"
+    assert not alive(kids), "a worker outlived the supervisor"
     assert "draining" in gw.text()
 
 
