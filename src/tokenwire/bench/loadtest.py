@@ -335,12 +335,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "TOKENWIRE_IDLE_TIMEOUT": "600",
     }
     gw_env["TOKENWIRE_EVENT_LOOP"] = args.loop
+    if args.workers > 1:  # `serve --workers N` shares streams over Redis
+        gw_env["TOKENWIRE_WORKERS"] = str(args.workers)
+        gw_env["TOKENWIRE_REDIS_URL"] = args.redis_url
+        gw_env["TOKENWIRE_REDIS_PREFIX"] = f"tw-loadtest-{os.getpid()}"
     gw_cmd = ["-m", "tokenwire", "serve", "--port", "0", "--log-level", "warning"]
     gw, gw_port = _spawn(gw_cmd, work / "gateway.log", gw_env)
+    gw_pids = _children(gw.pid) if args.workers > 1 else [gw.pid]
     workers: list[subprocess.Popen[bytes]] = []
     report: dict[str, Any] = {
         "mode": args.mode,
         "event_loop": _loop_name(args.loop),
+        "gateway_workers": args.workers,
         "streams": args.streams,
         "clients": args.clients,
         "tps": args.tps if args.mode != "idle" else None,
@@ -354,7 +360,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     try:
         time.sleep(0.5)
-        rss0, _ = process_usage(gw.pid)
+        rss0, _ = _usage(gw_pids)
         q, extra = divmod(args.streams, args.clients)
         per = [q + (1 if i < extra else 0) for i in range(args.clients)]
         for n in per:
@@ -385,7 +391,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"a load client failed to start: {line!r}")
         report["connect_s"] = round(time.monotonic() - t_conn, 2)
         time.sleep(2.0)  # let the gateway settle before reading its memory
-        rss1, _ = process_usage(gw.pid)
+        rss1, _ = _usage(gw_pids)
         if not args.churn:
             report["gateway_rss_before_mb"] = round(rss0 / 2**20, 1)
             report["gateway_rss_connected_mb"] = round(rss1 / 2**20, 1)
@@ -397,17 +403,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             w.stdin.flush()
         w0, w1 = t0 + args.warmup, t0 + args.warmup + args.duration
         time.sleep(max(0.0, w0 - time.monotonic()))
-        _, c0 = process_usage(gw.pid)
+        _, c0 = _usage(gw_pids)
         _, u0 = process_usage(up.pid)
-        s0 = _sched(gw.pid)
+        s0 = _sched_all(gw_pids)
         samples: list[tuple[float, int]] = []
         while time.monotonic() < w1:
-            samples.append((time.monotonic() - w0, process_usage(gw.pid)[0]))
+            samples.append((time.monotonic() - w0, _usage(gw_pids)[0]))
             time.sleep(min(args.sample_every, max(0.0, w1 - time.monotonic())))
-        _, c1 = process_usage(gw.pid)
+        _, c1 = _usage(gw_pids)
         _, u1 = process_usage(up.pid)
-        s1 = _sched(gw.pid)
-        rss_end, _ = process_usage(gw.pid)
+        s1 = _sched_all(gw_pids)
+        rss_end, _ = _usage(gw_pids)
         results = []
         for w in workers:
             out, _ = w.communicate(timeout=args.warmup + args.duration + 120)
@@ -466,6 +472,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _children(pid: int) -> list[int]:
+    """The worker processes of a ``serve --workers`` supervisor."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()] or [pid]
+    except OSError:
+        return [pid]
+
+
+def _usage(pids: list[int]) -> tuple[int, float]:
+    """(resident bytes, CPU seconds) summed over the gateway's processes."""
+    rss, cpu = 0, 0.0
+    for pid in pids:
+        r, c = process_usage(pid)
+        rss, cpu = rss + r, cpu + c
+    return rss, cpu
+
+
+def _sched_all(pids: list[int]) -> tuple[float, float]:
+    run, wait = 0.0, 0.0
+    for pid in pids:
+        r, w = _sched(pid)
+        run, wait = run + r, wait + w
+    return run, wait
+
+
 def _sched(pid: int) -> tuple[float, float]:
     """(seconds on a CPU, seconds runnable but waiting for one) from /proc/PID/schedstat."""
     try:
@@ -485,7 +516,8 @@ def _fmt_dist(d: dict[str, Any]) -> str:
 def render(r: dict[str, Any]) -> str:
     lines = [
         f"tokenwire loadtest — {r['mode']}: {r['streams']:,} sockets from {r['clients']} client processes, "
-        f"{r['duration_s']} s measured after {r['warmup_s']} s warm-up ({r['date']}, {r['machine']})",
+        f"{r['duration_s']} s measured after {r['warmup_s']} s warm-up ({r['date']}, {r['machine']}; "
+        f"gateway: {r.get('gateway_workers', 1)} process(es), {r.get('event_loop', 'asyncio')})",
     ]
     if "memory_per_socket_kb" in r:
         lines.append(
@@ -543,6 +575,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="asyncio",
         help="the gateway's event loop (auto: uvloop when installed)",
     )
+    p.add_argument(
+        "--workers", type=int, default=1, help="gateway processes (serve --workers; more than 1 uses --redis-url)"
+    )
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis for --workers > 1")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (- = stdout)")
 
 
