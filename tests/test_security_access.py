@@ -230,3 +230,53 @@ async def test_only_the_key_that_started_a_stream_may_resume_it(keyed) -> None:
         await same.send({"type": "attach", "id": "x", "stream_id": "s_resume_me_1", "last_seq": 0})
         events = await same.until_end("x")
         assert events[-1]["type"] == "end" and events[0]["seq"] == 1
+
+
+async def test_conversations_belong_to_the_key_that_made_them(keyed) -> None:
+    """Knowing another key's conversation id reads nothing of it and continues nothing of it."""
+    alice = {"Authorization": "Bearer " + keyed.keys["alice"]}
+    bob = {"Authorization": "Bearer " + keyed.keys["bob"]}
+    turn = {"type": "chat", "model": "gpt-4.1", "conversation_id": "team-notes", "params": {"max_tokens": 3}}
+    async with await WS.connect(keyed.ws, headers=alice) as ws:
+        await ws.send({**turn, "id": "a1", "content": "alice's secret plan"})
+        events = await ws.until_end("a1")
+        assert events[0]["conversation_id"] == "team-notes" and events[-1]["status"] == "completed"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(keyed.http + "/v1/conversations/team-notes", headers=bob) as r:
+            assert r.status == 404
+        async with s.delete(keyed.http + "/v1/conversations/team-notes", headers=bob) as r:
+            assert r.status == 404
+    async with await WS.connect(keyed.ws, headers=bob) as ws:  # the same id: bob's own conversation
+        await ws.send({**turn, "id": "b1", "content": "bob's turn"})
+        events = await ws.until_end("b1")
+        assert events[0]["conversation_id"] == "team-notes" and events[-1]["status"] == "completed"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(keyed.http + "/v1/conversations/team-notes", headers=alice) as r:
+            mine = (await r.json())["messages"]
+        async with s.get(keyed.http + "/v1/conversations/team-notes", headers=bob) as r:
+            theirs = (await r.json())["messages"]
+    assert [m["content"] for m in mine if m["role"] == "user"] == ["alice's secret plan"]
+    assert [m["content"] for m in theirs if m["role"] == "user"] == ["bob's turn"]
+    assert len(mine) == len(theirs) == 2  # each: its user turn and the reply
+
+
+async def test_a_polled_generation_is_read_only_by_its_key(keyed) -> None:
+    alice = {"Authorization": "Bearer " + keyed.keys["alice"]}
+    bob = {"Authorization": "Bearer " + keyed.keys["bob"]}
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "poll me"}], "max_tokens": 3}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(keyed.http + "/v1/poll/start", json=body, headers=alice) as r:
+            sid = (await r.json())["id"]
+        async with s.get(keyed.http + f"/v1/poll/{sid}?wait=2", headers=bob) as r:
+            assert r.status == 404
+        async with s.get(keyed.http + f"/v1/poll/{sid}?wait=2", headers=alice) as r:
+            assert r.status == 200 and (await r.json())["events"][0]["type"] == "start"
+
+
+async def test_metrics_need_a_key_once_keys_exist(keyed) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(keyed.http + "/metrics") as r:
+            assert r.status == 401
+        headers = {"Authorization": "Bearer " + keyed.keys["alice"]}
+        async with s.get(keyed.http + "/metrics", headers=headers) as r:
+            assert r.status == 200 and "tokenwire_open_sockets" in await r.text()

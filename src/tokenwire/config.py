@@ -146,6 +146,8 @@ class Settings:
     ip_max_sockets: int = 0
     #: frames a client may send per second on one socket (a burst of this many is allowed)
     max_frames_per_second: int = 200
+    #: serve /metrics without a key even when keys exist (only where the scraper alone can reach it)
+    metrics_open: bool = False
     #: seconds a socket's send buffer may stay full before its generations are cut (0 = never)
     slow_consumer_timeout: float = 30.0
 

@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from . import __version__
+from .protocol.errors import GatewayError
 
 if TYPE_CHECKING:
     from .server.gateway import Gateway
@@ -278,7 +279,16 @@ def process_usage(pid: int) -> tuple[int, float]:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    """Prometheus text. Once keys exist it needs one, like every endpoint (usage and costs are
+    business data), unless ``metrics_open`` says the port is only reachable by the scraper."""
     gw: Gateway = request.app["gateway"]
+    if not gw.settings.metrics_open:
+        try:
+            await gw.authenticate_http(request)
+        except GatewayError as err:
+            from .server.http_api import error_response
+
+            return error_response(err)
     return web.Response(
         text=gw.metrics.render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

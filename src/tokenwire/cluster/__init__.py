@@ -31,7 +31,7 @@ import orjson
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach, Chat
 from ..router import Route
-from ..server.relay import Registry, Run
+from ..server.relay import Registry, Run, conversation_key
 from ..store.redis import FAULTS, RedisConversationStore
 from .follower import RemoteRun
 from .shipper import StreamShipper
@@ -97,7 +97,7 @@ class ClusterRegistry(Registry):
                     raise GatewayError("duplicate_id", f"stream_id {stream_id} is already in use")
                 meta = (meta_key, epoch, meta_value)
             if conversation_id is not None:
-                lock_key = f"{c.prefix}:busy:{conversation_id}"
+                lock_key = f"{c.prefix}:busy:{conversation_key(conversation_id, chat.owner)}"
                 token = f"{c.instance}:{stream_id}"
                 got = await link.call(r.set(lock_key, token, nx=True, px=LOCK_MS), "locking the conversation")
                 if not got:

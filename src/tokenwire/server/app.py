@@ -20,6 +20,7 @@ from ..protocol.errors import GatewayError
 from .gateway import Gateway
 from .http_api import chat_completions, error_response, list_models
 from .poll import poll_events, poll_start
+from .relay import conversation_key
 from .ws import CLOSE_DRAIN, websocket_handler
 
 __all__ = ["create_app", "run_server"]
@@ -54,12 +55,12 @@ async def healthz(request: web.Request) -> web.Response:
 async def get_conversation(request: web.Request) -> web.Response:
     gw: Gateway = request.app["gateway"]
     try:
-        await gw.authenticate_http(request)
+        principal = await gw.authenticate_http(request)
     except GatewayError as err:
         return error_response(err)
     cid = request.match_info["cid"]
     try:
-        messages = await gw.store.history(cid)
+        messages = await gw.store.history(conversation_key(cid, principal))
     except GatewayError as err:  # e.g. store_unavailable while Redis is down
         return error_response(err)
     if not messages:
@@ -70,11 +71,11 @@ async def get_conversation(request: web.Request) -> web.Response:
 async def delete_conversation(request: web.Request) -> web.Response:
     gw: Gateway = request.app["gateway"]
     try:
-        await gw.authenticate_http(request)
+        principal = await gw.authenticate_http(request)
     except GatewayError as err:
         return error_response(err)
     try:
-        found = await gw.store.delete(request.match_info["cid"])
+        found = await gw.store.delete(conversation_key(request.match_info["cid"], principal))
     except GatewayError as err:
         return error_response(err)
     return _json({"deleted": found}, 200 if found else 404)

@@ -99,7 +99,7 @@ async def poll_events(request: web.Request) -> web.Response:
     """Events after ``after`` (default -1: from ``start``); ``done`` once ``end`` is included."""
     gw: Gateway = request.app["gateway"]
     try:
-        await gw.authenticate_http(request)
+        principal = await gw.authenticate_http(request)
         try:
             after = int(request.query.get("after", "-1"))
             wait = min(float(request.query.get("wait", "0")), MAX_WAIT)
@@ -109,6 +109,10 @@ async def poll_events(request: web.Request) -> web.Response:
         if entry is None:
             raise GatewayError("not_found", "no such polled generation (unknown, or ended too long ago)")
         run, watch = entry
+        owner = getattr(run.chat.owner, "key_id", None)
+        if owner is not None and getattr(principal, "key_id", None) != owner:
+            # another key's generation: as if it did not exist (its id must have leaked)
+            raise GatewayError("not_found", "no such polled generation (unknown, or ended too long ago)")
         gen = run.gen
         if watch.idle is not None and not gen.ended:
             watch.idle.cancel()

@@ -27,7 +27,7 @@ from ..simulate.reply import estimate_tokens
 from ..store.base import ConversationStore
 from ..upstream.base import ChatCall, UpstreamStream
 
-__all__ = ["END", "START", "Registry", "Run", "Subscriber"]
+__all__ = ["END", "START", "Registry", "Run", "Subscriber", "conversation_key"]
 
 log = logging.getLogger("tokenwire.relay")
 
@@ -43,6 +43,19 @@ FINISH = ev.FINISH
 USAGE = ev.USAGE
 ERROR = ev.ERROR
 MODEL = ev.MODEL
+
+
+def conversation_key(conversation_id: str | None, owner: Any) -> str | None:
+    """Where a conversation is stored: under the id of the API key that uses it.
+
+    So one key can never read or continue another key's conversation, even knowing
+    its id; the client only ever sees its own id. Without keys (open mode) the id
+    is used as given.
+    """
+    if conversation_id is None:
+        return None
+    key_id = getattr(owner, "key_id", None)
+    return f"k/{key_id}/{conversation_id}" if key_id else conversation_id
 
 
 class Subscriber(Protocol):
@@ -398,10 +411,11 @@ class Registry:
         stream_id = chat.stream_id or self.new_stream_id()
         if stream_id in self.runs:
             raise GatewayError("duplicate_id", f"stream_id {stream_id} is already in use", extra={"id": chat.id})
+        public_id, conversation_id = conversation_id, conversation_key(conversation_id, chat.owner)
         if conversation_id is not None and conversation_id in self.busy_conversations:
             raise GatewayError(
                 "conversation_busy",
-                f"conversation {conversation_id} is already generating a reply; wait for its end or cancel it",
+                f"conversation {public_id} is already generating a reply; wait for its end or cancel it",
                 retryable=True,
                 extra={"id": chat.id},
             )
@@ -419,7 +433,7 @@ class Registry:
             "model": route.model,
             "provider": route.provider.name,
             "simulated": route.provider.simulated,
-            "conversation_id": conversation_id,
+            "conversation_id": public_id,
             "resumable": resumable,
         }
         loop = asyncio.get_running_loop()
