@@ -185,6 +185,8 @@ def test_chat_with_embedded_gateway_and_quit(tmp_path: Path) -> None:
         term.keys("hi there", "Enter")
         screen = term.wait(STATS)
         assert text("hi there", 12).strip() in screen, screen
+        assert '"event":' not in screen, "the embedded gateway's JSON log must not reach the chat"
+        assert '"event":"generation"' in (tmp_path / "tokenwire" / "embedded-gateway.log").read_text()
         term.keys("/quit", "Enter")
         term.wait(r"EXIT=0")
     finally:

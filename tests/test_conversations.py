@@ -116,3 +116,40 @@ async def test_next_turn_right_after_end_is_never_busy(gateway) -> None:
     async with aiohttp.ClientSession() as s, s.get(gateway.http + "/v1/conversations/rapid") as r:
         stored = (await r.json())["messages"]
     assert [m["role"] for m in stored] == ["user", "assistant"] * 20
+
+
+async def test_a_failed_turn_stores_nothing_so_a_retry_is_not_a_duplicate(spawn, sim, tmp_path) -> None:
+    env = {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": sim.http + "/v1", "TOKENWIRE_DB": str(tmp_path / "c.db")}
+    gw = spawn("serve", "--port", "0", env=env)
+    turn = {"type": "chat", "conversation_id": "retry-me", "params": {"max_tokens": 8}}
+    async with await WS.connect(gw.ws) as ws:
+        await ws.send({**turn, "id": "1", "model": "gpt-4.1@tps=0", "content": "first question"})
+        assert (await ws.until_end("1"))[-1]["status"] == "completed"
+        # cut after 3 tokens: the client saw part of a reply and an error
+        await ws.send({**turn, "id": "2", "model": "gpt-4.1@tps=0@fault=cut:3", "content": "second question"})
+        failed = await ws.until_end("2")
+        assert failed[-1]["status"] == "failed" and text_of(failed)
+        # refused before any token (HTTP 500 from the provider)
+        await ws.send({**turn, "id": "3", "model": "gpt-4.1@tps=0@fault=500", "content": "second question"})
+        assert (await ws.until_end("3"))[-1]["status"] == "failed"
+        await ws.send({**turn, "id": "4", "model": "gpt-4.1@tps=0", "content": "second question"})
+        retried = await ws.until_end("4")
+        assert retried[-1]["status"] == "completed"
+        # a cancelled reply keeps what was sent
+        await ws.send({**turn, "id": "5", "model": "gpt-4.1@tps=20", "content": "third question"})
+        cancelled = [await ws.recv()]
+        while cancelled[-1]["type"] != "token":
+            cancelled.append(await ws.recv())
+        await ws.send({"type": "cancel", "id": "5"})
+        cancelled += await ws.until_end("5")
+        assert cancelled[-1]["status"] == "cancelled"
+    async with aiohttp.ClientSession() as s, s.get(gw.http + "/v1/conversations/retry-me") as r:
+        messages = (await r.json())["messages"]
+    assert [(m["role"], m["content"]) for m in messages if m["role"] == "user"] == [
+        ("user", "first question"),
+        ("user", "second question"),
+        ("user", "third question"),
+    ]
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 3
+    assert messages[3]["content"] == text_of(retried)
+    assert messages[5]["content"] == text_of(cancelled) and 0 < len(text_of(cancelled))

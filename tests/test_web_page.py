@@ -398,6 +398,12 @@ def test_errors_show_in_page_with_retry(new_page, slow_gateway: Proc) -> None:
     wait_end(second)
     assert last_raw(second) == expected("me too", 150)  # the settings are shared through localStorage
     assert second.locator(".error").count() == 0
+    # after a reload, the history holds each question once, each with its reply
+    second.reload()
+    load(second, slow_gateway.http + "/")
+    poll(second, "() => document.querySelectorAll('.msg').length === 4")
+    users = second.eval_on_selector_all(".msg.user", "els => els.map(e => e.innerText.trim())")
+    assert [u.removeprefix("You").strip() for u in users] == ["long one", "me too"]
 
     # A non-retryable error (unknown model) is shown without a Retry button.
     second.evaluate(

@@ -7,8 +7,11 @@ It runs on its own event loop in a daemon thread, on a free port, with the same 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
+from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 __all__ = ["EmbeddedGateway", "is_listening"]
@@ -32,16 +35,27 @@ class EmbeddedGateway:
         self.runner: object | None = None
         self.url = ""
         self.providers = ""
+        self.log_path: Path | None = None
+        self._log: IO[str] | None = None
 
     def start(self) -> str:
         """Start serving; returns the WebSocket URL."""
         from aiohttp import web
 
-        from ..config import load_settings
+        from ..config import default_db_path, load_settings
+        from ..metrics import setup_event_log
         from ..server.app import create_app
         from ..server.gateway import Gateway
 
         settings = load_settings(None, overrides={"host": "127.0.0.1", "port": 0})
+        # The gateway's JSON log lines must not land in the middle of the chat on the terminal.
+        self.log_path = Path(default_db_path()).parent / "embedded-gateway.log"
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "a", encoding="utf-8")
+        except OSError:
+            self._log = open(os.devnull, "w", encoding="utf-8")
+        setup_event_log(self._log)
 
         async def setup() -> str:
             gw = Gateway(settings)
@@ -71,3 +85,5 @@ class EmbeddedGateway:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
         self.loop.close()
+        if self._log is not None:
+            self._log.flush()

@@ -130,11 +130,9 @@ class ClusterRegistry(Registry):
         except GatewayError:
             pass  # it expires on its own
 
-    async def commit_reply(self, run: Run) -> None:
+    async def commit_reply(self, run: Run, status: str) -> None:
         """The reply is stored; free the conversation on every instance before ``end`` goes out."""
-        parent = getattr(super(), "commit_reply", None)
-        if parent is not None:
-            await parent(run)
+        await super().commit_reply(run, status)
         lock = self.locks.pop(run.gen.stream_id, None)
         if lock is not None:
             await self._release(*lock)

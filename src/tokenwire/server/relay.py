@@ -91,6 +91,7 @@ class Run:
         "route",
         "subs",
         "task",
+        "turn",
         "upstream",
         "watch",
     )
@@ -125,6 +126,8 @@ class Run:
         #: registry's one watchdog task can spot a silent provider (no timer per read)
         self.reads = 0
         self.watch: tuple[int, float] = (0, 0.0)  #: the watchdog's last (reads, when it changed)
+        #: the client's new messages (and a new system prompt), stored with the reply at its end
+        self.turn: tuple[list[dict[str, Any]], str | None] | None = None
 
     # -- control ------------------------------------------------------------
     def set_paused(self, *, by_socket: bool | None = None, self_: bool | None = None) -> None:
@@ -357,7 +360,7 @@ class Run:
         registry.stats["tokens"] += n
         # The reply is in the history, and the conversation free, before anyone sees
         # ``end``: a client may send its next turn the moment it does.
-        await registry.commit_reply(self)
+        await registry.commit_reply(self, status)
         try:
             if error is not None:
                 wait = self._emit(gen.error(error), ERROR, error)
@@ -424,7 +427,7 @@ class Registry:
         if conversation_id is not None:
             self.busy_conversations.add(conversation_id)
         try:
-            messages = await self._prompt(chat, conversation_id)
+            messages, run.turn = await self._prompt(chat, conversation_id)
         except BaseException:
             self._forget(run)
             raise
@@ -461,19 +464,17 @@ class Registry:
                 elif reads & 1 and now - run.watch[1] >= limit and not run.gen.ended:
                     run.cancel(READ_TIMEOUT)
 
-    async def _prompt(self, chat: Chat, conversation_id: str | None) -> list[dict[str, Any]]:
+    async def _prompt(
+        self, chat: Chat, conversation_id: str | None
+    ) -> tuple[list[dict[str, Any]], tuple[list[dict[str, Any]], str | None] | None]:
+        """The messages to send upstream, and what to store once the reply has ended."""
         new = chat.messages if chat.messages is not None else [{"role": "user", "content": chat.content}]
         if conversation_id is None:
             if chat.system is not None and not any(m.get("role") == "system" for m in new):
-                return [{"role": "system", "content": chat.system}, *new]
-            return list(new)
+                return [{"role": "system", "content": chat.system}, *new], None
+            return list(new), None
         try:
             past = await self.store.history(conversation_id)
-            system = chat.system
-            if system is not None and past and past[0]["role"] == "system":
-                if past[0]["content"] == system:
-                    system = None  # already stored once; never appended again
-            await self.store.append(conversation_id, list(new), system=system)
         except GatewayError:
             raise
         except Exception as exc:
@@ -484,20 +485,31 @@ class Registry:
                 retryable=True,
                 extra={"id": chat.id},
             ) from None
+        system = chat.system
+        if system is not None and past and past[0]["role"] == "system":
+            if past[0]["content"] == system:
+                system = None  # already stored once; never appended again
         if system is not None:
             past = [m for m in past if m["role"] != "system"]
             past.insert(0, {"role": "system", "content": system})
-        return past + list(new)
+        return past + list(new), (list(new), system)
 
-    async def commit_reply(self, run: Run) -> None:
-        """Store the reply's text (all of it that was sent) and free the conversation."""
+    async def commit_reply(self, run: Run, status: str) -> None:
+        """Store the turn with its reply, then free the conversation (before ``end`` goes out).
+
+        The user's messages are stored together with the reply, never alone: a turn that
+        failed, or produced no text at all, leaves the history as it was, so a client can
+        simply send it again (a Retry button) without the question appearing twice. A
+        cancelled reply keeps what was sent.
+        """
         conv = run.conversation_id
         if conv is None:
             return
         answer = run.gen.answer
         try:
-            if answer:
-                await self.store.append(conv, [{"role": "assistant", "content": answer}])
+            if answer and status != FAILED and run.turn is not None:
+                new, system = run.turn
+                await self.store.append(conv, [*new, {"role": "assistant", "content": answer}], system=system)
         except Exception:
             log.exception("could not store the reply of %s", run.gen.stream_id)
         finally:

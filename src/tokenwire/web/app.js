@@ -264,13 +264,17 @@ function resumePending(history) {
     /* ignore */
   }
   if (!pending || pending.conv !== app.conversationId || app.current) return;
-  const last = history.filter((m) => m.role === "user" || m.role === "assistant").at(-1);
-  if (!last || last.role !== "user" || last.content !== pending.text) {
+  // The gateway stores a turn together with its reply, when the reply ends.
+  const turns = history.filter((m) => m.role === "user" || m.role === "assistant");
+  const [asked, answered] = turns.slice(-2);
+  if (asked?.role === "user" && asked.content === pending.text && answered?.role === "assistant") {
     sessionStore.set(KEY.pending, null); // its reply is already in the history
     return;
   }
+  addMessage("user", pending.text);
   const view = addMessage("assistant", "");
-  follow(app.client.resume(pending.streamId), view, { model: pending.model });
+  const { text, model } = pending;
+  follow(app.client.resume(pending.streamId), view, { model, retry: () => ask(text, view) });
 }
 
 ui.stop.addEventListener("click", () => app.current?.gen.cancel());
@@ -356,7 +360,7 @@ async function loadHistory() {
   const cid = app.conversationId;
   try {
     const r = await fetch(`/v1/conversations/${encodeURIComponent(cid)}`, { headers: authHeaders() });
-    if (r.status === 404) return; // a new conversation
+    if (r.status === 404) return resumePending([]); // nothing stored yet: maybe its first reply is streaming
     if (!r.ok) throw new TokenwireError("http_" + r.status, `could not load the conversation (HTTP ${r.status})`, { retryable: true });
     const body = await r.json();
     if (cid !== app.conversationId) return; // "New chat" was pressed meanwhile
