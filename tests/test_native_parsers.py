@@ -285,3 +285,19 @@ def test_weighted_and_ordered_strategies_and_breaker() -> None:
     assert not dep.admit(11.5)  # … at a time
     dep.success(0.2)
     assert dep.state == CLOSED and dep.failures == 0 and dep.latency == 0.2
+
+
+def test_retry_after_in_every_form_providers_send() -> None:
+    from email.utils import formatdate
+
+    from tokenwire.upstream.base import retry_after_seconds
+
+    now = 1_800_000_000.0
+    assert retry_after_seconds({"Retry-After": "7"}, now) == 7.0
+    assert retry_after_seconds({"Retry-After": "1.5"}, now) == 1.5
+    assert retry_after_seconds({"Retry-After": formatdate(now + 30, usegmt=True)}, now) == 30.0
+    assert retry_after_seconds({"Retry-After": formatdate(now - 30, usegmt=True)}, now) == 0.0  # already past
+    assert retry_after_seconds({"retry-after-ms": "250", "Retry-After": "9"}, now) == 0.25  # the finer one wins
+    assert retry_after_seconds({"Retry-After": "-3"}, now) == 0.0
+    assert retry_after_seconds({"Retry-After": "soon"}, now) is None
+    assert retry_after_seconds({}, now) is None

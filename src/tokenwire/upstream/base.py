@@ -7,7 +7,11 @@ read at a time. The relay never sees a provider's wire format.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from ..protocol import events as ev
@@ -15,7 +19,7 @@ from ..protocol.errors import GatewayError
 from ..protocol.events import Event
 from ..protocol.sse import SSEDecoder, SSEError
 
-__all__ = ["ChatCall", "Provider", "StreamParser", "UpstreamStream", "http_error"]
+__all__ = ["ChatCall", "Provider", "StreamParser", "UpstreamStream", "http_error", "retry_after_seconds"]
 
 
 @dataclass(slots=True)
@@ -108,6 +112,31 @@ _STATUS_CODES = {
     422: ("upstream_bad_request", False),
     429: ("upstream_rate_limited", True),
 }
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """How long a provider asks us to wait: ``retry-after-ms`` (Azure OpenAI), else
+    ``Retry-After`` as seconds or as an HTTP date (RFC 9110 §10.2.3). None if absent or unreadable."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def http_error(provider: str, status: int, message: str, retry_after: float | None = None) -> GatewayError:

@@ -16,7 +16,7 @@ import orjson
 from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.events import Event
-from .base import ChatCall, StreamParser, http_error
+from .base import ChatCall, StreamParser, http_error, retry_after_seconds
 from .http import HTTPUpstream, read_error_body
 
 __all__ = ["OpenAIProvider", "OpenAIStreamParser", "parse_openai_error"]
@@ -296,10 +296,7 @@ async def error_from_response(upstream: HTTPUpstream, resp: aiohttp.ClientRespon
     if isinstance(body, list) and body:
         body = body[0]
     err = parse_openai_error(upstream.name, body, status=resp.status)
-    retry_after = resp.headers.get("Retry-After")
-    if retry_after:
-        try:
-            err.extra["retry_after"] = float(retry_after)
-        except ValueError:
-            pass
+    retry_after = retry_after_seconds(resp.headers)
+    if retry_after is not None:
+        err.extra["retry_after"] = retry_after
     return upstream.redact(err)
