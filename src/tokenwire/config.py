@@ -349,6 +349,8 @@ _MODEL_KEYS = {
     "context_window": int,
     "input_per_mtok": float,
     "output_per_mtok": float,
+    "cached_input_per_mtok": float,
+    "cache_write_per_mtok": float,
 }
 _ROUTE_KEYS = {"deployments", "strategy", "weights", "fallbacks"}
 STRATEGIES = ("ordered", "latency", "weighted")

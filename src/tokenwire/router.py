@@ -193,6 +193,9 @@ class Router:
                         "input_per_mtok": info.input_per_mtok,
                         "output_per_mtok": info.output_per_mtok,
                     }
+                    for k in ("cached_input_per_mtok", "cache_write_per_mtok"):
+                        if getattr(info, k) is not None:
+                            entry["pricing"][k] = getattr(info, k)
             out.append(entry)
             seen.add(name)
 
