@@ -440,3 +440,33 @@ async def test_attach_on_another_instance_needs_the_same_key(cluster, tmp_path) 
     assert refused["type"] == "error" and refused["code"] == "forbidden", refused
     assert first[0]["type"] == "start"
     assert_exactly_once(first + rest, "keyed", 60)
+
+
+async def test_a_cancel_sent_while_redis_is_down_lands_when_it_is_back(cluster, private_redis) -> None:
+    a, b = cluster(2, url=private_redis.url, TOKENWIRE_REDIS_TIMEOUT="0.5")
+    sid = uuid.uuid4().hex
+    ws_a = await WS.connect(a.ws)
+    ws_b = await WS.connect(b.ws)
+    try:
+        await ws_a.send(chat("own", "cancel me through an outage", 2000, 20, sid))
+        on_a = [await ws_a.recv() for _ in range(3)]
+        await ws_b.send({"type": "attach", "id": "far", "stream_id": sid, "last_seq": -1})
+        assert (await ws_b.recv())["type"] == "start"
+        private_redis.kill()
+        for _ in range(100):
+            if (await health(b))["redis"]["ok"] is False:
+                break
+            await asyncio.sleep(0.05)
+        await ws_b.send({"type": "cancel", "id": "far"})  # B cannot reach Redis now
+        await asyncio.sleep(1.5)
+        private_redis.start()  # the cancel is re-sent until A, subscribed again, takes it
+        t_back = time.monotonic()
+        on_a += await ws_a.until_end("own", timeout=30)
+    finally:
+        await ws_a.close()
+        await ws_b.close()
+    end = on_a[-1]
+    assert end["type"] == "end" and end["status"] == "cancelled" and end["reason"] == "cancelled", end
+    assert time.monotonic() - t_back < 10
+    tokens = [e for e in on_a if e["type"] == "token"]
+    assert len(tokens) < 2000 * 0.1, "stopped early, not run to its end"

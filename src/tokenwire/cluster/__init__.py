@@ -24,6 +24,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,6 +49,7 @@ log = logging.getLogger("tokenwire.cluster")
 LOCK_MS = 30_000
 HEARTBEAT = 2.0
 ALIVE_TTL = 10
+CANCEL_RETRY_S = 30.0  #: how long a cancel is re-sent while Redis is down or the owner is not subscribed
 
 # Compare-and-delete: free a lock only if it is still ours.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -202,8 +204,15 @@ class Cluster:
             return True
 
     # -- control channel ----------------------------------------------------------
-    def send_control(self, op: str, stream_id: str, **args: Any) -> None:
-        """Publish a control message for the instance running ``stream_id`` (fire and forget)."""
+    def send_control(self, op: str, stream_id: str, *, settled: Callable[[], bool] | None = None, **args: Any) -> None:
+        """Publish a control message for the instance running ``stream_id``.
+
+        A ``cancel`` is retried (backing off, for up to CANCEL_RETRY_S) while Redis is
+        unreachable or no instance is subscribed yet (the owner re-subscribing after a Redis
+        restart), until ``settled()`` says the stream ended: a lost cancel would let a
+        generation run, and bill, to its end. Pause and resume are sent once: retrying them
+        could reorder them.
+        """
         msg = orjson.dumps({"op": op, "sid": stream_id, **args})
         run = self.registry.get(stream_id)
         if run is not None:  # it is ours after all
@@ -211,12 +220,21 @@ class Cluster:
             return
 
         async def publish() -> None:
-            try:
-                n = await self.link.call(self.link.redis.publish(self.channel, msg), f"sending {op}")
-                if not n:
-                    log.warning("%s for stream %s reached no instance", op, stream_id)
-            except GatewayError as err:
-                log.warning("%s", err.message)
+            delay = 0.1
+            give_up = time.monotonic() + (CANCEL_RETRY_S if op == "cancel" else 0.0)
+            while True:
+                try:
+                    n = await self.link.call(self.link.redis.publish(self.channel, msg), f"sending {op}")
+                    if n:
+                        return
+                    problem = f"{op} for stream {stream_id} reached no instance"
+                except GatewayError as err:
+                    problem = err.message
+                if (settled is not None and settled()) or time.monotonic() + delay > give_up:
+                    log.warning("%s", problem)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
         task = asyncio.get_running_loop().create_task(publish())
         self._tasks.append(task)

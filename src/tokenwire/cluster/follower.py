@@ -160,7 +160,8 @@ class RemoteRun:
             self.task.cancel()
 
     def cancel(self, reason: str = "cancelled") -> None:
-        self.cluster.send_control("cancel", self.gen.stream_id, reason=reason)
+        gen = self.gen
+        self.cluster.send_control("cancel", gen.stream_id, settled=lambda: gen.ended, reason=reason)
 
     def set_paused(self, *, by_socket: bool | None = None, self_: bool | None = None) -> None:
         self.cluster.send_control("pause", self.gen.stream_id, by_socket=by_socket, self_=self_)
