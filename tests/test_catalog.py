@@ -43,3 +43,10 @@ def test_a_config_file_sets_cache_rates() -> None:
     catalog = build_catalog({"gemini-2.5-flash": {"cached_input_per_mtok": 0.03}})
     assert price(catalog["gemini-2.5-flash"], usage(1000, 0, cached=1000)) == pytest.approx(30e-6)
     assert CATALOG["gemini-2.5-flash"].cached_input_per_mtok is None  # the built-in one is not touched
+
+
+def test_overriding_the_input_rate_drops_the_built_in_cache_rates() -> None:
+    catalog = build_catalog({"gpt-4.1": {"input_per_mtok": 10.0}})
+    assert catalog["gpt-4.1"].cached_input_per_mtok is None  # cached tokens at the new input rate
+    both = build_catalog({"gpt-4.1": {"input_per_mtok": 10.0, "cached_input_per_mtok": 2.5}})
+    assert both["gpt-4.1"].cached_input_per_mtok == 2.5

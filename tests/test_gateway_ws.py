@@ -345,3 +345,19 @@ async def test_no_traceback_on_garbage_handshake(gateway) -> None:
     assert head.startswith(b"HTTP/1.1 400") and b"Traceback" not in head
     out = orjson.dumps(gateway.text())
     assert b"Traceback" not in out
+
+
+async def test_idle_time_counts_from_the_end_of_the_last_reply(spawn) -> None:
+    """A reply longer than idle_timeout is not followed at once by an idle close."""
+    env = {"TOKENWIRE_DB": ":memory:", "TOKENWIRE_IDLE_TIMEOUT": "0.6", "TOKENWIRE_SIMULATED_SPEED": "1"}
+    gw = spawn("serve", "--port", "0", env=env)
+    async with await WS.connect(gw.ws) as ws:
+        await ws.send(
+            {"type": "chat", "id": "long", "model": "deepseek-v3.2", "content": "x", "params": {"max_tokens": 60}}
+        )
+        events = await ws.until_end("long", timeout=10)  # ~1 s at the seed's speed: past idle_timeout
+        assert events[-1]["status"] == "completed"
+        t_end = time.monotonic()
+        msg = await ws.ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4000
+        assert time.monotonic() - t_end >= 0.45  # a full idle period after the end, not one sweep

@@ -360,7 +360,12 @@ quick = "gemini-2.5-flash"
     by_id = {m["id"]: m for m in models["data"]}
     assert by_id["gpt-4.1"]["pricing"] == {"input_per_mtok": 10.0, "output_per_mtok": 20.0}
     assert by_id["house-model"]["context_window"] == 32000 and by_id["house-model"]["provider"] == "oai"
-    assert by_id["claude-sonnet-4.5"]["pricing"] == {"input_per_mtok": 3.0, "output_per_mtok": 15.0}
+    assert by_id["claude-sonnet-4.5"]["pricing"] == {
+        "input_per_mtok": 3.0,
+        "output_per_mtok": 15.0,
+        "cached_input_per_mtok": 0.3,
+        "cache_write_per_mtok": 3.75,
+    }
     assert models["aliases"]["quick"] == "gemini-2.5-flash" and models["aliases"]["best"] == "claude-sonnet-4.5"
 
 

@@ -286,3 +286,27 @@ async def test_pause_stops_reading_upstream(relay, sim) -> None:
     tokens = [e for e in events if e["type"] == "token"]
     assert len(tokens) == 200_000 and [e["seq"] for e in tokens[:5]] == [1, 2, 3, 4, 5]
     assert all(b["seq"] == a["seq"] + 1 for a, b in itertools.pairwise(tokens))
+
+
+async def test_no_first_token_limit_still_bounds_a_silent_provider(spawn, sim) -> None:
+    """first_token_timeout = 0 (no limit) must not let a provider that never answers hang a turn."""
+    gw = spawn(
+        "serve",
+        "--port",
+        "0",
+        env={
+            "OPENAI_API_KEY": "k",
+            "OPENAI_BASE_URL": sim.http + "/v1",
+            "TOKENWIRE_DB": ":memory:",
+            "TOKENWIRE_FIRST_TOKEN_TIMEOUT": "0",
+            "TOKENWIRE_READ_TIMEOUT": "0.5",
+            "TOKENWIRE_MAX_RETRIES": "0",
+        },
+    )
+    async with await WS.connect(gw.ws) as ws:
+        t0 = time.monotonic()
+        await ws.send({"type": "chat", "id": "s", "model": "gpt-4.1@fault=stall:0", "content": "x"})
+        events = await ws.until_end("s", timeout=10)
+    assert time.monotonic() - t0 < 3
+    err = next(e for e in events if e["type"] == "error")
+    assert err["code"] == "upstream_timeout" and not text_of(events)

@@ -145,3 +145,27 @@ async def test_a_worker_that_dies_is_replaced(spawn, sim, redis_url) -> None:
     async with aiohttp.ClientSession() as s:  # and the port still answers
         async with s.get(gw.http + "/healthz") as r:
             assert r.status == 200
+
+
+def test_a_bad_event_loop_is_refused_before_any_worker_starts(tmp_path, redis_url) -> None:
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "uvloop.py").write_text('raise ImportError("uvloop is broken here (test)")\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
+    env |= {
+        "PYTHONPATH": str(fake),
+        "TOKENWIRE_EVENT_LOOP": "uvloop",
+        "TOKENWIRE_REDIS_URL": redis_url,
+        "TOKENWIRE_REDIS_PREFIX": new_prefix(),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--workers", "2", "--db", ":memory:"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "configuration error: event_loop = uvloop, but uvloop is not installed" in r.stderr
+    assert "Traceback" not in r.stderr

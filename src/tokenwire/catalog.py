@@ -62,6 +62,8 @@ def build_catalog(overrides: dict[str, dict[str, Any]] | None = None) -> dict[st
     catalog = dict(CATALOG)
     for name, table in (overrides or {}).items():
         base = catalog.get(name) or ModelInfo(name, table.get("provider") or "", None, None, None)
+        if "input_per_mtok" in table:  # the built-in cache rates went with the built-in input rate
+            table = {"cached_input_per_mtok": None, "cache_write_per_mtok": None, **table}
         catalog[name] = replace(base, **table)
     return catalog
 

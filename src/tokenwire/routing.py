@@ -40,6 +40,8 @@ class Policy:
     """The routing numbers from Settings (one object per gateway)."""
 
     first_token_timeout: float = 60.0
+    #: the bound on a silent provider when ``first_token_timeout`` is 0 (no first-token limit)
+    read_timeout: float = 120.0
     max_retries: int = 2
     retry_backoff: float = 0.25
     retry_max_wait: float = 5.0
@@ -264,7 +266,8 @@ async def open_stream(route: Route, call: ChatCall) -> tuple[UpstreamStream, lis
             if dep is not None:
                 dep.stats["requests"] += 1
             try:
-                stream, first = await _attempt(target.provider, tcall, policy.first_token_timeout)
+                limit = policy.first_token_timeout if policy.first_token_timeout > 0 else policy.read_timeout
+                stream, first = await _attempt(target.provider, tcall, limit)
             except GatewayError as err:
                 last = err
                 if err.code == "upstream_bad_request" or (not err.retryable and err.code != "upstream_auth"):

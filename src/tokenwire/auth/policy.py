@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from ..catalog import cost_usd
+from ..catalog import price
 from ..config import ConfigError, Settings
 from ..protocol.errors import GatewayError, set_redactor
 from ..protocol.frames import Chat
@@ -287,8 +287,10 @@ class AccessPolicy:
         completion = int(usage.get("completion_tokens") or 0)
         if run.gen.status == "failed" and run.gen.token_count == 0:
             prompt = completion = 0  # refused upstream before anything was generated: not billed
+        # the same price as the reply's ``end.cost_usd``: this gateway's catalog (with its config
+        # overrides) and the provider's cache counts
         cost = (
-            (cost_usd(run.route.model, {"prompt_tokens": prompt, "completion_tokens": completion}) or 0.0)
+            (price(run.route.info, {**usage, "prompt_tokens": prompt, "completion_tokens": completion}) or 0.0)
             if (prompt or completion)
             else 0.0
         )

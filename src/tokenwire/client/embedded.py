@@ -86,4 +86,10 @@ class EmbeddedGateway:
             self.thread.join(10)
         self.loop.close()
         if self._log is not None:
-            self._log.flush()
+            from ..metrics import events_log
+
+            for handler in list(events_log.handlers):
+                if getattr(handler, "stream", None) is self._log:
+                    events_log.removeHandler(handler)
+            self._log.close()
+            self._log = None

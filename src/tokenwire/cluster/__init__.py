@@ -153,7 +153,9 @@ class Cluster:
         self.link = store.link
         self.prefix = settings.redis_prefix
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.channel = f"{self.prefix}:ctl"
+        #: control messages for this instance's streams (each instance listens on its own, so a
+        #: PUBLISH that reaches nobody means the owner is not listening: a cancel is re-sent)
+        self.channel = self.control_channel(self.instance)
         self.shipper = StreamShipper(self.link, self.prefix, settings.redis_flush_ms / 1000, settings.resume_retention)
         self.registry = ClusterRegistry(self, store, settings.resume_retention, settings.read_timeout)
         self.watchers: dict[str, _RemoteWatcher] = {}
@@ -204,8 +206,13 @@ class Cluster:
             return True
 
     # -- control channel ----------------------------------------------------------
-    def send_control(self, op: str, stream_id: str, *, settled: Callable[[], bool] | None = None, **args: Any) -> None:
-        """Publish a control message for the instance running ``stream_id``.
+    def control_channel(self, instance: str) -> str:
+        return f"{self.prefix}:ctl:{instance}"
+
+    def send_control(
+        self, op: str, stream_id: str, owner: str, *, settled: Callable[[], bool] | None = None, **args: Any
+    ) -> None:
+        """Publish a control message for ``owner``, the instance running ``stream_id``.
 
         A ``cancel`` is retried (backing off, for up to CANCEL_RETRY_S) while Redis is
         unreachable or no instance is subscribed yet (the owner re-subscribing after a Redis
@@ -224,10 +231,10 @@ class Cluster:
             give_up = time.monotonic() + (CANCEL_RETRY_S if op == "cancel" else 0.0)
             while True:
                 try:
-                    n = await self.link.call(self.link.redis.publish(self.channel, msg), f"sending {op}")
+                    n = await self.link.call(self.link.redis.publish(self.control_channel(owner), msg), f"sending {op}")
                     if n:
                         return
-                    problem = f"{op} for stream {stream_id} reached no instance"
+                    problem = f"{op} for stream {stream_id} did not reach instance {owner}"
                 except GatewayError as err:
                     problem = err.message
                 if (settled is not None and settled()) or time.monotonic() + delay > give_up:

@@ -144,7 +144,7 @@ class RemoteRun:
             self.task = asyncio.get_running_loop().create_task(self._follow())
         if not self.watching:
             self.watching = True
-            self.cluster.send_control("watch", self.gen.stream_id)
+            self.cluster.send_control("watch", self.gen.stream_id, self.owner)
 
     def unsubscribe(self, sub: Any) -> None:
         with contextlib.suppress(ValueError):
@@ -155,16 +155,16 @@ class RemoteRun:
     def _stop(self) -> None:
         if self.watching:
             self.watching = False
-            self.cluster.send_control("unwatch", self.gen.stream_id)
+            self.cluster.send_control("unwatch", self.gen.stream_id, self.owner)
         if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
             self.task.cancel()
 
     def cancel(self, reason: str = "cancelled") -> None:
         gen = self.gen
-        self.cluster.send_control("cancel", gen.stream_id, settled=lambda: gen.ended, reason=reason)
+        self.cluster.send_control("cancel", gen.stream_id, self.owner, settled=lambda: gen.ended, reason=reason)
 
     def set_paused(self, *, by_socket: bool | None = None, self_: bool | None = None) -> None:
-        self.cluster.send_control("pause", self.gen.stream_id, by_socket=by_socket, self_=self_)
+        self.cluster.send_control("pause", self.gen.stream_id, self.owner, by_socket=by_socket, self_=self_)
 
     # -- the live tail ----------------------------------------------------------
     async def _follow(self) -> None:

@@ -81,6 +81,7 @@ class Run:
         "conversation_id",
         "detached_at",
         "ended",
+        "finishing",
         "gate",
         "gen",
         "paused_by_socket",
@@ -128,6 +129,7 @@ class Run:
         self.watch: tuple[int, float] = (0, 0.0)  #: the watchdog's last (reads, when it changed)
         #: the client's new messages (and a new system prompt), stored with the reply at its end
         self.turn: tuple[list[dict[str, Any]], str | None] | None = None
+        self.finishing = False
 
     # -- control ------------------------------------------------------------
     def set_paused(self, *, by_socket: bool | None = None, self_: bool | None = None) -> None:
@@ -143,8 +145,12 @@ class Run:
             self.gate.set()
 
     def cancel(self, reason: str = "cancelled") -> None:
-        """Stop now: the task is cancelled, which closes the upstream response at once."""
-        if self.task is not None and not self.task.done() and self.cancel_reason is None:
+        """Stop now: the task is cancelled, which closes the upstream response at once.
+
+        Once the generation is finishing (its reply being stored, ``end`` going out) there is
+        nothing left to stop, and a cancel then must not cut the bookkeeping short.
+        """
+        if self.task is not None and not self.task.done() and self.cancel_reason is None and not self.finishing:
             self.cancel_reason = reason
             if self.upstream is not None:
                 self.upstream.close()
@@ -309,6 +315,24 @@ class Run:
         answered_model: str,
         call: ChatCall,
     ) -> None:
+        self.finishing = True
+        try:
+            await self._finish_inner(status, error, finish_reason, usage, ttft, total, answered_model, call)
+        finally:  # whatever happened above, the run ends and is accounted for
+            self.ended.set()
+            await self.registry.finished(self)
+
+    async def _finish_inner(
+        self,
+        status: str,
+        error: GatewayError | None,
+        finish_reason: str | None,
+        usage: dict[str, Any] | None,
+        ttft: float | None,
+        total: float,
+        answered_model: str,
+        call: ChatCall,
+    ) -> None:
         gen = self.gen
         registry = self.registry
         n = gen.token_count
@@ -371,9 +395,6 @@ class Run:
                 await wait
         except asyncio.CancelledError:
             pass
-        finally:
-            self.ended.set()
-            await registry.finished(self)
 
 
 def _answered(fields: dict[str, Any], route: Route, requested: str | None, attempts: int) -> None:
@@ -457,12 +478,18 @@ class Registry:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            for run in list(self.runs.values()):
-                reads = run.reads
-                if reads != run.watch[0]:
-                    run.watch = (reads, now)
-                elif reads & 1 and now - run.watch[1] >= limit and not run.gen.ended:
-                    run.cancel(READ_TIMEOUT)
+            try:
+                self._check_reads(now, limit)
+            except Exception:  # never let the watchdog die
+                log.exception("read watchdog failed")
+
+    def _check_reads(self, now: float, limit: float) -> None:
+        for run in list(self.runs.values()):
+            reads = run.reads
+            if reads != run.watch[0]:
+                run.watch = (reads, now)
+            elif reads & 1 and now - run.watch[1] >= limit and not run.gen.ended:
+                run.cancel(READ_TIMEOUT)
 
     async def _prompt(
         self, chat: Chat, conversation_id: str | None
@@ -507,9 +534,11 @@ class Registry:
             return
         answer = run.gen.answer
         try:
-            if answer and status != FAILED and run.turn is not None:
+            # any output counts (a reply of tool calls or reasoning only keeps the question)
+            if status != FAILED and run.gen.seq > 0 and run.turn is not None:
                 new, system = run.turn
-                await self.store.append(conv, [*new, {"role": "assistant", "content": answer}], system=system)
+                reply = [{"role": "assistant", "content": answer}] if answer else []
+                await self.store.append(conv, [*new, *reply], system=system)
         except Exception:
             log.exception("could not store the reply of %s", run.gen.stream_id)
         finally:

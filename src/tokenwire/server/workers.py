@@ -68,6 +68,9 @@ def _worker(settings: Settings, index: int, count: int, ready: Connection, paren
         run_server(settings, worker=(index, count), on_ready=lambda: ready.send(os.getpid()))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:
+        print(f"tokenwire: worker {index}: configuration error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 class _Supervisor:
@@ -91,11 +94,16 @@ class _Supervisor:
         ours.close()
         self.procs[i] = proc
         self.started[i] = time.monotonic()
-        if not theirs.poll(timeout):
-            proc.kill()
-            raise RuntimeError(f"worker {i} did not start within {timeout:g} s (its output is above)")
-        theirs.recv()
-        theirs.close()
+        try:
+            if not theirs.poll(timeout):
+                proc.kill()
+                raise RuntimeError(f"worker {i} did not start within {timeout:g} s (its output is above)")
+            theirs.recv()
+        except (EOFError, OSError):  # it exited before it was ready (its own error is above)
+            proc.join(5)
+            raise RuntimeError(f"worker {i} exited during start-up (code {proc.exitcode})") from None
+        finally:
+            theirs.close()
 
     def _worker_settings(self) -> Settings:
         from dataclasses import replace
@@ -166,6 +174,9 @@ def serve_workers(settings: Settings) -> int:
         )
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("workers > 1 needs SO_REUSEPORT, which this platform lacks: run one process per port")
+    from .app import loop_factory
+
+    loop_factory(settings.event_loop)  # a missing uvloop is a configuration error, said once, here
     reserved = _reserve(settings.host, settings.port)
     try:
         return _Supervisor(settings, reserved.getsockname()[1]).run()

@@ -121,7 +121,7 @@ class Session:
         self.last_seen = self.last_frame = time.monotonic()
         self.pinged = False
         self.closing = False
-        self._closer: asyncio.Task[bool] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self.principal = principal
         self.runs: dict[str, tuple[Run, Any]] = {}  # generation id -> (run, subscriber)
         self.ended_ids: deque[str] = deque(maxlen=256)
@@ -183,9 +183,14 @@ class Session:
         if not self.closing:
             self.closing = True
             # kept on the session: the loop holds tasks only weakly
-            self._closer = asyncio.get_running_loop().create_task(
-                self.ws.close(code=CLOSE_IDLE, message=b"idle timeout")
-            )
+            self._closer = asyncio.get_running_loop().create_task(self._close_idle(time.monotonic()))
+
+    async def _close_idle(self, decided: float) -> None:
+        await asyncio.sleep(0)  # a frame read in the same loop pass as the sweep wins
+        if self.runs or self.last_frame > decided - self.gw.settings.idle_timeout:
+            self.closing = False
+            return
+        await self.ws.close(code=CLOSE_IDLE, message=b"idle timeout")
 
     async def serve(self) -> None:
         ws = self.ws
@@ -309,6 +314,7 @@ class Session:
             if entry is not None and entry[0] is run:
                 del self.runs[id]
                 self.ended_ids.append(id)
+                self.last_frame = time.monotonic()  # idle counts from the end of the last reply
 
         asyncio.get_running_loop().create_task(self._wait_end(run, done))
 
