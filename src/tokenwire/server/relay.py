@@ -10,6 +10,7 @@ provider back and memory stays bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -200,6 +201,29 @@ class Run:
             return None
         return waits[0] if len(waits) == 1 else asyncio.gather(*waits)
 
+    def _cork(self) -> list[Any] | None:
+        """Cork every subscriber's socket writer (see FrameWriter.cork); the corked ones."""
+        corked = None
+        for sub in self.subs:
+            writer = getattr(sub, "writer", None)
+            if writer is not None and writer.cork():
+                if corked is None:
+                    corked = [writer]
+                else:
+                    corked.append(writer)
+        return corked
+
+    async def _uncork(self, corked: list[Any]) -> None:
+        """Send every corked writer's frames; wait for those past their buffer limit."""
+        for writer in corked:
+            try:
+                wait = writer.uncork()
+                if wait is not None:
+                    await wait
+            except (ConnectionError, RuntimeError):
+                pass  # that socket is gone: its subscriber is dropped at its next write
+        return None
+
     async def _settle(self, sub: Subscriber, wait: Awaitable[None]) -> None:
         try:
             await wait
@@ -217,6 +241,7 @@ class Run:
         usage: dict[str, Any] | None = None
         answered_model = self.route.upstream_model
         stream: UpstreamStream | None = None
+        corked: list[Any] | None = None
         registry.stats["generations"] += 1
         try:
             # Retries, fallbacks and circuit breakers happen before the first token
@@ -232,24 +257,35 @@ class Run:
                 await wait
             gate = self.gate
             emit = self._emit
+            corked: list[Any] | None = None
             while events is not None:
+                if len(events) > 1:  # a burst: its frames leave in one send per socket
+                    corked = self._cork()
                 for kind, value in events:
                     if kind == TOKEN:
                         if ttft is None:
                             ttft = time.monotonic() - t0
                         if not gate.is_set():
+                            if corked:
+                                corked = await self._uncork(corked)
                             await gate.wait()
                         wait = emit(gen.token(value), TOKEN, value)
                         if wait is not None:
+                            if corked:
+                                corked = await self._uncork(corked)
                             await wait
                     elif kind == REASONING or kind == TOOL_CALL:
                         if ttft is None:
                             ttft = time.monotonic() - t0
                         if not gate.is_set():
+                            if corked:
+                                corked = await self._uncork(corked)
                             await gate.wait()
                         rest = gen.reasoning(value) if kind == REASONING else gen.tool_call(value)
                         wait = emit(rest, kind, value)
                         if wait is not None:
+                            if corked:
+                                corked = await self._uncork(corked)
                             await wait
                     elif kind == FINISH:
                         finish_reason = value
@@ -259,6 +295,8 @@ class Run:
                         answered_model = value
                     elif kind == ERROR:
                         raise value
+                if corked:
+                    corked = await self._uncork(corked)
                 if not gate.is_set():
                     await gate.wait()
                 self.reads += 1
@@ -281,6 +319,10 @@ class Run:
             status = FAILED
             error = GatewayError("internal_error", f"internal error ({type(exc).__name__})")
         finally:
+            if corked:  # an error mid-burst: the tokens before it still go out, first
+                for writer in corked:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        writer.uncork()
             if stream is not None and status != COMPLETED:
                 stream.close()
             self.upstream = None

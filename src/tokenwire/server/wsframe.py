@@ -35,7 +35,7 @@ class FrameWriter:
     ``on_stall`` returns True when the task that was waiting must stop (it raises CancelledError).
     """
 
-    __slots__ = ("_drain", "_transport", "_ws", "on_stall", "stall_timeout", "stalled_at")
+    __slots__ = ("_corked", "_drain", "_transport", "_ws", "on_stall", "stall_timeout", "stalled_at")
 
     def __init__(
         self,
@@ -47,6 +47,8 @@ class FrameWriter:
         self.stall_timeout = stall_timeout
         self.on_stall = on_stall
         self.stalled_at: float | None = None
+        #: while corked, frames are collected here and written as one ``send`` by :meth:`uncork`
+        self._corked: list[bytes] | None = None
         writer = getattr(ws, "_writer", None)
         transport = getattr(writer, "transport", None)
         protocol = getattr(writer, "protocol", None)
@@ -67,11 +69,42 @@ class FrameWriter:
             raise ConnectionResetError("socket is closed")
         n = len(payload)
         if n < 126:
-            transport.write(_HEADERS[n] + payload)
+            frame = _HEADERS[n] + payload
         elif n < 65536:
-            transport.write(b"\x81\x7e" + n.to_bytes(2, "big") + payload)
+            frame = b"\x81\x7e" + n.to_bytes(2, "big") + payload
         else:
-            transport.write(b"\x81\x7f" + n.to_bytes(8, "big") + payload)
+            frame = b"\x81\x7f" + n.to_bytes(8, "big") + payload
+        corked = self._corked
+        if corked is not None:
+            corked.append(frame)
+            return None
+        transport.write(frame)
+        return self._check(transport)
+
+    def cork(self) -> bool:
+        """Collect the next frames and send them as one (several tokens from one upstream read).
+
+        A paced stream gets one token per read, so this only matters when tokens arrive in
+        bursts (a fast provider, or a gateway catching up): one ``send`` instead of one per token.
+        The caller must :meth:`uncork` before it awaits anything. False if not possible.
+        """
+        if self._transport is None or self._corked is not None:
+            return False
+        self._corked = []
+        return True
+
+    def uncork(self) -> Awaitable[None] | None:
+        """Send what was collected; an awaitable if the caller must wait (as :meth:`write`)."""
+        corked, self._corked = self._corked, None
+        transport = self._transport
+        if not corked or transport is None:
+            return None
+        if transport.is_closing():
+            raise ConnectionResetError("socket is closed")
+        transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        return self._check(transport)
+
+    def _check(self, transport: asyncio.WriteTransport) -> Awaitable[None] | None:
         if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             if self.stall_timeout <= 0:
                 return self._drain()  # type: ignore[misc]
