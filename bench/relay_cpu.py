@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=2000, help="tokens per reply")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=1, help="tokens per upstream network write (1 = one per chunk)")
-    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="asyncio", help="the gateway's event loop")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the gateway's event loop")
     args = p.parse_args()
     results = asyncio.run(measure(args))
     print(

@@ -572,8 +572,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
-        default="asyncio",
-        help="the gateway's event loop (auto: uvloop when installed)",
+        default="auto",
+        help="the gateway's event loop (auto: uvloop when installed, as `serve` does)",
     )
     p.add_argument(
         "--workers", type=int, default=1, help="gateway processes (serve --workers; more than 1 uses --redis-url)"
