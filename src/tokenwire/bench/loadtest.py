@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from ..metrics import process_usage
+from . import run_fast
 
 __all__ = ["add_arguments", "main"]
 
@@ -265,7 +266,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
 def _worker_main(cfg_json: str) -> None:
     _raise_nofile()
     cfg = orjson.loads(cfg_json)
-    result = asyncio.run(_worker(cfg))
+    result = run_fast(_worker(cfg))
     sys.stdout.write("result " + orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
     sys.stdout.flush()
 

@@ -22,6 +22,8 @@ import time
 
 import orjson
 
+from . import run_fast
+
 _HEAD = b'data: {"id":"chatcmpl-load","object":"chat.completion.chunk","created":0,"model":"m","choices":[{"index":0,'
 _RESP = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
@@ -166,7 +168,7 @@ def main() -> None:
         await server.serve_forever()
 
     try:
-        asyncio.run(serve())
+        run_fast(serve())
     except KeyboardInterrupt:
         pass
 
