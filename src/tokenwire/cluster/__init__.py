@@ -33,7 +33,7 @@ from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach, Chat
 from ..router import Route
 from ..server.relay import Registry, Run, conversation_key
-from ..store.redis import FAULTS, RedisConversationStore
+from ..store.redis import FAULTS, RedisConversationStore, raise_if_cancelled, stop_tasks
 from .follower import RemoteRun
 from .shipper import StreamShipper
 
@@ -160,6 +160,7 @@ class Cluster:
         self.registry = ClusterRegistry(self, store, settings.resume_retention, settings.read_timeout)
         self.watchers: dict[str, _RemoteWatcher] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False  #: the background loops check it too: a cancel can be swallowed
         self.control_ok = False
 
     # -- life cycle -------------------------------------------------------------
@@ -169,11 +170,8 @@ class Cluster:
 
     async def aclose(self) -> None:
         await self.shipper.aclose(self.link.deadline * 2)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        self._stopping = True
+        await stop_tasks(list(self._tasks))
         with contextlib.suppress(GatewayError):
             await self.link.call(self.link.redis.delete(self._alive_key(self.instance)))
 
@@ -189,7 +187,7 @@ class Cluster:
         return f"{self.prefix}:i:{instance}"
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._stopping:
             pipe = self.link.redis.pipeline(transaction=False)
             pipe.set(self._alive_key(self.instance), b"1", ex=ALIVE_TTL)
             for key, _ in self.registry.locks.values():
@@ -249,7 +247,7 @@ class Cluster:
 
     async def _control(self) -> None:
         delay = 0.1
-        while True:
+        while not self._stopping:
             pubsub = self.link.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 async with asyncio.timeout(self.link.deadline):
@@ -264,6 +262,7 @@ class Cluster:
                         except Exception:
                             log.exception("bad control message %r", msg.get("data"))
             except FAULTS as exc:
+                raise_if_cancelled(exc)
                 self.control_ok = False
                 self.link.fault(exc, "the control channel")
             finally:

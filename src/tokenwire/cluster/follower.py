@@ -23,7 +23,7 @@ import orjson
 from ..protocol.errors import GatewayError
 from ..protocol.stream import Generation, StreamExpired
 from ..server.relay import END, ERROR, TOKEN
-from ..store.redis import FAULTS
+from ..store.redis import FAULTS, raise_if_cancelled
 
 if TYPE_CHECKING:
     from . import Cluster
@@ -179,6 +179,7 @@ class RemoteRun:
                     async with asyncio.timeout(block_ms / 1000 + link.deadline):
                         resp = await link.redis.xread({self.key: self.last_id}, count=_PAGE, block=block_ms)
                 except FAULTS as exc:
+                    raise_if_cancelled(exc)
                     link.fault(exc, "following a stream")
                     if time.monotonic() - last_ok > FOLLOW_GRACE:
                         await self._fail(

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import NoScriptError
 
-from ..store.redis import FAULTS, RedisLink
+from ..store.redis import FAULTS, RedisLink, raise_if_cancelled, stop_tasks
 
 if TYPE_CHECKING:
     from ..server.relay import Run
@@ -167,7 +167,8 @@ class StreamShipper:
             try:
                 await self.flush()
                 backoff = 0.0
-            except FAULTS:
+            except FAULTS as exc:
+                raise_if_cancelled(exc)
                 backoff = min(1.0, max(0.05, backoff * 2))
             except Exception:
                 log.exception("shipping stream events to Redis failed")
@@ -246,7 +247,8 @@ class StreamShipper:
         while self.ships and time.monotonic() < deadline:
             try:
                 await self.flush()
-            except FAULTS:
+            except FAULTS as exc:
+                raise_if_cancelled(exc)
                 await asyncio.sleep(0.1)
             else:
                 if any(not s.run.gen.ended for s in self.ships.values()):
@@ -254,9 +256,7 @@ class StreamShipper:
         if self.ships:
             log.warning("%d stream logs not fully shipped to Redis at exit", len(self.ships))
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await stop_tasks([self._task])
         if self._conn is not None:
             with contextlib.suppress(BaseException):
                 await self.link.redis.connection_pool.release(self._conn)

@@ -179,6 +179,14 @@ def run_server(
     """
 
     async def main() -> None:
+        # Signals first: a SIGTERM that arrives while starting (a supervisor stopping its
+        # workers right after they said "ready") must drain, not be lost or kill us outright.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if hasattr(signal, "pthread_sigmask"):  # a worker starts with them blocked (server.workers)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         gw = Gateway(settings)
         gw.worker = worker
         app = create_app(settings, gw)
@@ -201,10 +209,6 @@ def run_server(
             print(f"tokenwire worker {worker[0]}/{worker[1]} (pid {os.getpid()}) ready on port {port}", flush=True)
         if on_ready is not None:
             on_ready()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         if worker is None:
             print("tokenwire: draining…", flush=True)

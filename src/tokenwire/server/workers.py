@@ -61,7 +61,7 @@ def _die_with_parent(parent: int) -> None:
 def _worker(settings: Settings, index: int, count: int, ready: Connection, parent: int) -> None:
     from .app import run_server
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # run_server installs its own handlers
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # still blocked; run_server handles, then unblocks them
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent)
     try:
@@ -90,7 +90,13 @@ class _Supervisor:
         proc = self.ctx.Process(
             target=_worker, args=(worker_settings, i, self.count, ours, os.getpid()), name=f"tokenwire-worker-{i}"
         )
-        proc.start()
+        # The worker starts with SIGINT/SIGTERM blocked, so neither can hit it before its event
+        # loop handles them (it unblocks them then): a stop during start-up drains, never lost.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         ours.close()
         self.procs[i] = proc
         self.started[i] = time.monotonic()

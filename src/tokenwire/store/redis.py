@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from ..protocol.errors import GatewayError
 from .base import Message
 
-__all__ = ["FAULTS", "RedisConversationStore", "RedisLink", "redact"]
+__all__ = ["FAULTS", "RedisConversationStore", "RedisLink", "raise_if_cancelled", "redact", "stop_tasks"]
 
 log = logging.getLogger("tokenwire.redis")
 
@@ -32,6 +32,19 @@ T = TypeVar("T")
 
 #: What a broken, restarting or unreachable Redis raises.
 FAULTS = (RedisError, OSError, TimeoutError)
+
+
+def raise_if_cancelled(exc: BaseException) -> None:
+    """Re-raise a cancellation the Redis client turned into an error.
+
+    redis-py can answer a cancel in the middle of a connect or a read with a connection
+    error. Treated as a fault, that swallowed the cancel: a background loop (heartbeat,
+    control channel) then never stopped, and a worker hung at shutdown (seen 1 in 15 starts
+    stopped at once).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
 
 
 def redact(url: str) -> str:
@@ -44,6 +57,26 @@ def redact(url: str) -> str:
         host += f":{parts.port}"
     user = parts.username or ""
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], patience: float = 5.0) -> None:
+    """Cancel background tasks and wait for them, cancelling again while they linger.
+
+    A cancel that lands inside the Redis client can be swallowed (redis-py may retry or turn
+    it into an error), and a loop would then go on for ever: a worker hung at shutdown.
+    """
+    deadline = time.monotonic() + patience
+    pending = [t for t in tasks if not t.done()]
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, still = await asyncio.wait(pending, timeout=0.5)
+        pending = list(still)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: never "exception was never retrieved"
+    if pending:
+        log.warning("%d background task(s) did not stop", len(pending))
 
 
 class RedisLink:
@@ -76,6 +109,7 @@ class RedisLink:
             async with asyncio.timeout(self.deadline):
                 result = await aw
         except FAULTS as exc:
+            raise_if_cancelled(exc)
             raise self.fault(exc, what) from None
         self.ok()
         return result
