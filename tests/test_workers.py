@@ -169,3 +169,21 @@ def test_a_bad_event_loop_is_refused_before_any_worker_starts(tmp_path, redis_ur
     assert r.returncode == 2, r.stderr
     assert "configuration error: event_loop = uvloop, but uvloop is not installed" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_stopped_right_after_start_every_time(sim, redis_url, tmp_path) -> None:
+    """SIGTERM the moment the supervisor says it listens: each time it drains and exits.
+
+    (A cancel swallowed inside the Redis client once left a worker's heartbeat running for
+    ever: 1 start-stop in 10-15 hung.)"""
+    from procs import start
+
+    for _ in range(6):
+        gw = start(
+            ["serve", "--port", "0", "--workers", "2"], env=workers_env(sim, redis_url), timeout=40, cwd=tmp_path
+        )
+        kids = children(gw.pid)
+        t0 = time.monotonic()
+        code = gw.stop(signal.SIGTERM, timeout=15)
+        assert code == 0, f"exit {code} after {time.monotonic() - t0:.1f} s:\n{gw.text()}"
+        assert not alive(kids)
