@@ -267,7 +267,10 @@ def _worker_main(cfg_json: str) -> None:
     _raise_nofile()
     cfg = orjson.loads(cfg_json)
     result = run_fast(_worker(cfg))
-    sys.stdout.write("result " + orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    # to a file, not down the stdout pipe: a result of 64 KiB and more came out cut at 64 KiB
+    # with the client on uvloop
+    Path(cfg["result_path"]).write_bytes(orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS))
+    sys.stdout.write("result written\n")
     sys.stdout.flush()
 
 
@@ -364,8 +367,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rss0, _ = _usage(gw_pids)
         q, extra = divmod(args.streams, args.clients)
         per = [q + (1 if i < extra else 0) for i in range(args.clients)]
-        for n in per:
+        for i, n in enumerate(per):
             cfg = {
+                "result_path": str(work / f"client-{i}.json"),
                 "url": f"ws://127.0.0.1:{gw_port}/ws/chat",
                 "streams": n,
                 "mode": args.mode,
@@ -416,11 +420,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         s1 = _sched_all(gw_pids)
         rss_end, _ = _usage(gw_pids)
         results = []
-        for w in workers:
+        for i, w in enumerate(workers):
             out, _ = w.communicate(timeout=args.warmup + args.duration + 120)
-            for line in out.splitlines():
-                if line.startswith(b"result "):
-                    results.append(orjson.loads(line[7:]))
+            if b"result written" in out:
+                results.append(orjson.loads((work / f"client-{i}.json").read_bytes()))
         if len(results) != len(workers):
             raise RuntimeError("a load client failed; see its output")
     finally:
