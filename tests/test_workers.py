@@ -17,6 +17,7 @@ import pytest
 from redisutil import new_prefix, shared_or_private
 from wsutil import WS, text_of
 
+import tokenwire
 from tokenwire.simulate.reply import reply_tokens
 
 
@@ -187,3 +188,42 @@ def test_stopped_right_after_start_every_time(sim, redis_url, tmp_path) -> None:
         code = gw.stop(signal.SIGTERM, timeout=15)
         assert code == 0, f"exit {code} after {time.monotonic() - t0:.1f} s:\n{gw.text()}"
         assert not alive(kids)
+
+
+async def test_metrics_add_up_every_worker(spawn, sim, redis_url) -> None:
+    """Whichever worker a scrape reaches, /metrics describes the whole gateway."""
+    gw = spawn("serve", "--port", "0", "--workers", "2", env=workers_env(sim, redis_url), timeout=40)
+    seen_workers: set[str] = set()
+    n = 0
+    while n < 8 or len(seen_workers) < 2:  # sockets spread over both workers; each streams a reply
+        assert n < 60, "60 sockets all reached one worker"
+        ws, worker = await connect(gw.ws)
+        seen_workers.add(worker)
+        async with ws:
+            await ws.send({"type": "chat", "id": f"m{n}", "model": "gpt-4.1@tps=0", "content": "count me"})
+            events = await ws.until_end(f"m{n}")
+            assert events[-1]["status"] == "completed"
+        n += 1
+    tokens = sum(1 for e in events if e["type"] == "token")  # every reply is the same length
+    values = []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(6):  # each scrape lands on either worker
+            async with s.get(gw.http + "/metrics", headers={"Connection": "close"}) as r:
+                text = await r.text()
+            sample = {
+                line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            }
+            values.append(
+                (
+                    sample["tokenwire_ws_connections_total"],
+                    sum(v for k, v in sample.items() if k.startswith("tokenwire_tokens_relayed_total")),
+                    sample[f'tokenwire_build_info{{version="{tokenwire.__version__}"}}'],
+                )
+            )
+            assert text.count("# TYPE tokenwire_ws_connections_total counter") == 1
+        async with s.get(gw.http + "/metrics?scope=worker") as r:  # one worker's own figures
+            own = await r.text()
+    assert set(values) == {(float(n), float(n * tokens), 1.0)}, values
+    assert f"tokenwire_ws_connections_total {n}\n" not in own  # a single worker saw fewer

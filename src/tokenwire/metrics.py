@@ -9,6 +9,7 @@ rejection or client error.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -282,15 +283,23 @@ async def metrics_handler(request: web.Request) -> web.Response:
     """Prometheus text. Once keys exist it needs one, like every endpoint (usage and costs are
     business data), unless ``metrics_open`` says the port is only reachable by the scraper."""
     gw: Gateway = request.app["gateway"]
-    if not gw.settings.metrics_open:
+    # a sibling worker asking over its private Unix socket (serve --workers) needs no key
+    sibling = isinstance(request.transport.get_extra_info("sockname") if request.transport else None, str)
+    if not gw.settings.metrics_open and not sibling:
         try:
             await gw.authenticate_http(request)
         except GatewayError as err:
             from .server.http_api import error_response
 
             return error_response(err)
+    text = gw.metrics.render()
+    if gw.worker_sockets and request.query.get("scope") != "worker" and not sibling:
+        # every scrape sees the whole gateway, whichever worker the kernel gave it to
+        others = [p for i, p in enumerate(gw.worker_sockets) if gw.worker is None or i != gw.worker[0]]
+        texts = await asyncio.gather(*(_sibling_metrics(p) for p in others))
+        text = merge_expositions([text, *(t for t in texts if t)])
     return web.Response(
-        text=gw.metrics.render(),
+        text=text,
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
 
@@ -351,3 +360,61 @@ def access_log_middleware(gw: Gateway, enabled: bool) -> Callable[..., Awaitable
                 )
 
     return middleware
+
+
+# -- several worker processes (serve --workers) ---------------------------------------
+async def _sibling_metrics(path: str) -> str | None:
+    """Another worker's own exposition, over its Unix socket (None if it does not answer)."""
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as session:
+            async with session.get(
+                "http://worker/metrics", params={"scope": "worker"}, timeout=aiohttp.ClientTimeout(total=2)
+            ) as r:
+                return await r.text() if r.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None  # restarting, or gone: its figures are missing from this scrape
+
+
+def merge_expositions(texts: list[str]) -> str:
+    """One Prometheus exposition from several processes' (``serve --workers``).
+
+    Samples with the same name and labels are added up (counters, gauges such as open
+    sockets, histogram buckets, sums and counts); ``*_info`` families take the largest
+    value and ``process_start_time_seconds`` the earliest. Families and samples keep the
+    order in which they first appear.
+    """
+    families: dict[str, tuple[list[str], dict[str, float]]] = {}
+    for text in texts:
+        family = ""
+        for line in text.splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    head, _ = families.setdefault(family, ([], {}))
+                    if line not in head:
+                        head.append(line)
+                continue
+            key, _, value = line.rpartition(" ")
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            _, samples = families.setdefault(family, ([], {}))
+            if key not in samples:
+                samples[key] = number
+            elif family.endswith("_info"):
+                samples[key] = max(samples[key], number)
+            elif family == "process_start_time_seconds":
+                samples[key] = min(samples[key], number)
+            else:
+                samples[key] += number
+    out: list[str] = []
+    for head, samples in families.values():
+        out += head
+        out += [f"{key} {_num(int(v) if v.is_integer() and abs(v) < 1e15 else v)}" for key, v in samples.items()]
+    return "\n".join(out) + "\n"

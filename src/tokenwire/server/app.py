@@ -171,11 +171,13 @@ def run_server(
     settings: Settings,
     worker: tuple[int, int] | None = None,
     on_ready: Callable[[], None] | None = None,
+    worker_sockets: list[str] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then drain and exit.
 
     ``worker`` = (index, count) when this is one of ``serve --workers`` processes
-    (server.workers): the port is shared with the others (``SO_REUSEPORT``).
+    (server.workers): the port is shared with the others (``SO_REUSEPORT``), and
+    ``worker_sockets`` are every worker's private Unix socket (for /metrics).
     """
 
     async def main() -> None:
@@ -189,6 +191,7 @@ def run_server(
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         gw = Gateway(settings)
         gw.worker = worker
+        gw.worker_sockets = list(worker_sockets or [])
         app = create_app(settings, gw)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await runner.setup()
@@ -196,6 +199,8 @@ def run_server(
             runner, settings.host, settings.port, backlog=4096, reuse_address=True, reuse_port=worker is not None
         )
         await site.start()
+        if worker is not None and gw.worker_sockets:  # siblings read our /metrics here
+            await web.UnixSite(runner, gw.worker_sockets[worker[0]]).start()
         providers = ", ".join(f"{cfg.name}{' (simulated)' if p.simulated else ''}" for cfg, p in gw.router.providers)
         port = site._server.sockets[0].getsockname()[1] if site._server else settings.port  # type: ignore[union-attr]
         loop_name = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"

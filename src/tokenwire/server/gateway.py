@@ -63,6 +63,8 @@ class Gateway:
         self.draining = False
         #: (index, count) when one of ``serve --workers`` processes
         self.worker: tuple[int, int] | None = None
+        #: every worker's private Unix socket (index = worker), for /metrics of the whole gateway
+        self.worker_sockets: list[str] = []
         self.metrics = Metrics(self)
         self.metrics.log_prompts = settings.log_prompts
         self.registry.on_finish.append(self.metrics.on_finish)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -58,14 +60,14 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker(settings: Settings, index: int, count: int, ready: Connection, parent: int) -> None:
+def _worker(settings: Settings, index: int, count: int, ready: Connection, parent: int, sockets: list[str]) -> None:
     from .app import run_server
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # still blocked; run_server handles, then unblocks them
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent)
     try:
-        run_server(settings, worker=(index, count), on_ready=lambda: ready.send(os.getpid()))
+        run_server(settings, worker=(index, count), on_ready=lambda: ready.send(os.getpid()), worker_sockets=sockets)
     except KeyboardInterrupt:
         pass
     except ConfigError as exc:
@@ -83,12 +85,17 @@ class _Supervisor:
         self.started: list[float] = [0.0] * self.count
         self.early_deaths = [0] * self.count
         self.stopping = False
+        #: a private directory (0700) for the workers' Unix sockets: /metrics of the whole gateway
+        self.sock_dir = tempfile.mkdtemp(prefix="tokenwire-workers-")
+        self.sockets = [os.path.join(self.sock_dir, f"w{i}.sock") for i in range(self.count)]
 
     def spawn(self, i: int, timeout: float = 30.0) -> None:
         theirs, ours = self.ctx.Pipe(duplex=False)
         worker_settings = self._worker_settings()
         proc = self.ctx.Process(
-            target=_worker, args=(worker_settings, i, self.count, ours, os.getpid()), name=f"tokenwire-worker-{i}"
+            target=_worker,
+            args=(worker_settings, i, self.count, ours, os.getpid(), self.sockets),
+            name=f"tokenwire-worker-{i}",
         )
         # The worker starts with SIGINT/SIGTERM blocked, so neither can hit it before its event
         # loop handles them (it unblocks them then): a stop during start-up drains, never lost.
@@ -184,7 +191,9 @@ def serve_workers(settings: Settings) -> int:
 
     loop_factory(settings.event_loop)  # a missing uvloop is a configuration error, said once, here
     reserved = _reserve(settings.host, settings.port)
+    supervisor = _Supervisor(settings, reserved.getsockname()[1])
     try:
-        return _Supervisor(settings, reserved.getsockname()[1]).run()
+        return supervisor.run()
     finally:
         reserved.close()
+        shutil.rmtree(supervisor.sock_dir, ignore_errors=True)
