@@ -33,6 +33,13 @@ def replay_relay(spawn, tmp_path):
     return sim, gw
 
 
+def gateway_on(spawn, sim, **settings: str):
+    """A gateway relaying to the fake upstream ``sim``, with TOKENWIRE_<NAME> settings."""
+    env = {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": sim.http + "/v1", "TOKENWIRE_DB": ":memory:"}
+    env.update({f"TOKENWIRE_{k.upper()}": v for k, v in settings.items()})
+    return spawn("serve", "--port", "0", env=env)
+
+
 async def sim_stats(sim) -> dict:
     async with aiohttp.ClientSession() as s, s.get(sim.http + "/_sim/stats") as r:
         return await r.json()
@@ -160,17 +167,7 @@ async def test_mid_stream_faults_keep_partial_text(relay, fault, code) -> None:
 
 
 async def test_stall_hits_read_timeout(spawn, sim, tmp_path) -> None:
-    gw = spawn(
-        "serve",
-        "--port",
-        "0",
-        env={
-            "OPENAI_API_KEY": "k",
-            "OPENAI_BASE_URL": sim.http + "/v1",
-            "TOKENWIRE_DB": ":memory:",
-            "TOKENWIRE_READ_TIMEOUT": "0.5",
-        },
-    )
+    gw = gateway_on(spawn, sim, read_timeout="0.5")
     async with await WS.connect(gw.ws) as ws:
         t0 = time.monotonic()
         await ws.send({"type": "chat", "id": "s", "model": "gpt-4.1@fault=stall:3@tps=100", "content": "x"})
@@ -185,17 +182,7 @@ async def test_stall_hits_read_timeout(spawn, sim, tmp_path) -> None:
 
 async def test_a_paused_generation_is_not_a_silent_provider(spawn, sim) -> None:
     """While the client holds a generation paused, the upstream is not read: no read timeout."""
-    gw = spawn(
-        "serve",
-        "--port",
-        "0",
-        env={
-            "OPENAI_API_KEY": "k",
-            "OPENAI_BASE_URL": sim.http + "/v1",
-            "TOKENWIRE_DB": ":memory:",
-            "TOKENWIRE_READ_TIMEOUT": "0.5",
-        },
-    )
+    gw = gateway_on(spawn, sim, read_timeout="0.5")
     prompt = "hold on"
     async with await WS.connect(gw.ws) as ws:
         await ws.send(
@@ -290,19 +277,7 @@ async def test_pause_stops_reading_upstream(relay, sim) -> None:
 
 async def test_no_first_token_limit_still_bounds_a_silent_provider(spawn, sim) -> None:
     """first_token_timeout = 0 (no limit) must not let a provider that never answers hang a turn."""
-    gw = spawn(
-        "serve",
-        "--port",
-        "0",
-        env={
-            "OPENAI_API_KEY": "k",
-            "OPENAI_BASE_URL": sim.http + "/v1",
-            "TOKENWIRE_DB": ":memory:",
-            "TOKENWIRE_FIRST_TOKEN_TIMEOUT": "0",
-            "TOKENWIRE_READ_TIMEOUT": "0.5",
-            "TOKENWIRE_MAX_RETRIES": "0",
-        },
-    )
+    gw = gateway_on(spawn, sim, first_token_timeout="0", read_timeout="0.5", max_retries="0")
     async with await WS.connect(gw.ws) as ws:
         t0 = time.monotonic()
         await ws.send({"type": "chat", "id": "s", "model": "gpt-4.1@fault=stall:0", "content": "x"})
