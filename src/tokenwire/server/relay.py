@@ -337,7 +337,12 @@ class Run:
             except asyncio.CancelledError:
                 pass
         total = time.monotonic() - t0
-        await self._finish(status, error, finish_reason, usage, ttft, total, answered_model, call)
+        self.finishing = True  # from here on a cancel changes nothing (see cancel)
+        try:
+            await self._finish(status, error, finish_reason, usage, ttft, total, answered_model, call)
+        finally:  # whatever happened in it, the run ends and is accounted for
+            self.ended.set()
+            await registry.finished(self)
 
     def _read_timeout(self) -> GatewayError:
         return GatewayError(
@@ -347,24 +352,6 @@ class Run:
         )
 
     async def _finish(
-        self,
-        status: str,
-        error: GatewayError | None,
-        finish_reason: str | None,
-        usage: dict[str, Any] | None,
-        ttft: float | None,
-        total: float,
-        answered_model: str,
-        call: ChatCall,
-    ) -> None:
-        self.finishing = True
-        try:
-            await self._finish_inner(status, error, finish_reason, usage, ttft, total, answered_model, call)
-        finally:  # whatever happened above, the run ends and is accounted for
-            self.ended.set()
-            await self.registry.finished(self)
-
-    async def _finish_inner(
         self,
         status: str,
         error: GatewayError | None,
