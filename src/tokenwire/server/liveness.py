@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from typing import Protocol
 
 __all__ = ["Liveness", "Watched"]
 
@@ -134,6 +134,3 @@ class Liveness:
             if now - s.last_seen >= 2 * interval:
                 self.stats["dropped"] += 1
                 s.drop()
-
-    def info(self) -> dict[str, Any]:
-        return {"tick": self.tick, **self.stats}
