@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tokenwire.config import ConfigError, load_settings
-from tokenwire.router import Router
+from tokenwire.runtime.routing import Router
 from tokenwire.upstream.http import SharedSession
 
 

@@ -224,7 +224,7 @@ async def test_polling_returns_every_token_in_order(gateway: Proc, wait: float) 
 
 
 def test_merging_workers_expositions() -> None:
-    from tokenwire.metrics import merge_expositions
+    from tokenwire.runtime.metrics import merge_expositions
 
     a = (
         "# HELP t_total Things.\n# TYPE t_total counter\n"

@@ -263,7 +263,7 @@ def test_routing_config_is_checked(tmp_path: Path) -> None:
 
 
 def test_weighted_and_ordered_strategies_and_breaker() -> None:
-    from tokenwire.routing import CLOSED, HALF_OPEN, OPEN, Deployment, Group, Policy
+    from tokenwire.runtime.routing import CLOSED, HALF_OPEN, OPEN, Deployment, Group, Policy
     from tokenwire.upstream.simulated import SimulatedProvider
 
     class T:  # a stand-in Route: only .deployment is used for ordering

@@ -8,7 +8,7 @@ import orjson
 
 from tokenwire.config import load_settings
 from tokenwire.protocol import frames as fr
-from tokenwire.server.gateway import Gateway
+from tokenwire.runtime.gateway import Gateway
 
 
 class Collector:

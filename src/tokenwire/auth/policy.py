@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -18,20 +18,18 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from ..catalog import price
 from ..config import ConfigError, Settings
 from ..protocol.errors import GatewayError, set_redactor
 from ..protocol.frames import Chat
-from ..router import Route
+from ..runtime.routing import Route
 from .keys import KeyRecord, SQLiteKeyStore, hash_key, open_key_store
 from .limits import Principal, TokenBucket
 from .redact import Redactor, install_log_filter
 
 if TYPE_CHECKING:
-    from ..server.gateway import Gateway
-    from ..server.relay import Run
+    from ..runtime.summary import RunSummary
 
-__all__ = ["PRINCIPAL", "AccessPolicy", "extract_key", "is_loopback"]
+__all__ = ["PRINCIPAL", "WS_PATHS", "AccessPolicy", "extract_key", "is_loopback"]
 
 log = logging.getLogger("tokenwire.auth")
 
@@ -70,26 +68,10 @@ def extract_key(request: web.BaseRequest) -> str | None:
     return key or None
 
 
-def refusal(err: GatewayError) -> web.Response:
-    """An HTTP answer to a refused request or handshake, with a reason a client can read."""
-    headers = {}
-    if err.code == "unauthorized":
-        headers["WWW-Authenticate"] = 'Bearer realm="tokenwire"'
-    retry_after = err.extra.get("retry_after")
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(float(retry_after))))
-    return web.Response(
-        status=err.http_status,
-        body=orjson.dumps(err.to_openai()),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
 class AccessPolicy:
     """Keys, Origin checks and per-key (or per-IP) limits for one gateway process."""
 
-    def __init__(self, settings: Settings, gateway: Gateway) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = open_key_store(settings.db_path)
         self.keys_exist = self._has_keys_now()
@@ -107,7 +89,6 @@ class AccessPolicy:
         self.redactor = Redactor(p.api_key for p in settings.providers if p.api_key)
         set_redactor(self.redactor.secrets_only)
         install_log_filter(self.redactor)
-        gateway.registry.on_finish.append(self.on_finish)
 
     def _has_keys_now(self) -> bool:
         if isinstance(self.store, SQLiteKeyStore):
@@ -117,10 +98,6 @@ class AccessPolicy:
     def _close_sync(self) -> None:
         if isinstance(self.store, SQLiteKeyStore):
             self.store.close_sync()
-
-    @property
-    def open_mode(self) -> bool:
-        return not self.keys_exist
 
     # -- who is asking --------------------------------------------------------
     def check_origin(self, request: web.BaseRequest) -> None:
@@ -201,20 +178,17 @@ class AccessPolicy:
 
     # -- hooks ----------------------------------------------------------------
     async def authenticate_ws(self, request: web.Request) -> Principal:
+        """The principal of a WebSocket handshake (already checked by the server's middleware)."""
         p = request.get(PRINCIPAL)
         if isinstance(p, Principal):
             return p
-        try:
-            return await self.authenticate(request)
-        except GatewayError as err:
-            raise _http_error(err) from None
+        return await self.authenticate(request)
 
     async def authenticate_http(self, request: web.Request) -> Principal:
         return await self.authenticate(request)
 
-    async def admit(self, who: Any, chat: Chat, route: Route) -> None:
+    async def admit(self, p: Any, chat: Chat, route: Route) -> None:
         """Refuse a generation over a limit (before it starts); charge it to its principal."""
-        p = getattr(who, "principal", who)
         if not isinstance(p, Principal):
             return
         now = time.monotonic()
@@ -260,40 +234,24 @@ class AccessPolicy:
         chat.owner = p
         p.in_flight.add(id(chat))
 
-    async def authorize_attach(self, who: Any, run: Run) -> None:
-        """Only the key that started a generation may resume it."""
-        p = getattr(who, "principal", who)
-        chat = getattr(run, "chat", None)
-        if chat is not None:
-            owner = chat.owner
-            if not isinstance(owner, Principal) or owner.record is None:
-                return
-            owner_key = owner.key_id
-        else:  # another instance's generation (tokenwire.cluster): its key is in the stream's record
-            owner_key = getattr(run, "key_id", None)
-            if owner_key is None:
-                return
-        if not isinstance(p, Principal) or p.key_id != owner_key:
-            raise GatewayError("forbidden", "that stream belongs to another API key")
+    def release(self, p: Any, chat: Chat) -> None:
+        """A chat admitted but never started (e.g. its conversation was busy): no longer in flight."""
+        if isinstance(p, Principal):
+            p.in_flight.discard(id(chat))
 
-    async def on_finish(self, run: Run) -> None:
+    async def on_finish(self, summary: RunSummary) -> None:
         """Account a finished generation: tokens into the TPM bucket, cost into the budget and the store."""
-        p = run.chat.owner
+        p = summary.owner
         if not isinstance(p, Principal):
             return
-        p.in_flight.discard(id(run.chat))
-        usage = run.gen.usage or {}
+        p.in_flight.discard(id(summary.chat))
+        usage = summary.usage
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
-        if run.gen.status == "failed" and run.gen.token_count == 0:
+        cost = summary.cost_usd or 0.0  # the reply's ``end.cost_usd``: this gateway's catalog prices
+        if not summary.billable or not (prompt or completion):
             prompt = completion = 0  # refused upstream before anything was generated: not billed
-        # the same price as the reply's ``end.cost_usd``: this gateway's catalog (with its config
-        # overrides) and the provider's cache counts
-        cost = (
-            (price(run.route.info, {**usage, "prompt_tokens": prompt, "completion_tokens": completion}) or 0.0)
-            if (prompt or completion)
-            else 0.0
-        )
+            cost = 0.0
         if p.tpm is not None:
             p.tpm.debit(time.monotonic(), prompt + completion)
         p.spent += cost
@@ -328,36 +286,20 @@ class AccessPolicy:
 
         return gate
 
-    def middleware(self) -> Callable[[web.Request, Any], Awaitable[web.StreamResponse]]:
-        """Authenticates WebSocket handshakes before the upgrade and counts each principal's sockets."""
+    def socket_opened(self, p: Principal) -> None:
+        """Count a socket against its principal's limit; raise ``rate_limited`` if it is over."""
+        limit = self.settings.max_sockets_per_key if p.record is not None else self.settings.ip_max_sockets
+        if limit and p.sockets >= limit:
+            raise GatewayError(
+                "rate_limited",
+                f"{p.label} already has {limit} open sockets (max_sockets_per_key / ip_max_sockets)",
+                retryable=True,
+                extra={"retry_after": 1},
+            )
+        p.sockets += 1
 
-        @web.middleware
-        async def access(request: web.Request, handler: Any) -> web.StreamResponse:
-            if request.path not in WS_PATHS or request.headers.get("Upgrade", "").lower() != "websocket":
-                return await handler(request)
-            try:
-                p = await self.authenticate(request)
-            except GatewayError as err:
-                log.info("refused a WebSocket from %s: %s", request.remote, err.message)
-                return refusal(err)
-            limit = self.settings.max_sockets_per_key if p.record is not None else self.settings.ip_max_sockets
-            if limit and p.sockets >= limit:
-                return refusal(
-                    GatewayError(
-                        "rate_limited",
-                        f"{p.label} already has {limit} open sockets (max_sockets_per_key / ip_max_sockets)",
-                        retryable=True,
-                        extra={"retry_after": 1},
-                    )
-                )
-            p.sockets += 1
-            request[PRINCIPAL] = p
-            try:
-                return await handler(request)
-            finally:
-                p.sockets -= 1
-
-        return access
+    def socket_closed(self, p: Principal) -> None:
+        p.sockets -= 1
 
     async def aclose(self) -> None:
         await self.store.aclose()
@@ -370,10 +312,3 @@ def _limited(chat: Chat, why: str, wait: float) -> GatewayError:
         retryable=True,
         extra={"id": chat.id, "retry_after": round(wait, 3)},
     )
-
-
-def _http_error(err: GatewayError) -> web.HTTPException:
-    cls = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 429: web.HTTPTooManyRequests}.get(
-        err.http_status, web.HTTPForbidden
-    )
-    return cls(body=orjson.dumps(err.to_openai()), content_type="application/json")

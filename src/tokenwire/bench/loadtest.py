@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from ..metrics import process_usage
+from ..runtime.metrics import process_usage
 from . import run_fast
 
 __all__ = ["add_arguments", "main"]

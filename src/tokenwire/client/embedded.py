@@ -43,9 +43,8 @@ class EmbeddedGateway:
         from aiohttp import web
 
         from ..config import default_db_path, load_settings
-        from ..metrics import setup_event_log
-        from ..server.app import create_app
-        from ..server.gateway import Gateway
+        from ..runtime.metrics import setup_event_log
+        from ..server.app import build_gateway, create_app
 
         settings = load_settings(None, overrides={"host": "127.0.0.1", "port": 0})
         # The gateway's JSON log lines must not land in the middle of the chat on the terminal.
@@ -58,7 +57,7 @@ class EmbeddedGateway:
         setup_event_log(self._log)
 
         async def setup() -> str:
-            gw = Gateway(settings)
+            gw = build_gateway(settings)
             runner = web.AppRunner(create_app(settings, gw), handle_signals=False, access_log=None, shutdown_timeout=1)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -86,7 +85,7 @@ class EmbeddedGateway:
             self.thread.join(10)
         self.loop.close()
         if self._log is not None:
-            from ..metrics import events_log
+            from ..runtime.metrics import events_log
 
             for handler in list(events_log.handlers):
                 if getattr(handler, "stream", None) is self._log:

@@ -11,8 +11,8 @@ With ``redis_url`` set, :class:`Cluster` plugs into the :class:`Gateway`:
   control channel and applied by the instance that runs it;
 - each instance keeps a liveness key, so a follower can tell a crashed owner
   from a slow generation;
-- on SIGTERM, :meth:`Cluster.drain` closes resumable sockets at once with 4001
-  (their clients resume on another instance) while the generations finish here.
+- on SIGTERM the server closes resumable sockets at once with 4001 (their clients
+  resume on another instance) while the generations finish here, shipped to Redis.
 """
 
 from __future__ import annotations
@@ -31,15 +31,14 @@ import orjson
 
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach, Chat
-from ..router import Route
-from ..server.relay import Registry, Run, conversation_key
+from ..runtime.relay import Registry, Run, conversation_key
+from ..runtime.routing import Route
 from ..store.redis import FAULTS, RedisConversationStore, raise_if_cancelled, stop_tasks
-from .follower import RemoteRun
+from .remote import RemoteRun
 from .shipper import StreamShipper
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..server.gateway import Gateway
 
 __all__ = ["Cluster", "ClusterRegistry"]
 
@@ -308,31 +307,10 @@ class Cluster:
             remote = RemoteRun(
                 self, req.stream_id, meta["epoch"].encode(), meta["owner"], req.last_seq, meta.get("end")
             )
-            remote.key_id = meta.get("key_id")
+            remote.owner_key = meta.get("key_id")
             await remote.load(req.last_seq)
         except GatewayError as err:
             err.extra["id"] = req.id
             err.extra.setdefault("stream_id", req.stream_id)
             raise
         return remote
-
-    # -- graceful drain -----------------------------------------------------------
-    async def drain(self, gw: Gateway, deadline: float) -> None:
-        """Send resumable clients elsewhere at once (4001); let every generation finish here."""
-        from ..server.ws import CLOSE_DRAIN
-
-        gw.draining = True
-        t_end = time.monotonic() + deadline
-
-        async def close(session: Any) -> None:
-            waits = [run.ended.wait() for run, _ in session.runs.values() if not run.resumable]
-            if waits:  # a reply that cannot be resumed elsewhere is finished on this socket
-                await asyncio.wait(
-                    [asyncio.ensure_future(w) for w in waits], timeout=max(0.0, t_end - time.monotonic())
-                )
-            with contextlib.suppress(Exception):
-                await session.ws.close(code=CLOSE_DRAIN, message=b"restarting: reconnect and resume")
-
-        await asyncio.gather(*(close(s) for s in list(gw.sessions)), return_exceptions=True)
-        await gw.registry.shutdown(max(0.0, t_end - time.monotonic()))
-        await self.shipper.aclose(self.link.deadline * 2)

@@ -39,7 +39,7 @@ from redis.exceptions import NoScriptError
 from ..store.redis import FAULTS, RedisLink, raise_if_cancelled, stop_tasks
 
 if TYPE_CHECKING:
-    from ..server.relay import Run
+    from ..runtime.relay import Run
 
 __all__ = ["CHUNK", "MAXLEN", "StreamShipper"]
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -14,18 +16,43 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
+from ..auth.policy import AccessPolicy
 from ..config import ConfigError, Settings
-from ..metrics import access_log_middleware, metrics_handler, setup_event_log
 from ..protocol.errors import GatewayError
-from .gateway import Gateway
-from .http_api import chat_completions, error_response, list_models
-from .poll import poll_events, poll_start
-from .relay import conversation_key
+from ..runtime.gateway import Gateway, make_store
+from ..runtime.metrics import setup_event_log
+from ..runtime.relay import Registry, conversation_key
+from .access import handshake_middleware
+from .errors import error_response
+from .http_api import chat_completions, list_models
+from .liveness import Liveness
+from .metrics_http import access_log_middleware, metrics_handler
+from .poll import POLLS, poll_events, poll_start
 from .ws import CLOSE_DRAIN, websocket_handler
 
-__all__ = ["create_app", "run_server"]
+__all__ = ["build_gateway", "create_app", "run_server"]
 
 log = logging.getLogger("tokenwire")
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    """The composition root: a gateway with its store, access policy and (with Redis) cluster.
+
+    Raises ConfigError for an unsafe bind (no keys off loopback) or a bad setting.
+    """
+    store = make_store(settings)
+    cluster = None
+    if settings.redis_url:
+        from ..cluster import Cluster
+
+        cluster = Cluster(settings, store)  # type: ignore[arg-type]
+        registry: Registry = cluster.registry
+    else:
+        registry = Registry(store, settings.resume_retention, settings.read_timeout)
+    access = AccessPolicy(settings)
+    gw = Gateway(settings, store=store, registry=registry, access=access, cluster=cluster)
+    registry.on_finish.append(access.on_finish)  # after the metrics' hook, which Gateway adds
+    return gw
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -55,7 +82,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def get_conversation(request: web.Request) -> web.Response:
     gw: Gateway = request.app["gateway"]
     try:
-        principal = await gw.authenticate_http(request)
+        principal = await gw.access.authenticate_http(request)
     except GatewayError as err:
         return error_response(err)
     cid = request.match_info["cid"]
@@ -71,7 +98,7 @@ async def get_conversation(request: web.Request) -> web.Response:
 async def delete_conversation(request: web.Request) -> web.Response:
     gw: Gateway = request.app["gateway"]
     try:
-        principal = await gw.authenticate_http(request)
+        principal = await gw.access.authenticate_http(request)
     except GatewayError as err:
         return error_response(err)
     try:
@@ -108,13 +135,16 @@ async def _ws_or_426(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Application:
-    gw = gateway or Gateway(settings)
+    gw = gateway or build_gateway(settings)
     setup_event_log()
-    app = web.Application(
-        client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2,
-        middlewares=[access_log_middleware(gw, settings.access_log), gw.access.middleware()],
-    )
+    middlewares = [access_log_middleware(gw, settings.access_log)]
+    if isinstance(gw.access, AccessPolicy):
+        middlewares.append(handshake_middleware(gw.access))
+    app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2, middlewares=middlewares)
     app["gateway"] = gw
+    app[POLLS] = {}
+    #: pings silent sockets, drops dead ones, closes idle ones: one task for all of them
+    liveness = Liveness(gw.sessions, settings.ws_ping_interval, settings.idle_timeout)
     app.router.add_get("/ws/chat", _ws_or_426)
     app.router.add_get("/v1/ws/chat", _ws_or_426)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -131,10 +161,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/static/{name}", _static_dir)
 
     async def on_shutdown(app: web.Application) -> None:
+        await liveness.aclose()
         await gw.aclose()
 
     async def on_startup(app: web.Application) -> None:
-        gw.liveness.start()
+        liveness.start()
         if gw.cluster is not None:
             await gw.cluster.start()
 
@@ -154,17 +185,27 @@ async def _static_dir(request: web.Request) -> web.Response:
 
 
 async def drain(gw: Gateway, deadline: float) -> None:
-    """Stop taking sockets, tell clients to reconnect elsewhere, let replies finish."""
-    if gw.cluster is not None:  # clients can resume elsewhere: send them at once
-        await gw.cluster.drain(gw, deadline)
-        return
+    """Stop taking sockets, tell clients to reconnect elsewhere, let replies finish.
+
+    With Redis, a resumable reply can go on on another instance: its socket is closed
+    with 4001 at once, while the generation finishes here and is shipped to Redis. A
+    reply that cannot be resumed elsewhere is finished on its socket first.
+    """
     gw.draining = True
-    await gw.registry.shutdown(deadline)
-    for session in list(gw.sessions):
-        try:
+    t_end = time.monotonic() + deadline
+    if gw.cluster is None:
+        await gw.registry.shutdown(deadline)
+
+    async def close(session: Any) -> None:
+        waits = [run.ended.wait() for run, _ in session.runs.values() if not run.resumable]
+        if waits:
+            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=max(0.0, t_end - time.monotonic()))
+        with contextlib.suppress(Exception):
             await session.ws.close(code=CLOSE_DRAIN, message=b"restarting: reconnect and resume")
-        except Exception:
-            pass
+
+    await asyncio.gather(*(close(s) for s in list(gw.sessions)), return_exceptions=True)
+    if gw.cluster is not None:
+        await gw.registry.shutdown(max(0.0, t_end - time.monotonic()))
 
 
 def run_server(
@@ -189,7 +230,7 @@ def run_server(
             loop.add_signal_handler(sig, stop.set)
         if hasattr(signal, "pthread_sigmask"):  # a worker starts with them blocked (server.workers)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-        gw = Gateway(settings)
+        gw = build_gateway(settings)
         gw.worker = worker
         gw.worker_sockets = list(worker_sockets or [])
         app = create_app(settings, gw)

@@ -21,14 +21,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from ..dialects import openai_chat
 from ..protocol.errors import GatewayError
-from .http_api import _json_body, _parse_chat, error_response
-from .relay import Run
+from ..runtime.ownership import owns
+from ..runtime.relay import Run
+from .errors import error_response
+from .http_api import read_json_body
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from ..runtime.gateway import Gateway
 
-__all__ = ["poll_events", "poll_start"]
+__all__ = ["POLLS", "poll_events", "poll_start"]
+
+POLLS = "tokenwire.polls"  #: app key of the polled generations, by stream id
 
 MAX_WAIT = 30.0
 
@@ -50,29 +55,26 @@ class _PollWatch:
             self.waiters.clear()
 
 
-def _polls(gw: Gateway) -> dict[str, tuple[Run, _PollWatch]]:
-    polls = getattr(gw, "_polls", None)
-    if polls is None:
-        polls = gw._polls = {}  # type: ignore[attr-defined]
-    return polls
+Polls = dict[str, tuple[Run, _PollWatch]]
+
+_UNKNOWN = "no such polled generation (unknown, or ended too long ago)"
 
 
 async def poll_start(request: web.Request) -> web.Response:
     """Start a generation; the answer names it: ``{"id": stream_id, "model": …}``."""
     gw: Gateway = request.app["gateway"]
     try:
-        principal = await gw.authenticate_http(request)
-        body = await _json_body(request, gw.settings.max_frame_bytes)
-        chat, _, _ = _parse_chat(body, gw)
+        principal = await gw.access.authenticate_http(request)
+        body = await read_json_body(request, gw.settings.max_frame_bytes)
+        chat, _, _ = openai_chat.parse_request(body, gw.limits)
         chat.dialect = "v1"
-        route = gw.router.resolve(chat.model)
-        await gw.admit(principal, chat, route)
-        run = await gw.registry.begin(chat, route, chat.conversation_id, False)
+        run = await gw.start_chat(principal, chat, conversation_id=chat.conversation_id)
     except GatewayError as err:
         return error_response(err)
+    route = run.route
     watch = _PollWatch()
     run.subscribe(watch)
-    polls = _polls(gw)
+    polls: Polls = request.app[POLLS]
     sid = run.gen.stream_id
     polls[sid] = (run, watch)
     loop = asyncio.get_running_loop()
@@ -99,20 +101,17 @@ async def poll_events(request: web.Request) -> web.Response:
     """Events after ``after`` (default -1: from ``start``); ``done`` once ``end`` is included."""
     gw: Gateway = request.app["gateway"]
     try:
-        principal = await gw.authenticate_http(request)
+        principal = await gw.access.authenticate_http(request)
         try:
             after = int(request.query.get("after", "-1"))
             wait = min(float(request.query.get("wait", "0")), MAX_WAIT)
         except ValueError:
             raise GatewayError("bad_request", '"after" must be an integer and "wait" a number of seconds') from None
-        entry = _polls(gw).get(request.match_info["sid"])
-        if entry is None:
-            raise GatewayError("not_found", "no such polled generation (unknown, or ended too long ago)")
+        entry = request.app[POLLS].get(request.match_info["sid"])
+        # another key's generation: as if it did not exist (its id must have leaked)
+        if entry is None or not owns(principal, entry[0]):
+            raise GatewayError("not_found", _UNKNOWN)
         run, watch = entry
-        owner = getattr(run.chat.owner, "key_id", None)
-        if owner is not None and getattr(principal, "key_id", None) != owner:
-            # another key's generation: as if it did not exist (its id must have leaked)
-            raise GatewayError("not_found", "no such polled generation (unknown, or ended too long ago)")
         gen = run.gen
         if watch.idle is not None and not gen.ended:
             watch.idle.cancel()

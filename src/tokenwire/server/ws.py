@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..dialects.openai_chat import ChunkEncoder
 from ..protocol import frames as fr
 from ..protocol.errors import GatewayError
 from ..protocol.stream import id_prefix
-from .relay import END, ERROR, REASONING, START, TOKEN, TOOL_CALL, Run
+from ..runtime.relay import Run
+from .errors import error_response
 from .wsframe import FrameWriter
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from ..runtime.gateway import Gateway
 
 __all__ = ["CLOSE_DRAIN", "CLOSE_IDLE", "Session", "websocket_handler"]
 
@@ -57,52 +59,15 @@ class SocketSubscriber:
 class OpenAISocketSubscriber:
     """Delivers ``chat.completion.chunk`` objects, as seed 000's client expects."""
 
-    __slots__ = ("head", "writer")
+    __slots__ = ("encode", "writer")
 
     def __init__(self, writer: FrameWriter, stream_id: str, model: str) -> None:
         self.writer = writer
-        self.head = b'{"id":"chatcmpl-%b","object":"chat.completion.chunk","created":%d,"model":%b,' % (
-            stream_id.encode(),
-            int(time.time()),
-            orjson.dumps(model),
-        )
-
-    def _chunk(self, delta: bytes, finish: bytes = b"null", extra: bytes = b"") -> bytes:
-        return (
-            self.head + b'"choices":[{"index":0,"delta":' + delta + b',"finish_reason":' + finish + b"}]" + extra + b"}"
-        )
+        self.encode = ChunkEncoder(stream_id, model).encode
 
     def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
-        if kind == TOKEN:
-            data = self._chunk(b'{"content":' + orjson.dumps(value) + b"}")
-        elif kind == START:
-            data = self._chunk(b'{"role":"assistant","content":""}')
-        elif kind == REASONING:
-            data = self._chunk(b'{"reasoning_content":' + orjson.dumps(value) + b"}")
-        elif kind == TOOL_CALL:
-            data = self._chunk(b'{"tool_calls":[' + orjson.dumps(openai_tool_call(value)) + b"]}")
-        elif kind == ERROR:
-            data = orjson.dumps(value.to_openai())
-        elif kind == END:
-            if value.get("finish_reason") == "error":
-                return None  # the error object was the last word
-            reason = value.get("finish_reason") or "stop"
-            if reason == "cancelled":
-                reason = "stop"
-            data = self._chunk(b"{}", orjson.dumps(reason), b',"usage":' + orjson.dumps(value.get("usage")))
-        else:
-            return None
-        return self.writer.write(data)
-
-
-def openai_tool_call(delta: dict[str, Any]) -> dict[str, Any]:
-    """A tool-call delta in OpenAI's ``delta.tool_calls[]`` shape."""
-    call: dict[str, Any] = {"index": delta.get("index", 0)}
-    if "id" in delta:
-        call["id"] = delta["id"]
-        call["type"] = "function"
-    call["function"] = {k: delta[k] for k in ("name", "arguments") if k in delta}
-    return call
+        data = self.encode(rest, kind, value)
+        return None if data is None else self.writer.write(data)
 
 
 class Session:
@@ -195,7 +160,7 @@ class Session:
     async def serve(self) -> None:
         ws = self.ws
         gw = self.gw
-        gate = gw.frame_gate()  # frames per second (None = no limit)
+        gate = gw.access.frame_gate()  # frames per second (None = no limit)
         clock = time.monotonic
         try:
             while True:
@@ -283,22 +248,16 @@ class Session:
                 retryable=True,
                 extra={"id": chat.id, "retry_after": 1},
             )
-        try:
-            route = gw.router.resolve(chat.model)
-        except GatewayError as err:
-            err.extra["id"] = chat.id
-            raise
-        await gw.admit(self, chat, route)
         conversation_id = chat.conversation_id
         if conversation_id is None and chat.content is not None:
             if self.conversation_id is None:
                 self.conversation_id = "c_" + uuid.uuid4().hex
             conversation_id = self.conversation_id
         resumable = chat.dialect == "v1" and bool(chat.stream_id)
-        run = await gw.registry.begin(chat, route, conversation_id, resumable)
+        run = await gw.start_chat(self.principal, chat, conversation_id=conversation_id, resumable=resumable)
         sub: Any
         if chat.dialect == "openai":
-            sub = OpenAISocketSubscriber(self.writer, run.gen.stream_id, route.model)
+            sub = OpenAISocketSubscriber(self.writer, run.gen.stream_id, run.route.model)
         else:
             sub = SocketSubscriber(self.writer, chat.id)
         self._track(chat.id, run, sub)
@@ -348,20 +307,7 @@ class Session:
         gw = self.gw
         if req.id in self.runs:
             raise GatewayError("duplicate_id", f'generation "{req.id}" is already attached', extra={"id": req.id})
-        run = gw.registry.get(req.stream_id)
-        if run is None:
-            run = await gw.attach_remote(self, req)
-            if run is None:
-                raise GatewayError(
-                    "stream_expired",
-                    f"stream {req.stream_id} is unknown or past its retention window; it cannot be resumed",
-                    extra={"id": req.id, "stream_id": req.stream_id},
-                )
-        try:
-            await gw.authorize_attach(self, run)
-        except GatewayError as err:
-            err.extra["id"] = req.id
-            raise
+        run = await gw.find_stream(self.principal, req)
         try:
             replay = run.gen.after(req.last_seq)
         except GatewayError as err:
@@ -390,7 +336,10 @@ class Session:
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     gw: Gateway = request.app["gateway"]
-    principal = await gw.authenticate_ws(request)
+    try:
+        principal = await gw.access.authenticate_ws(request)
+    except GatewayError as err:
+        return error_response(err)
     if gw.draining:
         raise web.HTTPServiceUnavailable(text="shutting down: reconnect to another instance")
     ws = web.WebSocketResponse(

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .catalog import ModelInfo, build_catalog
-from .config import ProviderConfig, Settings
-from .protocol.errors import GatewayError
-from .routing import Deployment, Group, Plan, Policy
-from .simulate.reply import PROFILES
-from .upstream.base import Provider
-from .upstream.http import SharedSession
-from .upstream.openai import OpenAIProvider
-from .upstream.simulated import SimulatedProvider
+from ...catalog import ModelInfo, build_catalog
+from ...config import ProviderConfig, Settings
+from ...protocol.errors import GatewayError
+from ...simulate.reply import PROFILES
+from ...upstream.base import Provider
+from ...upstream.http import SharedSession
+from ...upstream.openai import OpenAIProvider
+from ...upstream.simulated import SimulatedProvider
+from .plan import Deployment, Group, Plan, Policy
 
 __all__ = ["Route", "Router"]
 
@@ -53,7 +53,7 @@ def build_provider(cfg: ProviderConfig, session: SharedSession, speed: float) ->
         return SimulatedProvider(cfg.name, speed)
     if cfg.kind == "openai":
         return OpenAIProvider(cfg.name, cfg.base_url, cfg.api_key, session, cfg.headers)
-    from . import upstream  # native providers register themselves there
+    from ... import upstream  # native providers register themselves there
 
     factory = upstream.NATIVE.get(cfg.kind)
     if factory is None:

@@ -22,11 +22,12 @@ from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Chat
 from ..protocol.stream import CANCELLED, COMPLETED, FAILED, Generation
-from ..router import Route
-from ..routing import open_stream
 from ..simulate.reply import estimate_tokens
 from ..store.base import ConversationStore
 from ..upstream.base import ChatCall, UpstreamStream
+from .routing import Route
+from .routing.plan import open_stream
+from .summary import RunSummary
 
 __all__ = ["END", "START", "Registry", "Run", "Subscriber", "conversation_key"]
 
@@ -34,9 +35,8 @@ log = logging.getLogger("tokenwire.relay")
 
 READ_TIMEOUT = "upstream_timeout"  #: the cancel reason the read watchdog gives
 
-START = 10  #: subscriber event kind: value is the start fields
-END = 11  #: value is the end fields
-
+START = ev.START
+END = ev.END
 TOKEN = ev.TOKEN
 REASONING = ev.REASONING
 TOOL_CALL = ev.TOOL_CALL
@@ -92,6 +92,7 @@ class Run:
         "resumable",
         "route",
         "subs",
+        "summary",
         "task",
         "turn",
         "upstream",
@@ -131,6 +132,13 @@ class Run:
         #: the client's new messages (and a new system prompt), stored with the reply at its end
         self.turn: tuple[list[dict[str, Any]], str | None] | None = None
         self.finishing = False
+        #: how it ended (set once, before ``end`` goes out): what every ``on_finish`` hook reads
+        self.summary: RunSummary | None = None
+
+    @property
+    def owner_key(self) -> str | None:
+        """The id of the API key that started this generation (None in open mode)."""
+        return getattr(self.chat.owner, "key_id", None)
 
     # -- control ------------------------------------------------------------
     def set_paused(self, *, by_socket: bool | None = None, self_: bool | None = None) -> None:
@@ -411,6 +419,25 @@ class Run:
             fields["error"] = {"code": error.code, "retryable": error.retryable}
             registry.stats["errors"] += 1
         registry.stats["tokens"] += n
+        chat = self.chat
+        self.summary = RunSummary(
+            stream_id=gen.stream_id,
+            status=status,
+            finish_reason=fields["finish_reason"],
+            model=self.route.model,
+            provider=self.route.provider.name,
+            usage=usage,
+            usage_estimated=estimated,
+            timing=fields["timing"],
+            cost_usd=cost,
+            tokens=n,
+            resumable=self.resumable,
+            chat=chat,
+            reason=self.cancel_reason if status == CANCELLED else None,
+            error=error if status == FAILED else None,
+            upstream_model=fields.get("upstream_model"),
+            reply=gen.answer,
+        )
         # The reply is in the history, and the conversation free, before anyone sees
         # ``end``: a client may send its next turn the moment it does.
         await registry.commit_reply(self, status)
@@ -452,7 +479,8 @@ class Registry:
         self.runs: dict[str, Run] = {}
         self.busy_conversations: set[str] = set()
         self.stats = {"generations": 0, "tokens": 0, "errors": 0, "resumes": 0}
-        self.on_finish: list[Callable[[Run], Awaitable[None]]] = []
+        #: called once per ended run with its summary (metrics, logs, billing); errors are logged
+        self.on_finish: list[Callable[[RunSummary], Awaitable[None]]] = []
         self._watchdog: asyncio.Task[None] | None = None
 
     @staticmethod
@@ -574,11 +602,13 @@ class Registry:
             self.busy_conversations.discard(conv)
 
     async def finished(self, run: Run) -> None:
-        for hook in self.on_finish:
-            try:
-                await hook(run)
-            except Exception:
-                log.exception("on_finish hook failed")
+        summary = run.summary
+        if summary is not None:
+            for hook in self.on_finish:
+                try:
+                    await hook(summary)
+                except Exception:
+                    log.exception("on_finish hook failed")
         if run.resumable and self.retention > 0:
             run._expiry = asyncio.get_running_loop().call_later(self.retention, self._forget, run)
         else:

@@ -9,27 +9,23 @@ rejection or client error.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import web
 
-from . import __version__
-from .protocol.errors import GatewayError
+from .. import __version__
 
 if TYPE_CHECKING:
-    from .server.gateway import Gateway
-    from .server.relay import Run
+    from .gateway import Gateway
+    from .summary import RunSummary
 
-__all__ = ["TTFT_BUCKETS", "Metrics", "access_log_middleware", "metrics_handler"]
+__all__ = ["TTFT_BUCKETS", "Metrics", "merge_expositions", "process_usage", "setup_event_log", "write_event"]
 
 #: Seconds. Fine at the low end: the gateway's own share of TTFT is sub-millisecond.
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -96,68 +92,59 @@ class Metrics:
     def client_error(self, code: str) -> None:
         self.client_errors[code] = self.client_errors.get(code, 0) + 1
 
-    async def on_finish(self, run: Run) -> None:
-        """Registry hook: count one ended generation from its ``end`` event."""
-        gen = run.gen
-        if not gen.ended or not gen.log:
-            return  # cancelled while its error was being sent: nothing reliable to read
-        end = orjson.loads(b"{" + gen.log[-1])
-        route = run.route
-        key = (route.model, route.provider.name)
+    async def on_finish(self, summary: RunSummary) -> None:
+        """Registry hook: count one ended generation from its summary (what its ``end`` said)."""
+        key = (summary.model, summary.provider)
         stats = self.models.get(key)
         if stats is None:
             stats = self.models[key] = _ModelStats()
-        status = end.get("status") or "unknown"
+        status = summary.status
         stats.status[status] = stats.status.get(status, 0) + 1
-        stats.tokens += gen.token_count
-        usage = end.get("usage") or {}
+        stats.tokens += summary.tokens
+        usage = summary.usage
         stats.prompt_tokens += usage.get("prompt_tokens") or 0
         stats.completion_tokens += usage.get("completion_tokens") or 0
-        cost = end.get("cost_usd")
+        cost = summary.cost_usd
         if cost:
             stats.cost += cost
-        timing = end.get("timing") or {}
+        timing = summary.timing
         if timing.get("ttft_ms") is not None:
             stats.ttft.observe(timing["ttft_ms"] / 1000.0)
         if timing.get("total_ms") is not None:
             stats.duration.observe(timing["total_ms"] / 1000.0)
-        upstream_status = ""
+        upstream_status = summary.upstream_status
+        error = summary.error
         if status == "failed":
-            code = (end.get("error") or {}).get("code", "unknown")
-            if len(gen.log) >= 2:
-                err = orjson.loads(b"{" + gen.log[-2])
-                if err.get("type") == "error" and err.get("upstream_status") is not None:
-                    upstream_status = str(err["upstream_status"])
-            ekey = (route.provider.name, code, upstream_status)
+            code = error.code if error is not None else "unknown"
+            ekey = (summary.provider, code, "" if upstream_status is None else str(upstream_status))
             self.upstream_errors[ekey] = self.upstream_errors.get(ekey, 0) + 1
         elif status == "cancelled":
-            reason = end.get("reason") or "cancelled"
+            reason = summary.reason or "cancelled"
             self.cancellations[reason] = self.cancellations.get(reason, 0) + 1
         if self.log_generations:
             line: dict[str, Any] = {
                 "ts": round(time.time(), 3),
                 "event": "generation",
-                "stream_id": gen.stream_id,
-                "model": route.model,
-                "provider": route.provider.name,
+                "stream_id": summary.stream_id,
+                "model": summary.model,
+                "provider": summary.provider,
                 "status": status,
-                "finish_reason": end.get("finish_reason"),
-                "tokens": gen.token_count,
+                "finish_reason": summary.finish_reason,
+                "tokens": summary.tokens,
                 "usage": usage,
                 "timing": timing,
                 "cost_usd": cost,
-                "resumable": run.resumable,
+                "resumable": summary.resumable,
             }
             if status == "cancelled":
-                line["reason"] = end.get("reason")
-            if status == "failed":
-                line["error"] = end.get("error")
-                if upstream_status:
-                    line["upstream_status"] = int(upstream_status)
+                line["reason"] = summary.reason
+            if status == "failed" and error is not None:
+                line["error"] = {"code": error.code, "retryable": error.retryable}
+                if upstream_status is not None:
+                    line["upstream_status"] = upstream_status
             if self.log_prompts:  # debug only: prompts and replies are the users' data
-                chat = run.chat
-                line["prompt"] = chat.messages if chat.messages is not None else chat.content
-                line["reply"] = gen.answer
+                line["prompt"] = summary.prompt
+                line["reply"] = summary.reply
             write_event(line)
 
     # -- exposition -------------------------------------------------------------
@@ -279,31 +266,6 @@ def process_usage(pid: int) -> tuple[int, float]:
         return 0, 0.0
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    """Prometheus text. Once keys exist it needs one, like every endpoint (usage and costs are
-    business data), unless ``metrics_open`` says the port is only reachable by the scraper."""
-    gw: Gateway = request.app["gateway"]
-    # a sibling worker asking over its private Unix socket (serve --workers) needs no key
-    sibling = isinstance(request.transport.get_extra_info("sockname") if request.transport else None, str)
-    if not gw.settings.metrics_open and not sibling:
-        try:
-            await gw.authenticate_http(request)
-        except GatewayError as err:
-            from .server.http_api import error_response
-
-            return error_response(err)
-    text = gw.metrics.render()
-    if gw.worker_sockets and request.query.get("scope") != "worker" and not sibling:
-        # every scrape sees the whole gateway, whichever worker the kernel gave it to
-        others = [p for i, p in enumerate(gw.worker_sockets) if gw.worker is None or i != gw.worker[0]]
-        texts = await asyncio.gather(*(_sibling_metrics(p) for p in others))
-        text = merge_expositions([text, *(t for t in texts if t)])
-    return web.Response(
-        text=text,
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
-
-
 # -- structured logs -------------------------------------------------------------
 def setup_event_log(stream: Any = None) -> None:
     """JSON lines on stderr, one object per line, apart from the human-readable log."""
@@ -321,62 +283,7 @@ def write_event(obj: dict[str, Any]) -> None:
         events_log.info(orjson.dumps(obj, default=str).decode())
 
 
-def access_log_middleware(gw: Gateway, enabled: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """One JSON line per HTTP request (a WebSocket logs when it closes).
-
-    Only the route template is logged (``/v1/poll/{sid}``), never the concrete
-    path (ids there act as handles), the query string (seed clients put their
-    key there) nor any header.
-    """
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]):
-        t0 = time.monotonic()
-        status = 500
-        try:
-            resp = await handler(request)
-            status = resp.status
-            return resp
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            resource = getattr(request.match_info.route, "resource", None)
-            route = resource.canonical if resource is not None else "unmatched"
-            key = (request.method, route, status)
-            gw.metrics.http[key] = gw.metrics.http.get(key, 0) + 1
-            if enabled and route != "/metrics":
-                write_event(
-                    {
-                        "ts": round(time.time(), 3),
-                        "event": "request",
-                        "method": request.method,
-                        "route": route,
-                        "status": status,
-                        "ms": round((time.monotonic() - t0) * 1000, 2),
-                        "websocket": request.headers.get("Upgrade", "").lower() == "websocket",
-                        "remote": request.remote,
-                    }
-                )
-
-    return middleware
-
-
 # -- several worker processes (serve --workers) ---------------------------------------
-async def _sibling_metrics(path: str) -> str | None:
-    """Another worker's own exposition, over its Unix socket (None if it does not answer)."""
-    import aiohttp
-
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as session:
-            async with session.get(
-                "http://worker/metrics", params={"scope": "worker"}, timeout=aiohttp.ClientTimeout(total=2)
-            ) as r:
-                return await r.text() if r.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return None  # restarting, or gone: its figures are missing from this scrape
-
-
 def merge_expositions(texts: list[str]) -> str:
     """One Prometheus exposition from several processes' (``serve --workers``).
 

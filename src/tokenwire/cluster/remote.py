@@ -1,6 +1,6 @@
 """A generation running on another instance, followed through its Redis Stream.
 
-:class:`RemoteRun` looks enough like :class:`~tokenwire.server.relay.Run` for
+:class:`RemoteRun` looks enough like :class:`~tokenwire.runtime.relay.Run` for
 ``Session.attach`` to treat it the same way: ``gen.after(last_seq)`` gives the
 replay (read with ``XRANGE``), subscribers then get the live tail (``XREAD
 BLOCK``) until ``end``. Events are checked by ``seq`` and epoch: a duplicate
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..protocol.errors import GatewayError
+from ..protocol.events import END, ERROR, TOKEN
 from ..protocol.stream import Generation, StreamExpired
-from ..server.relay import END, ERROR, TOKEN
 from ..store.redis import FAULTS, raise_if_cancelled
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class RemoteRun:
         self.key = cluster.shipper.key(stream_id)
         self.epoch = epoch
         self.owner = owner
-        self.key_id: str | None = None  #: the API key that started the generation, if any
+        self.owner_key: str | None = None  #: the id of the API key that started the generation, if any
         self.gen = Generation(stream_id)
         self.gen.seq = last_seq
         self.gen.first_seq = last_seq + 1

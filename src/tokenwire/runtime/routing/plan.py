@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from .protocol import events as ev
-from .protocol.errors import GatewayError
-from .protocol.events import Event
-from .upstream.base import ChatCall, Provider, UpstreamStream
+from ...protocol import events as ev
+from ...protocol.errors import GatewayError
+from ...protocol.events import Event
+from ...upstream.base import ChatCall, Provider, UpstreamStream
 
 if TYPE_CHECKING:
     from .router import Route

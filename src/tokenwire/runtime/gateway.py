@@ -1,0 +1,201 @@
+"""The gateway's process-wide state, and the one path every chat takes.
+
+:meth:`Gateway.start_chat` is what the WebSocket, SSE, non-streamed and polling
+entry points all call: resolve the model to a route, admit the request (keys,
+limits, budgets), then begin its :class:`~.relay.Run`. The entry points differ
+only in how they read a request and how they write its events (a dialect).
+
+Access control and scale-out plug in from the layers above through two small
+interfaces (:class:`Admission` and :class:`RemoteStreams`): the server's
+composition root (``server.app.build_gateway``) builds them and hands them in.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from ..config import Settings
+from ..protocol.errors import GatewayError
+from ..protocol.frames import Attach, Chat, Limits
+from ..store.base import ConversationStore
+from ..upstream.http import SharedSession
+from .metrics import Metrics
+from .ownership import owns
+from .relay import Registry, Run
+from .routing import Route, Router
+
+__all__ = ["Admission", "Gateway", "OpenAdmission", "RemoteStreams", "make_store"]
+
+log = logging.getLogger("tokenwire")
+
+#: admission refusals counted as limit rejections in /metrics
+_LIMIT_CODES = ("rate_limited", "budget_exceeded")
+
+
+class Admission(Protocol):
+    """Who is asking, and what they may start (tokenwire.auth.AccessPolicy is the real one)."""
+
+    async def authenticate_http(self, request: Any) -> Any:
+        """The principal behind an HTTP request; raise GatewayError to refuse it."""
+        ...
+
+    async def authenticate_ws(self, request: Any) -> Any:
+        """The principal behind a WebSocket handshake; raise GatewayError to refuse it."""
+        ...
+
+    def frame_gate(self) -> Any:
+        """A per-socket check of each client frame (frames per second), or None."""
+        ...
+
+    async def admit(self, principal: Any, chat: Chat, route: Route) -> None:
+        """Raise GatewayError to refuse; otherwise the chat is charged to ``principal``."""
+        ...
+
+    def release(self, principal: Any, chat: Chat) -> None:
+        """An admitted chat never started: undo what :meth:`admit` counted."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class OpenAdmission:
+    """Admits everything (a gateway built without an access policy, e.g. in unit tests)."""
+
+    async def authenticate_http(self, request: Any) -> Any:
+        return None
+
+    async def authenticate_ws(self, request: Any) -> Any:
+        return None
+
+    def frame_gate(self) -> Any:
+        return None
+
+    async def admit(self, principal: Any, chat: Chat, route: Route) -> None:
+        return None
+
+    def release(self, principal: Any, chat: Chat) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RemoteStreams(Protocol):
+    """Generations that other instances run (tokenwire.cluster.Cluster is the real one)."""
+
+    async def attach_remote(self, req: Attach) -> Any:
+        """A run-like follower of another instance's generation, or None if there is none."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+def make_store(settings: Settings) -> ConversationStore:
+    """The conversation store the settings ask for: Redis, memory or SQLite (the default)."""
+    if settings.redis_url:
+        from ..store.redis import RedisConversationStore
+
+        return RedisConversationStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout)
+    if settings.db_path == ":memory:":
+        from ..store.memory import MemoryConversationStore
+
+        return MemoryConversationStore()
+    from ..store.sqlite import SQLiteConversationStore
+
+    return SQLiteConversationStore(settings.db_path)
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: ConversationStore | None = None,
+        registry: Registry | None = None,
+        access: Admission | None = None,
+        cluster: RemoteStreams | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limits = Limits(settings.max_frame_bytes, settings.max_messages)
+        self.http = SharedSession(settings.connect_timeout)
+        self.router = Router(settings, self.http)
+        self.store = store if store is not None else make_store(settings)
+        self.registry = (
+            registry if registry is not None else Registry(self.store, settings.resume_retention, settings.read_timeout)
+        )
+        self.access: Admission = access if access is not None else OpenAdmission()
+        #: with ``redis_url``: shared conversations, cross-instance resume, cancel routing
+        self.cluster = cluster
+        #: the open client sockets (the server layer adds and removes them)
+        self.sessions: set[Any] = set()
+        self.draining = False
+        #: (index, count) when one of ``serve --workers`` processes
+        self.worker: tuple[int, int] | None = None
+        #: every worker's private Unix socket (index = worker), for /metrics of the whole gateway
+        self.worker_sockets: list[str] = []
+        self.metrics = Metrics(self)
+        self.metrics.log_prompts = settings.log_prompts
+        self.registry.on_finish.append(self.metrics.on_finish)
+
+    # -- the one path for a chat ----------------------------------------------
+    async def start_chat(
+        self,
+        principal: Any,
+        chat: Chat,
+        *,
+        conversation_id: str | None = None,
+        resumable: bool = False,
+    ) -> Run:
+        """Resolve, admit and begin a generation; its events go to whoever subscribes to the run.
+
+        Raises :class:`GatewayError` (unknown model, a limit, a busy conversation, …) with the
+        chat's id in ``extra["id"]``, so a socket can tell which request was refused.
+        """
+        try:
+            route = self.router.resolve(chat.model)
+            try:
+                await self.access.admit(principal, chat, route)
+            except GatewayError as err:
+                if err.code in _LIMIT_CODES:
+                    self.metrics.reject(err.extra.get("limit") or err.code)
+                raise
+            try:
+                return await self.registry.begin(chat, route, conversation_id, resumable)
+            except BaseException:
+                self.access.release(principal, chat)
+                raise
+        except GatewayError as err:
+            err.extra.setdefault("id", chat.id)
+            raise
+
+    async def find_stream(self, principal: Any, req: Attach) -> Any:
+        """The generation an ``attach`` names, here or on another instance, if ``principal`` owns it.
+
+        Raises ``stream_expired`` when there is none, ``forbidden`` when it is another key's.
+        """
+        run: Any = self.registry.get(req.stream_id)
+        if run is None and self.cluster is not None:
+            run = await self.cluster.attach_remote(req)
+        if run is None:
+            raise GatewayError(
+                "stream_expired",
+                f"stream {req.stream_id} is unknown or past its retention window; it cannot be resumed",
+                extra={"id": req.id, "stream_id": req.stream_id},
+            )
+        if not owns(principal, run):
+            raise GatewayError("forbidden", "that stream belongs to another API key", extra={"id": req.id})
+        return run
+
+    async def aclose(self) -> None:
+        await self.registry.shutdown(0)
+        if self.cluster is not None:
+            await self.cluster.aclose()
+        await self.router.aclose()
+        await self.http.aclose()
+        await self.store.aclose()
+        await self.access.aclose()

@@ -1,0 +1,43 @@
+"""WebSocket handshakes are authenticated before the upgrade, and counted per principal.
+
+The decisions are the access policy's (tokenwire.auth); this is the aiohttp glue:
+a refused handshake gets a plain HTTP error (401, 403, 429) a browser or SDK can
+read, instead of an upgrade followed by a close.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..auth.policy import PRINCIPAL, WS_PATHS, AccessPolicy
+from ..protocol.errors import GatewayError
+from .errors import error_response
+
+__all__ = ["handshake_middleware"]
+
+log = logging.getLogger("tokenwire.auth")
+
+
+def handshake_middleware(policy: AccessPolicy) -> Callable[[web.Request, Any], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def handshake(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path not in WS_PATHS or request.headers.get("Upgrade", "").lower() != "websocket":
+            return await handler(request)
+        try:
+            p = await policy.authenticate(request)
+            policy.socket_opened(p)
+        except GatewayError as err:
+            if err.code != "rate_limited":
+                log.info("refused a WebSocket from %s: %s", request.remote, err.message)
+            return error_response(err)
+        request[PRINCIPAL] = p
+        try:
+            return await handler(request)
+        finally:
+            policy.socket_closed(p)
+
+    return handshake

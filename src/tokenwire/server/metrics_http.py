@@ -1,0 +1,98 @@
+"""``GET /metrics`` and the access log: the HTTP side of :mod:`tokenwire.runtime.metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..protocol.errors import GatewayError
+from ..runtime.metrics import merge_expositions, write_event
+from .errors import error_response
+
+if TYPE_CHECKING:
+    from ..runtime.gateway import Gateway
+
+__all__ = ["access_log_middleware", "metrics_handler"]
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """Prometheus text. Once keys exist it needs one, like every endpoint (usage and costs are
+    business data), unless ``metrics_open`` says the port is only reachable by the scraper."""
+    gw: Gateway = request.app["gateway"]
+    # a sibling worker asking over its private Unix socket (serve --workers) needs no key
+    sibling = isinstance(request.transport.get_extra_info("sockname") if request.transport else None, str)
+    if not gw.settings.metrics_open and not sibling:
+        try:
+            await gw.access.authenticate_http(request)
+        except GatewayError as err:
+            return error_response(err)
+    text = gw.metrics.render()
+    if gw.worker_sockets and request.query.get("scope") != "worker" and not sibling:
+        # every scrape sees the whole gateway, whichever worker the kernel gave it to
+        others = [p for i, p in enumerate(gw.worker_sockets) if gw.worker is None or i != gw.worker[0]]
+        texts = await asyncio.gather(*(_sibling_metrics(p) for p in others))
+        text = merge_expositions([text, *(t for t in texts if t)])
+    return web.Response(
+        text=text,
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+def access_log_middleware(gw: Gateway, enabled: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """One JSON line per HTTP request (a WebSocket logs when it closes).
+
+    Only the route template is logged (``/v1/poll/{sid}``), never the concrete
+    path (ids there act as handles), the query string (seed clients put their
+    key there) nor any header.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]):
+        t0 = time.monotonic()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = getattr(request.match_info.route, "resource", None)
+            route = resource.canonical if resource is not None else "unmatched"
+            key = (request.method, route, status)
+            gw.metrics.http[key] = gw.metrics.http.get(key, 0) + 1
+            if enabled and route != "/metrics":
+                write_event(
+                    {
+                        "ts": round(time.time(), 3),
+                        "event": "request",
+                        "method": request.method,
+                        "route": route,
+                        "status": status,
+                        "ms": round((time.monotonic() - t0) * 1000, 2),
+                        "websocket": request.headers.get("Upgrade", "").lower() == "websocket",
+                        "remote": request.remote,
+                    }
+                )
+
+    return middleware
+
+
+# -- several worker processes (serve --workers) ---------------------------------------
+async def _sibling_metrics(path: str) -> str | None:
+    """Another worker's own exposition, over its Unix socket (None if it does not answer)."""
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as session:
+            async with session.get(
+                "http://worker/metrics", params={"scope": "worker"}, timeout=aiohttp.ClientTimeout(total=2)
+            ) as r:
+                return await r.text() if r.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None  # restarting, or gone: its figures are missing from this scrape

@@ -1,0 +1,58 @@
+"""Subscribers that write a run's events to an HTTP response, in any dialect.
+
+:class:`SSEResponder` is the one Server-Sent Events writer: a dialect's encoder
+says what bytes each event becomes; this sends the headers with the first bytes
+(so a provider that refuses the request up front still gets the client a real
+HTTP status, not a 200 with an error inside), then writes each event. A client
+that goes away ends the subscription (the relay then cancels the run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+from aiohttp import web
+
+from ..dialects.base import Encoder
+from ..protocol.errors import GatewayError
+from ..protocol.events import END, ERROR
+
+__all__ = ["SSE_HEADERS", "SSEResponder"]
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class SSEResponder:
+    __slots__ = ("encode", "error", "request", "resp")
+
+    def __init__(self, request: web.Request, encoder: Encoder) -> None:
+        self.request = request
+        self.encode = encoder.encode
+        self.resp: web.StreamResponse | None = None
+        #: the run failed before anything was sent: the handler answers with this error's status
+        self.error: GatewayError | None = None
+
+    def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
+        if self.resp is None:
+            if kind == ERROR:
+                self.error = value
+                return None
+            if kind == END and self.error is not None:
+                return None
+        data = self.encode(rest, kind, value)
+        if not data:
+            return None
+        return self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        resp = self.resp
+        if resp is None:
+            resp = web.StreamResponse(headers=SSE_HEADERS)
+            await resp.prepare(self.request)
+            self.resp = resp
+        await resp.write(data)
