@@ -7,8 +7,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from . import __version__
 from .config import ConfigError, load_settings
+from .version import __version__
 
 __all__ = ["main"]
 
@@ -105,12 +105,15 @@ def _load_plugins() -> None:
     """Subcommands living in their own modules register themselves on import."""
     import importlib
 
-    for module in ("tokenwire.client.cli", "tokenwire.bench.cli", "tokenwire.auth.cli"):
+    for name in ("tokenwire.client.cli", "tokenwire.bench.cli", "tokenwire.auth.cli"):
         try:
-            importlib.import_module(module)
+            module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
+            if exc.name is None or not name.startswith(exc.name):
                 raise
+            continue
+        COMMANDS.update(module.COMMANDS)
+        _HELP.update(module.HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:

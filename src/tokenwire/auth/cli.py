@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from ..cli import _HELP, COMMANDS
 from ..config import load_settings
 from .keys import KeyRecord, KeyStore, new_record, open_key_store
 
@@ -172,7 +172,10 @@ def _run_usage(args: argparse.Namespace) -> int:
     return asyncio.run(_usage(args))
 
 
+#: subcommands this module adds to ``tokenwire`` (read by tokenwire.cli): name -> (add_arguments, run)
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+HELP: dict[str, str] = {}
 COMMANDS["keys"] = (_keys_args, _run_keys)
 COMMANDS["usage"] = (_usage_args, _run_usage)
-_HELP["keys"] = "create, list and revoke gateway API keys"
-_HELP["usage"] = "requests, tokens and spend per API key"
+HELP["keys"] = "create, list and revoke gateway API keys"
+HELP["usage"] = "requests, tokens and spend per API key"

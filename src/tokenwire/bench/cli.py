@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import argparse
-
-from ..cli import _HELP, COMMANDS
+from collections.abc import Callable
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
@@ -38,7 +37,10 @@ def _loadtest(args: argparse.Namespace) -> int:
     return main(args)
 
 
+#: subcommands this module adds to ``tokenwire`` (read by tokenwire.cli): name -> (add_arguments, run)
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+HELP: dict[str, str] = {}
 COMMANDS["bench"] = (_bench_args, _bench)
 COMMANDS["loadtest"] = (_loadtest_args, _loadtest)
-_HELP["bench"] = "the seed's benchmark table (TTFT, tokens/s, 100-token latency, price) against a gateway"
-_HELP["loadtest"] = "many concurrent streams (or idle sockets) against a gateway in front of a fake upstream"
+HELP["bench"] = "the seed's benchmark table (TTFT, tokens/s, 100-token latency, price) against a gateway"
+HELP["loadtest"] = "many concurrent streams (or idle sockets) against a gateway in front of a fake upstream"

@@ -7,11 +7,10 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from ..cli import COMMANDS
 from .core import DEFAULT_URL, Completion
 from .errors import ConversationBusyError, TokenwireError
 from .sync import Client, SyncTokenStream
@@ -208,5 +207,8 @@ def run_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+#: subcommands this module adds to ``tokenwire`` (read by tokenwire.cli): name -> (add_arguments, run)
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+HELP: dict[str, str] = {}
 COMMANDS["chat"] = (_chat_args, run_chat)
 COMMANDS["ask"] = (_ask_args, run_ask)

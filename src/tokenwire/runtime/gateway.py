@@ -138,7 +138,7 @@ class Gateway:
         self.worker: tuple[int, int] | None = None
         #: every worker's private Unix socket (index = worker), for /metrics of the whole gateway
         self.worker_sockets: list[str] = []
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self.registry, self.sessions)
         self.metrics.log_prompts = settings.log_prompts
         self.registry.on_finish.append(self.metrics.on_finish)
 

@@ -14,15 +14,16 @@ import os
 import sys
 import time
 from bisect import bisect_left
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .. import __version__
+from ..version import __version__
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from .relay import Registry
     from .summary import RunSummary
 
 __all__ = ["TTFT_BUCKETS", "Metrics", "merge_expositions", "process_usage", "setup_event_log", "write_event"]
@@ -71,8 +72,9 @@ class _ModelStats:
 class Metrics:
     """Process-wide counters. Other layers increment the public ints/dicts directly."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(self, registry: Registry, sessions: Collection[Any]) -> None:
+        self.registry = registry
+        self.sessions = sessions  #: the open client sockets (counted at scrape time)
         self.started = time.time()
         self.ws_connections = 0  #: WebSocket connections ever accepted
         self.rejections: dict[str, int] = {}  #: limit refusals by reason (see :meth:`reject`)
@@ -150,7 +152,6 @@ class Metrics:
     # -- exposition -------------------------------------------------------------
     def render(self) -> str:
         """The Prometheus text exposition (format 0.0.4)."""
-        gw = self.gw
         out: list[str] = []
 
         def family(name: str, kind: str, help: str) -> None:
@@ -163,10 +164,10 @@ class Metrics:
         family("tokenwire_build_info", "gauge", "Version of this gateway.")
         sample("tokenwire_build_info", 1, {"version": __version__})
         family("tokenwire_open_sockets", "gauge", "WebSocket connections open now.")
-        sample("tokenwire_open_sockets", len(gw.sessions))
+        sample("tokenwire_open_sockets", len(self.sessions))
         family("tokenwire_ws_connections_total", "counter", "WebSocket connections accepted.")
         sample("tokenwire_ws_connections_total", self.ws_connections)
-        runs = gw.registry.runs.values()
+        runs = self.registry.runs.values()
         family("tokenwire_generations_in_flight", "gauge", "Generations running now.")
         sample("tokenwire_generations_in_flight", sum(1 for r in runs if not r.gen.ended))
         family("tokenwire_generations_retained", "gauge", "Ended generations kept for resume.")
@@ -210,9 +211,9 @@ class Metrics:
         for code, n in sorted(self.client_errors.items()):
             sample("tokenwire_client_errors_total", n, {"code": code})
         family("tokenwire_resumes_total", "counter", "Successful attaches after a reconnect.")
-        sample("tokenwire_resumes_total", gw.registry.stats.get("resumes", 0))
+        sample("tokenwire_resumes_total", self.registry.stats.get("resumes", 0))
         family("tokenwire_reconnects_total", "counter", "Attach requests after a reconnect (resumed or expired).")
-        reconnects = gw.registry.stats.get("resumes", 0) + self.client_errors.get("stream_expired", 0)
+        reconnects = self.registry.stats.get("resumes", 0) + self.client_errors.get("stream_expired", 0)
         sample("tokenwire_reconnects_total", reconnects)
 
         family("tokenwire_http_requests_total", "counter", "HTTP requests (WebSocket upgrades included) by route.")

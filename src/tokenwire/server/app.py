@@ -15,13 +15,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .. import __version__
 from ..auth.policy import AccessPolicy
 from ..config import ConfigError, Settings
 from ..protocol.errors import GatewayError
 from ..runtime.gateway import Gateway, make_store
 from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key
+from ..version import __version__
 from .access import handshake_middleware
 from .errors import error_response
 from .http_api import chat_completions, list_models

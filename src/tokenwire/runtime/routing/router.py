@@ -9,11 +9,10 @@ is a :class:`Route` for the preferred deployment carrying the whole
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from ...catalog import ModelInfo, build_catalog
+from ...catalog import build_catalog
 from ...config import ProviderConfig, Settings
 from ...protocol.errors import GatewayError
 from ...simulate.reply import PROFILES
@@ -21,9 +20,10 @@ from ...upstream.base import Provider
 from ...upstream.http import SharedSession
 from ...upstream.openai import OpenAIProvider
 from ...upstream.simulated import SimulatedProvider
-from .plan import Deployment, Group, Plan, Policy
+from .deployment import Deployment, Policy
+from .plan import Group, Plan, Route
 
-__all__ = ["Route", "Router"]
+__all__ = ["ALIASES", "Router", "build_provider"]
 
 _DEFAULT_MODEL = {
     "deepseek": "deepseek-chat",
@@ -36,16 +36,6 @@ _DEFAULT_MODEL = {
 ALIASES = {"fast": "gemini-2.5-flash", "cheap": "deepseek-v3.2", "best": "claude-sonnet-4.5"}
 
 _MAX_DEPLOYMENTS = 4096  #: breaker/latency state kept for at most this many (provider, model) pairs
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    model: str  #: the catalog name being served (an alias resolved)
-    upstream_model: str  #: the provider's own id
-    provider: Provider
-    deployment: Deployment | None = None  #: breaker and latency state of (provider, upstream_model)
-    plan: Plan | None = None  #: every deployment to try, in order (on the route ``resolve`` returns)
-    info: ModelInfo | None = None  #: catalog entry: prices, context window
 
 
 def build_provider(cfg: ProviderConfig, session: SharedSession, speed: float) -> Provider:
