@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["ERROR", "FINISH", "KIND_NAMES", "MODEL", "REASONING", "TOKEN", "TOOL_CALL", "USAGE"]
+__all__ = [
+    "CLOSE_DRAIN",
+    "CLOSE_IDLE",
+    "ERROR",
+    "FINISH",
+    "KIND_NAMES",
+    "MODEL",
+    "REASONING",
+    "SUBPROTOCOL",
+    "TOKEN",
+    "TOOL_CALL",
+    "USAGE",
+]
 
 TOKEN: Final = 0  #: value: str, answer text
 REASONING: Final = 1  #: value: str, reasoning/thinking text, kept apart from the answer
@@ -21,3 +33,8 @@ MODEL: Final = 6  #: value: str, the model id the provider says answered
 KIND_NAMES: Final = ("token", "reasoning", "tool_call", "finish", "usage", "error", "model")
 
 Event = tuple[int, Any]
+
+# WebSocket protocol v1 (docs/protocol.md)
+SUBPROTOCOL: Final = "tokenwire.v1"  #: the Sec-WebSocket-Protocol the server offers and the client asks for
+CLOSE_IDLE: Final = 4000  #: close code: idle_timeout with no application frame and no generation running
+CLOSE_DRAIN: Final = 4001  #: close code: the instance is draining (restart/deploy): reconnect at once and resume
