@@ -60,7 +60,7 @@ def test_in_order_delivery_with_reasoning_and_tool_calls() -> None:
     v1 = V1Client()
     st = opened(v1, now=10.0)
     assert st.t0 == 10.0 and v1.streams == {"r1": st}
-    assert v1.receive(start(), 10.1) == []
+    assert v1.receive(start(), 10.1) == ()
     assert st.start is not None and st.start["conversation_id"] == "c_1"
     actions = [
         v1.receive({"type": "reasoning", "id": "r1", "seq": 1, "content": "hmm"}, 10.2),
@@ -68,11 +68,11 @@ def test_in_order_delivery_with_reasoning_and_tool_calls() -> None:
         v1.receive({"type": "tool_call", "id": "r1", "seq": 3, "delta": {"index": 0, "name": "f"}}, 10.4),
         v1.receive(tok(4, "lo"), 10.5),
     ]
-    assert actions == [[Wake(st)]] * 4
+    assert actions == [(Wake(st),)] * 4
     assert st.t_first == 10.3, "the first *token*, not the first event"
     assert st.last_seq == 4 and st.max_buffered == 4
     assert drain(st) == [(REASONING, "hmm"), (TOKEN, "Hel"), (TOOL_CALL, {"index": 0, "name": "f"}), (TOKEN, "lo")]
-    assert v1.receive(end(5), 10.6) == [Ended(st)]
+    assert v1.receive(end(5), 10.6) == (Ended(st),)
     assert st.done and st.end is not None and st.end["status"] == "completed"
     assert v1.streams == {}
 
@@ -83,17 +83,17 @@ def test_duplicates_dropped_exactly_once_across_a_replay_straddling_last_seq() -
     v1.receive(start(), 0)
     for seq, text in ((1, "a"), (2, "b"), (3, "c")):
         v1.receive(tok(seq, text), 0)
-    assert v1.receive(tok(2, "b"), 0) == [], "a plain duplicate"
+    assert v1.receive(tok(2, "b"), 0) == (), "a plain duplicate"
     # the socket drops; the new socket's attach asks for everything after seq 3 ...
     assert v1.reattach_frames() == [{"type": "attach", "id": "r1", "stream_id": st.stream_id, "last_seq": 3}]
     # ... and the replay starts a little earlier than that (it straddles last_seq)
     for seq, text in ((1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")):
         v1.receive(tok(seq, text), 0)
-    assert v1.receive(tok(5, "e"), 0) == []
-    assert v1.receive(end(6), 0) == [Ended(st)]
+    assert v1.receive(tok(5, "e"), 0) == ()
+    assert v1.receive(end(6), 0) == (Ended(st),)
     assert [v for _, v in drain(st)] == ["a", "b", "c", "d", "e"]
     assert st.last_seq == 6
-    assert v1.receive(end(6), 0) == [], "after the end the id is unknown: ignored"
+    assert v1.receive(end(6), 0) == (), "after the end the id is unknown: ignored"
 
 
 def test_a_gap_fails_the_stream_with_stream_gap() -> None:
@@ -103,11 +103,11 @@ def test_a_gap_fails_the_stream_with_stream_gap() -> None:
     v1.receive(tok(1, "a"), 0)
     v1.receive(tok(2, "b"), 0)
     actions = v1.receive(tok(5, "e"), 0)
-    assert actions == [Failed(st, "stream_gap", "events 3..4 are missing", None)]
+    assert actions == (Failed(st, "stream_gap", "events 3..4 are missing", None),)
     assert st.done and "r1" not in v1.streams
     assert [v for _, v in drain(st)] == ["a", "b"], "what came before the gap is still delivered"
     assert st.last_seq == 2
-    assert v1.receive(tok(6, "f"), 0) == [], "nothing after the failure reaches the stream"
+    assert v1.receive(tok(6, "f"), 0) == (), "nothing after the failure reaches the stream"
 
 
 def test_watermarks_pause_and_resume_exactly_once_each() -> None:
@@ -162,14 +162,14 @@ def test_max_buffer_stalls_the_reader_unless_closed() -> None:
     v1 = V1Client()
     st = opened(v1, high=2, low=1, cap=3)
     v1.receive(start(), 0)
-    assert v1.receive(tok(1, "a"), 0) == [Wake(st)]
-    assert v1.receive(tok(2, "b"), 0) == [Wake(st), Send({"type": "pause", "id": "r1"})]
-    assert v1.receive(tok(3, "c"), 0) == [Wake(st), Stall(st)]
+    assert v1.receive(tok(1, "a"), 0) == (Wake(st),)
+    assert v1.receive(tok(2, "b"), 0) == (Wake(st), Send({"type": "pause", "id": "r1"}))
+    assert v1.receive(tok(3, "c"), 0) == (Wake(st), Stall(st))
     other = opened(v1, "r2", high=2, low=1, cap=2)
     other.closed = True  # its consumer left: never stall the socket for it
     v1.receive(start("r2"), 0)
-    assert v1.receive(tok(1, "a", "r2"), 0) == [Wake(other)]
-    assert v1.receive(tok(2, "b", "r2"), 0) == [Wake(other), Send({"type": "pause", "id": "r2"})]
+    assert v1.receive(tok(1, "a", "r2"), 0) == (Wake(other),)
+    assert v1.receive(tok(2, "b", "r2"), 0) == (Wake(other), Send({"type": "pause", "id": "r2"}))
 
 
 def test_reattach_frames_carry_last_seq_and_restate_pause() -> None:
@@ -216,10 +216,10 @@ def test_end_and_error_finish_a_stream() -> None:
         "message": "slow down",
         "retryable": True,
     }
-    assert v1.receive(err, 0) == [Failed(bad, "upstream_rate_limited", "slow down", err)]
+    assert v1.receive(err, 0) == (Failed(bad, "upstream_rate_limited", "slow down", err),)
     assert bad.done and list(v1.streams) == ["ok"]
-    assert v1.receive(end(2, "bad"), 0) == [], "the end after the error: the id is gone"
-    assert v1.receive(end(1, "ok"), 0) == [Ended(ok)]
+    assert v1.receive(end(2, "bad"), 0) == (), "the end after the error: the id is gone"
+    assert v1.receive(end(1, "ok"), 0) == (Ended(ok),)
     assert ok.done and v1.streams == {}
     assert ok.end is not None and ok.end["seq"] == 1
 
@@ -229,19 +229,19 @@ def test_not_found_is_ignored() -> None:
     st = opened(v1)
     v1.receive(start(), 0)
     nf = {"type": "error", "id": "r1", "code": "not_found", "message": "no generation r1"}
-    assert v1.receive(nf, 0) == []
+    assert v1.receive(nf, 0) == ()
     assert not st.done and v1.streams == {"r1": st}
-    assert v1.receive(tok(1, "a"), 0) == [Wake(st)]
+    assert v1.receive(tok(1, "a"), 0) == (Wake(st),)
 
 
 def test_stream_expired_before_start_resends_the_chat_once() -> None:
     v1 = V1Client()
     st = opened(v1)
     expired = {"type": "error", "id": "r1", "code": "stream_expired", "message": "unknown stream"}
-    assert v1.receive(expired, 0) == [Send(st.chat)]
+    assert v1.receive(expired, 0) == (Send(st.chat),)
     assert st.retried_chat and not st.done
     failed = v1.receive(expired, 0)
-    assert failed == [Failed(st, "stream_expired", "unknown stream", expired)], "only once"
+    assert failed == (Failed(st, "stream_expired", "unknown stream", expired),), "only once"
     assert st.done and v1.streams == {}
 
 
@@ -250,7 +250,7 @@ def test_stream_expired_after_start_is_a_failure() -> None:
     st = opened(v1)
     v1.receive(start(), 0)
     expired = {"type": "error", "id": "r1", "code": "stream_expired", "message": "gone"}
-    assert v1.receive(expired, 0) == [Failed(st, "stream_expired", "gone", expired)]
+    assert v1.receive(expired, 0) == (Failed(st, "stream_expired", "gone", expired),)
     assert not st.retried_chat
 
 
@@ -258,12 +258,11 @@ def test_errors_outside_a_generation_are_stray() -> None:
     v1 = V1Client()
     opened(v1)
     bad = {"type": "error", "id": None, "code": "invalid_json", "message": "not JSON"}
-    assert v1.receive(bad, 0) == [StrayError(bad)]
-    assert v1.receive({"type": "error", "id": "nope", "code": "x"}, 0) == [
-        StrayError({"type": "error", "id": "nope", "code": "x"})
-    ]
-    assert v1.receive({"type": "pong"}, 0) == []
-    assert v1.receive(tok(1, "a", "nope"), 0) == []
+    assert v1.receive(bad, 0) == (StrayError(bad),)
+    unknown = {"type": "error", "id": "nope", "code": "x"}
+    assert v1.receive(unknown, 0) == (StrayError(unknown),)
+    assert v1.receive({"type": "pong"}, 0) == ()
+    assert v1.receive(tok(1, "a", "nope"), 0) == ()
 
 
 def test_close_cancels_only_a_running_generation() -> None:
@@ -305,3 +304,15 @@ def test_open_failed_marks_the_stream_over() -> None:
 def test_watermarks_are_checked(high: int, low: int, cap: int) -> None:
     with pytest.raises(ValueError):
         StreamState("r1", chat(), high_water=high, low_water=low, max_buffer=cap)
+
+
+def test_a_reused_id_wakes_the_new_stream() -> None:
+    v1 = V1Client()
+    first = opened(v1)
+    v1.receive(start(), 0)
+    assert v1.receive(tok(1, "a"), 0) == (Wake(first),)
+    v1.receive(end(2), 0)
+    second = opened(v1)
+    v1.receive(start(), 0)
+    assert v1.receive(tok(1, "b"), 0) == (Wake(second),)
+    assert [v for _, v in drain(first)] == ["a"] and [v for _, v in drain(second)] == ["b"]

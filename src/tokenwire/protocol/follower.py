@@ -177,28 +177,15 @@ class StreamState:
             self.resumes += 1
         self.resume_pending = False
 
-    # -- reader side ------------------------------------------------------------------------
-    def _buffer(self, item: tuple[int, Any]) -> list[Action]:
-        items = self.items
-        items.append(item)
-        n = len(items)
-        if n > self.max_buffered:
-            self.max_buffered = n
-        out: list[Action] = [Wake(self)]
-        if n >= self.high_water and not self.paused:
-            self.paused = True
-            self.pauses += 1
-            out.append(Send({"type": "pause", "id": self.id}))
-        if n >= self.max_buffer and not self.closed:
-            out.append(Stall(self))
-        return out
-
 
 class V1Client:
     """The generations in flight on one client socket, by ``id``, and the rules above."""
 
     def __init__(self) -> None:
         self.streams: dict[str, StreamState] = {}
+        # (Wake(st),) per stream, made once and handed out again (actions are immutable): it is
+        # the answer to almost every token, so the hot path allocates nothing for it
+        self._woken: dict[str, tuple[Wake]] = {}
 
     # -- the consumer's requests ------------------------------------------------------------
     def begin(self, st: StreamState) -> None:
@@ -225,6 +212,7 @@ class V1Client:
         st.closed = True
         if self.streams.get(st.id) is st:
             del self.streams[st.id]
+            self._woken.pop(st.id, None)
         running = st.opened and not st.done
         st.done = True
         st.items.clear()
@@ -239,6 +227,7 @@ class V1Client:
         good); returns them, marked done, for the caller to fail."""
         streams = list(self.streams.values())
         self.streams.clear()
+        self._woken.clear()
         for st in streams:
             st.done = True
         return streams
@@ -258,46 +247,67 @@ class V1Client:
                 frames.append({"type": "pause" if st.paused else "resume", "id": st.id})
         return frames
 
-    def receive(self, ev: Mapping[str, Any], now: float) -> list[Action]:
+    def receive(self, ev: Mapping[str, Any], now: float) -> tuple[Action, ...]:
         """One server frame (parsed JSON); returns what to do about it, in order."""
         typ = ev.get("type")
         st = self.streams.get(ev.get("id"))  # type: ignore[arg-type]
         if st is None:
-            return [StrayError(dict(ev))] if typ == "error" else []
+            return (StrayError(dict(ev)),) if typ == "error" else ()
         seq = ev.get("seq")
         if seq is not None:
             if seq <= st.last_seq:
-                return []  # already delivered (replayed twice): exactly once
+                return ()  # already delivered (replayed twice): exactly once
             if seq != st.last_seq + 1:
                 self._forget(st)
-                return [Failed(st, "stream_gap", f"events {st.last_seq + 1}..{seq - 1} are missing", None)]
+                return (Failed(st, "stream_gap", f"events {st.last_seq + 1}..{seq - 1} are missing", None),)
             st.last_seq = seq
         if typ == "token":
             if st.t_first is None:
                 st.t_first = now
-            return st._buffer((TOKEN, ev["content"]))
+            return self._buffer(st, (TOKEN, ev["content"]))
         if typ == "reasoning":
-            return st._buffer((REASONING, ev.get("content", "")))
+            return self._buffer(st, (REASONING, ev.get("content", "")))
         if typ == "tool_call":
-            return st._buffer((TOOL_CALL, ev.get("delta") or {}))
+            return self._buffer(st, (TOOL_CALL, ev.get("delta") or {}))
         if typ == "start":
             st.start = dict(ev)
-            return []
+            return ()
         if typ == "end":
             st.end = dict(ev)
             self._forget(st)
-            return [Ended(st)]
+            return (Ended(st),)
         if typ == "error":
             code = ev.get("code")
             if code == "not_found":
-                return []  # a pause/resume/cancel that raced the end of its generation
+                return ()  # a pause/resume/cancel that raced the end of its generation
             if code == "stream_expired" and st.start is None and not st.retried_chat:
                 st.retried_chat = True  # the chat never reached the server: send it again
-                return [Send(st.chat)]
+                return (Send(st.chat),)
             self._forget(st)
-            return [Failed(st, str(code), str(ev.get("message") or code), dict(ev))]
-        return []
+            return (Failed(st, str(code), str(ev.get("message") or code), dict(ev)),)
+        return ()
+
+    def _buffer(self, st: StreamState, item: tuple[int, Any]) -> tuple[Action, ...]:
+        items = st.items
+        items.append(item)
+        n = len(items)
+        if n > st.max_buffered:
+            st.max_buffered = n
+        if n < st.high_water:  # the hot path: nothing to send, nothing to hold back
+            woken = self._woken.get(st.id)
+            if woken is None or woken[0].stream is not st:
+                woken = self._woken[st.id] = (Wake(st),)
+            return woken
+        out: list[Action] = [Wake(st)]
+        if not st.paused:
+            st.paused = True
+            st.pauses += 1
+            out.append(Send({"type": "pause", "id": st.id}))
+        if n >= st.max_buffer and not st.closed:
+            out.append(Stall(st))
+        return tuple(out)
 
     def _forget(self, st: StreamState) -> None:
         del self.streams[st.id]
+        self._woken.pop(st.id, None)
         st.done = True
