@@ -23,26 +23,24 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
 
+from ..protocol.events import CLOSE_DRAIN, REASONING, SUBPROTOCOL, TOKEN
+from ..protocol.follower import Ended, Failed, Send, Stall, StrayError, StreamState, V1Client, Wake
 from .errors import AuthError, ConnectionLostError, StreamExpiredError, TokenwireError, error_from_event
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Completion", "Conversation", "TokenStream", "backoff_delay"]
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws/chat"
-SUBPROTOCOL = "tokenwire.v1"
 FINAL_CLOSE_CODES = frozenset({4003, 1008})  #: auth/policy refused: never retried
-CLOSE_DRAIN = 4001  #: the server is restarting: reconnect at once and resume
 _PING = '{"type":"ping"}'
 _TEXT = aiohttp.WSMsgType.TEXT
 _CLOSES = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
-_TOKEN, _REASONING, _TOOL = 0, 1, 2
 
 
 def backoff_delay(
@@ -82,71 +80,24 @@ class Completion:
         return self.text
 
 
-class _Stream:
-    """The client's side of one generation: its buffer and where it stands."""
+class _Stream(StreamState):
+    """One generation as the I/O layer sees it: the protocol state (:class:`StreamState`, driven
+    by the client's :class:`V1Client`) plus the handles that wake its consumer and what it took."""
 
-    __slots__ = (
-        "client",
-        "closed",
-        "done",
-        "end",
-        "error",
-        "frame",
-        "high",
-        "id",
-        "last_seq",
-        "low",
-        "max_buffer",
-        "max_buffered",
-        "opened",
-        "parts",
-        "paused",
-        "pauses",
-        "q",
-        "reasoning",
-        "resume_pending",
-        "resumes",
-        "retried_chat",
-        "space",
-        "start",
-        "stream_id",
-        "sync_event",
-        "t0",
-        "t_first",
-        "tool_calls",
-        "waiter",
-    )
+    __slots__ = ("client", "error", "parts", "reasoning", "space", "sync_event", "tool_calls", "waiter")
 
     def __init__(self, client: AsyncClient, id: str, frame: dict[str, Any]) -> None:
+        super().__init__(
+            id, frame, high_water=client.high_water, low_water=client.low_water, max_buffer=client.max_buffer
+        )
         self.client = client
-        self.id = id
-        self.frame = frame
-        self.stream_id: str = frame["stream_id"]
-        self.q: deque[tuple[int, Any]] = deque()
-        self.high = client.high_water
-        self.low = client.low_water
-        self.max_buffer = client.max_buffer
-        self.last_seq = -1
-        self.start: dict[str, Any] | None = None
-        self.end: dict[str, Any] | None = None
         self.error: BaseException | None = None
-        self.done = False  # no more events will come (end, error or cancelled)
-        self.closed = False  # the consumer is finished with it
-        self.opened = False
         self.waiter: asyncio.Future[None] | None = None
         self.space: asyncio.Future[None] | None = None
         self.sync_event: threading.Event | None = None
-        self.paused = False
-        self.resume_pending = False
-        self.pauses = 0
-        self.resumes = 0
-        self.max_buffered = 0
-        self.retried_chat = False
         self.parts: list[str] = []
         self.reasoning: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
-        self.t0 = 0.0
-        self.t_first: float | None = None
 
     # -- reader side (event loop) -----------------------------------------------
     def wake(self) -> None:
@@ -168,25 +119,31 @@ class _Stream:
         if s is not None and not s.done():
             s.set_result(None)
 
+    def keep(self, kind: int, value: Any) -> bool:
+        """Record an item the consumer took; True if it is a token (to hand to the caller)."""
+        if kind == TOKEN:
+            self.parts.append(value)
+            return True
+        if kind == REASONING:
+            self.reasoning.append(value)
+        else:
+            self.tool_calls.append(value)
+        return False
+
     # -- consumer side ------------------------------------------------------------
     async def next(self) -> str:
         if not self.opened:
             await self.client._start(self)
-        q = self.q
         while True:
-            if q:
-                kind, value = q.popleft()
+            item = self.take()
+            if item is not None:
                 if self.space is not None:
                     self.make_room()
-                if self.paused and not self.resume_pending and len(q) <= self.low:
-                    await self.client._resume(self)
-                if kind == _TOKEN:
-                    self.parts.append(value)
-                    return value
-                if kind == _REASONING:
-                    self.reasoning.append(value)
-                else:
-                    self.tool_calls.append(value)
+                resume = self.consumed()
+                if resume is not None:
+                    await self.client._resume(self, resume)
+                if self.keep(*item):
+                    return item[1]
                 continue
             if self.error is not None:
                 self.closed = True
@@ -207,17 +164,11 @@ class _Stream:
         """Stop consuming; if the generation is still running, cancel it on the server."""
         if self.closed and self.done:
             return
-        self.closed = True
-        client = self.client
-        if client._streams.get(self.id) is self:
-            del client._streams[self.id]
-        running = self.opened and not self.done
-        self.done = True
-        self.q.clear()
+        cancel = self.client._v1.close(self)
         self.make_room()
         self.wake()
-        if running:
-            await client._send_quiet({"type": "cancel", "id": self.id})
+        if cancel is not None:
+            await self.client._send_quiet(cancel)
 
     def abandon(self) -> None:
         """Sync variant of close() for ``__del__``/cancellation: schedules the cancel."""
@@ -300,7 +251,7 @@ class TokenStream:
     def stats(self) -> dict[str, int]:
         """Flow-control counters: pauses/resumes sent, largest buffer seen, buffer now."""
         s = self._s
-        return {"pauses": s.pauses, "resumes": s.resumes, "max_buffered": s.max_buffered, "buffered": len(s.q)}
+        return {"pauses": s.pauses, "resumes": s.resumes, "max_buffered": s.max_buffered, "buffered": len(s.items)}
 
 
 class Conversation:
@@ -375,7 +326,7 @@ class AsyncClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._rx_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Future[BaseException | None] | None = None
-        self._streams: dict[str, _Stream] = {}
+        self._v1 = V1Client()  # the protocol decisions; this class only does the I/O
         self._bg: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next = 0
@@ -403,6 +354,11 @@ class AsyncClient:
         await self.close()
 
     @property
+    def _streams(self) -> dict[str, _Stream]:
+        """The generations in flight, by id (kept by the protocol machine)."""
+        return cast(dict[str, _Stream], self._v1.streams)
+
+    @property
     def connected(self) -> bool:
         return self._ws is not None and not self._ws.closed and self._connecting is None
 
@@ -424,13 +380,11 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
-        streams = list(self._streams.values())
-        self._streams.clear()
         ws = self._ws
-        for st in streams:
-            if ws is not None and not ws.closed and st.opened and not st.done:
-                await self._send_quiet({"type": "cancel", "id": st.id})
-            st.finish(ConnectionLostError("client_closed", "the client was closed", retryable=False))
+        for frame in self._v1.cancel_frames():
+            await self._send_quiet(frame)
+        for st in self._v1.drop_all():
+            cast(_Stream, st).finish(ConnectionLostError("client_closed", "the client was closed", retryable=False))
         # Close with a handshake while the reader still drains the socket: closing a TCP socket
         # with unread data sends RST, and an RST can destroy the cancel frames sent just before.
         if ws is not None and not ws.closed:
@@ -541,25 +495,23 @@ class AsyncClient:
             self._spawn(st.close())
 
     async def _start(self, st: _Stream) -> None:
-        st.opened = True
+        self._v1.begin(st)
         try:
             await self._ensure_connected()
         except BaseException:
-            st.done = st.closed = True
+            self._v1.open_failed(st)
             raise
-        self._streams[st.id] = st
+        chat = self._v1.open(st, time.monotonic())
         self.stats["streams"] += 1
-        st.t0 = time.monotonic()
-        await self._send_quiet(st.frame)  # if lost, the reconnect's attach/re-send covers it
+        await self._send_quiet(chat)  # if lost, the reconnect's attach/re-send covers it
 
-    async def _resume(self, st: _Stream) -> None:
-        st.resume_pending = True
+    async def _resume(self, st: _Stream, frame: dict[str, Any]) -> None:
+        """Send the ``resume`` that ``st.consumed()`` asked for, and tell it how that went."""
+        ok = False
         try:
-            if await self._send_quiet({"type": "resume", "id": st.id}):
-                st.paused = False
-                st.resumes += 1
+            ok = await self._send_quiet(frame)
         finally:
-            st.resume_pending = False
+            st.resume_sent(ok)
 
     # -- internals: the connection ------------------------------------------------------
     async def _ensure_connected(self) -> None:
@@ -676,18 +628,12 @@ class AsyncClient:
                 self._rx_task = None
 
     async def _reattach(self) -> None:
-        for st in list(self._streams.values()):
-            await self._send_quiet({"type": "attach", "id": st.id, "stream_id": st.stream_id, "last_seq": st.last_seq})
-            if st.pauses:  # the server keeps a generation's pause across sockets: restate ours
-                if st.paused and len(st.q) <= st.low:
-                    st.paused = False
-                await self._send_quiet({"type": "pause" if st.paused else "resume", "id": st.id})
+        for frame in self._v1.reattach_frames():
+            await self._send_quiet(frame)
 
     def _fail_all(self, error: BaseException) -> None:
-        streams = list(self._streams.values())
-        self._streams.clear()
-        for st in streams:
-            st.finish(error)
+        for st in self._v1.drop_all():
+            cast(_Stream, st).finish(error)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[str, int | None]:
         interval = self.heartbeat_interval or None
@@ -698,9 +644,7 @@ class AsyncClient:
             try:
                 msg = await ws.receive(timeout=(timeout if waiting_pong else interval))
             except TimeoutError:
-                # aiohttp marks a timed-out receive as an abnormal closure, which would make a
-                # later close() skip its handshake (and reset the socket): it was only a timer
-                ws._close_code = None
+                _forget_receive_timeout(ws)  # it was only our heartbeat timer
                 if waiting_pong:
                     self.stats["heartbeat_timeouts"] += 1
                     return "heartbeat", None
@@ -719,74 +663,54 @@ class AsyncClient:
                 return "error", None
 
     async def _dispatch(self, data: str) -> None:
-        ev = orjson.loads(data)
-        typ = ev.get("type")
-        st = self._streams.get(ev.get("id"))  # type: ignore[arg-type]
-        if st is None:
-            if typ == "error":
+        """Feed one frame to the protocol machine and carry out what it says, in order."""
+        for action in self._v1.receive(orjson.loads(data), time.monotonic()):
+            if type(action) is Wake:  # the hot path: one per token
+                action.stream.wake()  # type: ignore[attr-defined]  # every stream here is a _Stream
+            elif isinstance(action, Send):
+                await self._send_quiet(action.frame)
+            elif isinstance(action, Stall):
+                st = cast(_Stream, action.stream)
+                if st.closed:  # the consumer left while the pause was being sent
+                    continue
+                st.space = self._loop_or_running().create_future()
+                try:
+                    await st.space  # stop reading the socket: TCP holds the server back
+                finally:
+                    st.space = None
+            elif isinstance(action, Ended):
+                cast(_Stream, action.stream).finish()
+            elif isinstance(action, Failed):
+                if action.event is None:  # found here (a gap), not reported by the server
+                    error: BaseException = StreamExpiredError(action.code, action.message)
+                else:
+                    self.stats["errors"] += 1
+                    error = error_from_event(action.event)
+                cast(_Stream, action.stream).finish(error)
+            elif isinstance(action, StrayError):
                 self.stats["errors"] += 1
-            return
-        seq = ev.get("seq")
-        if seq is not None:
-            if seq <= st.last_seq:
-                return  # already delivered (replayed twice): exactly once
-            if seq != st.last_seq + 1:
-                del self._streams[st.id]
-                st.finish(StreamExpiredError("stream_gap", f"events {st.last_seq + 1}..{seq - 1} are missing"))
-                return
-            st.last_seq = seq
-        if typ == "token":
-            item: tuple[int, Any] = (_TOKEN, ev["content"])
-            if st.t_first is None:
-                st.t_first = time.monotonic()
-        elif typ == "start":
-            st.start = ev
-            return
-        elif typ == "end":
-            st.end = ev
-            del self._streams[st.id]
-            st.finish()
-            return
-        elif typ == "error":
-            code = ev.get("code")
-            if code == "not_found":
-                return  # a pause/resume/cancel that raced the end of its generation
-            if code == "stream_expired" and st.start is None and not st.retried_chat:
-                st.retried_chat = True  # the chat never reached the server: send it again
-                await self._send_quiet(st.frame)
-                return
-            self.stats["errors"] += 1
-            del self._streams[st.id]
-            st.finish(error_from_event(ev))
-            return
-        elif typ == "reasoning":
-            item = (_REASONING, ev.get("content", ""))
-        elif typ == "tool_call":
-            item = (_TOOL, ev.get("delta") or {})
-        else:
-            return
-        q = st.q
-        q.append(item)
-        n = len(q)
-        if n > st.max_buffered:
-            st.max_buffered = n
-        st.wake()
-        if n >= st.high and not st.paused:
-            st.paused = True
-            st.pauses += 1
-            await self._send_quiet({"type": "pause", "id": st.id})
-        if n >= st.max_buffer and not st.closed:
-            st.space = self._loop_or_running().create_future()
-            try:
-                await st.space  # stop reading the socket: TCP holds the server back
-            finally:
-                st.space = None
+
+
+def _forget_receive_timeout(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Undo what a timed-out ``ws.receive(timeout=…)`` did to the socket.
+
+    aiohttp treats a receive time-out as an abnormal closure: it sets the private
+    ``ws._close_code`` to 1006, and a later ``close()`` then skips the closing handshake and just
+    drops the connection (which can lose the cancel frames sent just before). Our time-out is only
+    the heartbeat timer, so the code is reset. Pinned by tests/e2e/test_client_aiohttp_contract.py.
+    """
+    ws._close_code = None
 
 
 def _abort(ws: aiohttp.ClientWebSocketResponse) -> None:
-    """Drop a socket without a closing handshake (the peer may be dead)."""
+    """Drop a socket without a closing handshake (the peer may be dead).
+
+    aiohttp has no public abort: ``close()`` waits for the peer's close frame (up to ``ws_close``).
+    Closing the private ``ws._response`` drops the TCP connection at once; it is what aiohttp's
+    own heartbeat does on a missing pong. Pinned by tests/e2e/test_client_aiohttp_contract.py.
+    """
     if not ws.closed:
         try:
-            ws._response.close()  # what aiohttp's own heartbeat does on a missing pong
+            ws._response.close()
         except Exception:
             pass

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from .core import _REASONING, _TOKEN, DEFAULT_URL, AsyncClient, Completion, TokenStream
+from .core import DEFAULT_URL, AsyncClient, Completion, TokenStream
 
 __all__ = ["Client", "SyncConversation", "SyncTokenStream"]
 
@@ -95,26 +95,21 @@ class SyncTokenStream:
         if not self._started:
             self._started = True
             owner._call(owner.aclient._start(st))
-        q = st.q
+        q = st.items
         loop = owner._loop
         client = owner.aclient
         event = st.sync_event
         assert event is not None
         while True:
-            if q:
-                kind, value = q.popleft()
+            item = st.take()
+            if item is not None:
                 if st.space is not None:
                     loop.call_soon_threadsafe(st.make_room)
-                if st.paused and not st.resume_pending and len(q) <= st.low:
-                    st.resume_pending = True
-                    loop.call_soon_threadsafe(client._spawn, client._resume(st))
-                if kind == _TOKEN:
-                    st.parts.append(value)
-                    return value
-                if kind == _REASONING:
-                    st.reasoning.append(value)
-                else:
-                    st.tool_calls.append(value)
+                resume = st.consumed()
+                if resume is not None:
+                    loop.call_soon_threadsafe(client._spawn, client._resume(st, resume))
+                if st.keep(*item):
+                    return item[1]
                 continue
             if st.error is not None:
                 st.closed = True

@@ -1,14 +1,30 @@
-"""What every upstream parser produces: provider-neutral generation events.
+"""The one vocabulary of a generation: event kinds, and protocol v1's names and close codes.
 
-Parsers return plain ``(kind, value)`` tuples, so the hot path allocates one
-small tuple per token and compares small ints, not classes.
+Upstream parsers produce provider-neutral ``(kind, value)`` tuples (TOKEN … MODEL), so
+the hot path allocates one small tuple per token and compares small ints, not classes;
+a run hands its subscribers those kinds plus START and END. The server and the client
+both take the v1 subprotocol name and close codes from here.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["END", "ERROR", "FINISH", "KIND_NAMES", "MODEL", "REASONING", "START", "TOKEN", "TOOL_CALL", "USAGE"]
+__all__ = [
+    "CLOSE_DRAIN",
+    "CLOSE_IDLE",
+    "END",
+    "ERROR",
+    "FINISH",
+    "KIND_NAMES",
+    "MODEL",
+    "REASONING",
+    "START",
+    "SUBPROTOCOL",
+    "TOKEN",
+    "TOOL_CALL",
+    "USAGE",
+]
 
 TOKEN: Final = 0  #: value: str, answer text
 REASONING: Final = 1  #: value: str, reasoning/thinking text, kept apart from the answer
@@ -26,3 +42,8 @@ END: Final = 11  #: value: dict, the ``end`` fields (status, finish_reason, usag
 KIND_NAMES: Final = ("token", "reasoning", "tool_call", "finish", "usage", "error", "model")
 
 Event = tuple[int, Any]
+
+# WebSocket protocol v1 (docs/protocol.md)
+SUBPROTOCOL: Final = "tokenwire.v1"  #: the Sec-WebSocket-Protocol the server offers and the client asks for
+CLOSE_IDLE: Final = 4000  #: close code: idle_timeout with no application frame and no generation running
+CLOSE_DRAIN: Final = 4001  #: close code: the instance is draining (restart/deploy): reconnect at once and resume
