@@ -142,13 +142,31 @@ async def test_origin_allowlist(keyed) -> None:
             assert (await ws.recv())["type"] == "pong"
 
 
-async def test_same_host_origin_is_the_default(spawn, tmp_path) -> None:
+async def test_open_mode_takes_any_loopback_origin_and_nothing_else(spawn, tmp_path) -> None:
+    """Without keys (so bound to loopback) a page from any loopback port may connect, as to Ollama:
+    e.g. seed 002's page served by ``python3 -m http.server``. Every other origin is refused."""
     gw = spawn("serve", "--port", "0", env={"TOKENWIRE_DB": ":memory:"})
-    async with await WS.connect(gw.ws, headers={"Origin": f"http://127.0.0.1:{gw.port}"}) as ws:
+    for origin in (f"http://127.0.0.1:{gw.port}", "http://127.0.0.1:1", "http://localhost:8080", "http://[::1]:3000"):
+        async with await WS.connect(gw.ws, headers={"Origin": origin}) as ws:
+            await ws.send({"type": "ping"})
+            assert (await ws.recv())["type"] == "pong", origin
+    await refused(gw.ws, 403, headers={"Origin": "https://evil.example.net"})
+    await refused(gw.ws, 403, headers={"Origin": "http://127.0.0.1.evil.example:80"})
+    await refused(gw.ws, 403, headers={"Origin": "null"})
+
+
+async def test_with_keys_the_same_host_origin_is_the_default(spawn, tmp_path) -> None:
+    from secutil import create_key
+
+    db = tmp_path / "keys.db"
+    key = create_key(db, "alice")
+    gw = spawn("serve", "--port", "0", env={"TOKENWIRE_DB": str(db)})
+    auth = {"Authorization": f"Bearer {key}"}
+    async with await WS.connect(gw.ws, headers={**auth, "Origin": f"http://127.0.0.1:{gw.port}"}) as ws:
         await ws.send({"type": "ping"})
         assert (await ws.recv())["type"] == "pong"
-    await refused(gw.ws, 403, headers={"Origin": "http://127.0.0.1:1"})
-    await refused(gw.ws, 403, headers={"Origin": "https://evil.example.net"})
+    await refused(gw.ws, 403, headers={**auth, "Origin": "http://127.0.0.1:1"})
+    await refused(gw.ws, 403, headers={**auth, "Origin": "https://evil.example.net"})
 
 
 async def test_model_allowlist_per_key(keyed) -> None:

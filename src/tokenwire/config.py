@@ -136,6 +136,9 @@ class Settings:
     insecure_open: bool = False
     #: browser Origins allowed to open sockets, comma-separated ("*" = any; "" = same host only)
     allowed_origins: str = ""
+    #: host names a request's Host header may name besides loopback names and IP addresses,
+    #: comma-separated ("*" = any): what stops DNS rebinding in open mode (docs/security.md)
+    allowed_hosts: str = ""
     #: seconds a key lookup is cached (a revoked key is refused within this time)
     key_cache_ttl: float = 1.0
     #: concurrent sockets per key (0 = no limit)

@@ -51,6 +51,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _host_name(host: str) -> str | None:
+    """The name in a Host header, without its port (None if it is not a well-formed host)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else None
+    name, _, port = host.partition(":")
+    if port and not port.isdigit():
+        return None
+    return name.rstrip(".") or None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def extract_key(request: web.BaseRequest) -> str | None:
     """The key a client presented: Authorization header, then subprotocol, then ``?key=``."""
     auth = request.headers.get("Authorization")
@@ -84,6 +104,7 @@ class AccessPolicy:
                 "or pass --insecure-open (TOKENWIRE_INSECURE_OPEN=1) if something in front authenticates"
             )
         self.origins = {o.strip().rstrip("/").lower() for o in settings.allowed_origins.split(",") if o.strip()}
+        self.hosts = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
         self.principals: dict[str, Principal] = {}
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
         self.redactor = Redactor(p.api_key for p in settings.providers if p.api_key)
@@ -100,16 +121,52 @@ class AccessPolicy:
             self.store.close_sync()
 
     # -- who is asking --------------------------------------------------------
+    def check_host(self, request: web.BaseRequest) -> None:
+        """Refuse a request whose Host names a server we are not (DNS rebinding).
+
+        A page on ``evil.example`` whose name is re-resolved to 127.0.0.1 reaches a loopback
+        gateway with ``Host: evil.example``: in open mode nothing else would stop it. Loopback
+        names, IP literals (a rebinding needs a name) and ``allowed_hosts`` pass, as in
+        Jupyter and Vite. With keys the check applies only once ``allowed_hosts`` is set (a
+        rebound page has no key).
+        """
+        hosts = self.hosts
+        if "*" in hosts or (self.keys_exist and not hosts):
+            return
+        raw = request.headers.get("Host")
+        if raw is None:
+            return  # HTTP/1.0 without Host: no name to have been rebound
+        name = _host_name(raw)
+        if name is not None and (
+            name in ("localhost", self.settings.host.lower())
+            or name.endswith(".localhost")
+            or name in hosts
+            or _is_ip(name)
+        ):
+            return
+        raise GatewayError(
+            "forbidden",
+            f"Host {raw[:200]!r} is not a name of this gateway (DNS rebinding?); "
+            "add it to allowed_hosts (TOKENWIRE_ALLOWED_HOSTS) if it is",
+        )
+
     def check_origin(self, request: web.BaseRequest) -> None:
-        """Refuse browser requests from pages not on the allowlist (cross-site WebSocket hijacking)."""
+        """Refuse browser requests from pages not on the allowlist (cross-site WebSocket hijacking).
+
+        In open mode (no keys, and so bound to loopback) any loopback page may connect, as to
+        Ollama: e.g. a chat page served by ``python3 -m http.server`` on another port. A
+        rebound name cannot pose as loopback: :meth:`check_host` refuses it first.
+        """
         origin = request.headers.get("Origin")
         if origin is None or "*" in self.origins:
             return
         normal = origin.strip().rstrip("/").lower()
         if normal in self.origins:
             return
+        parts = urlsplit(normal)
+        if not self.keys_exist and parts.scheme in ("http", "https") and is_loopback(parts.hostname or ""):
+            return
         if not self.origins:
-            parts = urlsplit(normal)
             if parts.scheme in ("http", "https") and parts.netloc and parts.netloc == (request.host or "").lower():
                 return
         raise GatewayError(

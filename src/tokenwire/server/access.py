@@ -17,7 +17,7 @@ from ..auth.policy import PRINCIPAL, WS_PATHS, AccessPolicy
 from ..protocol.errors import GatewayError
 from .errors import error_response
 
-__all__ = ["handshake_middleware"]
+__all__ = ["handshake_middleware", "host_middleware"]
 
 log = logging.getLogger("tokenwire.auth")
 
@@ -41,3 +41,21 @@ def handshake_middleware(policy: AccessPolicy) -> Callable[[web.Request, Any], A
             policy.socket_closed(p)
 
     return handshake
+
+
+def host_middleware(policy: AccessPolicy) -> Callable[[web.Request, Any], Awaitable[web.StreamResponse]]:
+    """Refuses, before anything else, a request whose Host is not one of ours (DNS rebinding)."""
+
+    @web.middleware
+    async def host(request: web.Request, handler: Any) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None and isinstance(transport.get_extra_info("sockname"), str):
+            return await handler(request)  # a sibling worker over its private Unix socket
+        try:
+            policy.check_host(request)
+        except GatewayError as err:
+            log.info("refused a request from %s: %s", request.remote, err.message)
+            return error_response(err)
+        return await handler(request)
+
+    return host

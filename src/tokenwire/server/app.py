@@ -22,7 +22,7 @@ from ..runtime.gateway import Gateway, make_store
 from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key
 from ..version import __version__
-from .access import handshake_middleware
+from .access import handshake_middleware, host_middleware
 from .errors import error_response
 from .http_api import chat_completions, list_models
 from .liveness import Liveness
@@ -108,18 +108,18 @@ async def delete_conversation(request: web.Request) -> web.Response:
     return _json({"deleted": found}, 200 if found else 404)
 
 
-def _static(name: str, content_type: str):
+def _static(name: str, content_type: str, cors: bool = False):
+    """A file of tokenwire.web; ``cors``: importable from pages of other origins (a public module)."""
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if cors:
+        headers["Access-Control-Allow-Origin"] = "*"
+
     async def handler(request: web.Request) -> web.Response:
         try:
             data = resources.files("tokenwire.web").joinpath(name).read_bytes()
         except FileNotFoundError:
             raise web.HTTPNotFound() from None
-        return web.Response(
-            body=data,
-            content_type=content_type,
-            charset="utf-8",
-            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
-        )
+        return web.Response(body=data, content_type=content_type, charset="utf-8", headers=headers)
 
     return handler
 
@@ -139,7 +139,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     setup_event_log()
     middlewares = [access_log_middleware(gw, settings.access_log)]
     if isinstance(gw.access, AccessPolicy):
-        middlewares.append(handshake_middleware(gw.access))
+        middlewares += [host_middleware(gw.access), handshake_middleware(gw.access)]
     app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2, middlewares=middlewares)
     app["gateway"] = gw
     app[POLLS] = {}
@@ -157,7 +157,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/v1/conversations/{cid}", get_conversation)
     app.router.add_delete("/v1/conversations/{cid}", delete_conversation)
     app.router.add_get("/", _static("index.html", "text/html"))
-    app.router.add_get("/tokenwire.js", _static("tokenwire.js", "text/javascript"))
+    app.router.add_get("/tokenwire.js", _static("tokenwire.js", "text/javascript", cors=True))
     app.router.add_get("/static/{name}", _static_dir)
 
     async def on_shutdown(app: web.Application) -> None:
