@@ -23,8 +23,9 @@ from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key
 from ..version import __version__
 from .access import handshake_middleware, host_middleware
+from .disconnects import DisconnectWatch
 from .errors import error_response
-from .http_api import chat_completions, list_models
+from .http_api import DISCONNECTS, chat_completions, list_models
 from .liveness import Liveness
 from .metrics_http import access_log_middleware, metrics_handler
 from .poll import POLLS, poll_events, poll_start
@@ -143,6 +144,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2, middlewares=middlewares)
     app["gateway"] = gw
     app[POLLS] = {}
+    app[DISCONNECTS] = disconnects = DisconnectWatch()
     #: pings silent sockets, drops dead ones, closes idle ones: one task for all of them
     liveness = Liveness(gw.sessions, settings.ws_ping_interval, settings.idle_timeout)
     app.router.add_get("/ws/chat", _ws_or_426)
@@ -162,6 +164,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
 
     async def on_shutdown(app: web.Application) -> None:
         await liveness.aclose()
+        await disconnects.aclose()
         await gw.aclose()
 
     async def on_startup(app: web.Application) -> None:

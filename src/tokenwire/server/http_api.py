@@ -8,6 +8,7 @@ run's events are written by the dialect's encoder. Existing code using the
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -15,13 +16,16 @@ from aiohttp import web
 
 from ..dialects import openai_chat
 from ..protocol.errors import GatewayError
+from .disconnects import DisconnectWatch
 from .errors import error_response
 from .streaming import SSEResponder
 
 if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
 
-__all__ = ["chat_completions", "list_models", "read_json_body"]
+__all__ = ["DISCONNECTS", "chat_completions", "list_models", "read_json_body"]
+
+DISCONNECTS = "tokenwire.disconnects"  #: app key of the DisconnectWatch
 
 
 async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
@@ -63,17 +67,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error_response(err)
     model = run.route.model
     stream_id = run.gen.stream_id
+    watch: DisconnectWatch = request.app[DISCONNECTS]
     if stream:
         sse = SSEResponder(request, openai_chat.SSEChunkEncoder(stream_id, model, include_usage))
         run.subscribe(sse)
-        await run.ended.wait()
+        await watch.wait(request, run)
         if sse.resp is None:
             return error_response(sse.error or GatewayError("internal_error", "no reply"))
-        await sse.resp.write_eof()
+        with contextlib.suppress(ConnectionError):  # the client may be gone: nothing to finish
+            await sse.resp.write_eof()
         return sse.resp
     reply = openai_chat.CompletionBuilder()
     run.subscribe(reply)
-    await run.ended.wait()
+    await watch.wait(request, run)
     if reply.refused is not None:
         return error_response(reply.refused)
     return web.Response(body=orjson.dumps(reply.body(stream_id, model)), content_type="application/json")
