@@ -103,6 +103,8 @@ class Settings:
     redis_flush_ms: float = 10.0
     max_frame_bytes: int = 1024 * 1024
     max_messages: int = 1000
+    #: the largest max_tokens a request may ask for; a reply is also cut there if a provider ignores it
+    max_output_tokens: int = 131_072
     max_generations_per_socket: int = 32
     idle_timeout: float = 120.0
     ws_ping_interval: float = 20.0

@@ -64,6 +64,14 @@ class Limits:
 
     max_frame_bytes: int = 1024 * 1024
     max_messages: int = 1000
+    #: the largest ``max_tokens`` a client may ask for (a provider that ignores it is cut there too)
+    max_output_tokens: int = 131_072
+
+
+#: caps on the shapes of client-sent parameters (what real APIs accept, with room)
+MAX_STOP = 16
+MAX_STOP_CHARS = 1_000
+MAX_TOOLS = 128
 
 
 @dataclass(slots=True)
@@ -226,12 +234,12 @@ def _chat(obj: dict[str, Any], limits: Limits, dialect: Dialect, id: str) -> Cha
     if params is not None:
         if type(params) is not dict:
             raise _bad('"params" must be an object', id)
-        chat.params = validate_params(params, id)
+        chat.params = validate_params(params, id, limits)
     if dialect == "openai":
         # OpenAI-shaped frames carry sampling parameters at the top level.
         top = {k: v for k, v in obj.items() if k in _PARAMS}
         if top:
-            chat.params = {**validate_params(top, id), **chat.params}
+            chat.params = {**validate_params(top, id, limits), **chat.params}
     return chat
 
 
@@ -254,10 +262,18 @@ def validate_messages(messages: Any, limits: Limits, id: str | None = None) -> l
             raise _bad(f"messages[{i}].content must be a string or a list of parts", id)
         if content is None and role != "assistant":
             raise _bad(f"messages[{i}].content is missing", id)
+        if type(content) is list:
+            for j, part in enumerate(content):
+                if type(part) is not dict or not isinstance(part.get("type"), str):
+                    raise _bad(f'messages[{i}].content[{j}] must be an object with a "type"', id)
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise _bad(f"messages[{i}].content[{j}].text must be a string", id)
     return messages
 
 
-def validate_params(params: dict[str, Any], id: str | None = None) -> dict[str, Any]:
+def validate_params(params: dict[str, Any], id: str | None = None, limits: Limits | None = None) -> dict[str, Any]:
+    """Check sampling parameters' names, types and sizes; return the ones to send upstream."""
+    max_output = (limits or _DEFAULT_LIMITS).max_output_tokens
     out: dict[str, Any] = {}
     for key, value in params.items():
         types = _PARAMS.get(key)
@@ -270,9 +286,37 @@ def validate_params(params: dict[str, Any], id: str | None = None) -> dict[str, 
         if not isinstance(value, types):
             names = " or ".join(t.__name__ for t in types)
             raise _bad(f'"{key}" must be {names}', id)
-        if key in ("max_tokens", "max_completion_tokens") and value < 1:
-            raise _bad(f'"{key}" must be at least 1', id)
+        if key in ("max_tokens", "max_completion_tokens"):
+            if value < 1:
+                raise _bad(f'"{key}" must be at least 1', id)
+            if value > max_output:
+                raise _bad(f'"{key}" is {value}; this gateway allows at most {max_output} (max_output_tokens)', id)
+        if (
+            key == "stop"
+            and type(value) is list
+            and (len(value) > MAX_STOP or not all(isinstance(v, str) and len(v) <= MAX_STOP_CHARS for v in value))
+        ):
+            raise _bad(f'"stop" must be a string or a list of at most {MAX_STOP} strings', id)
+        if key == "stop" and type(value) is str and len(value) > MAX_STOP_CHARS:
+            raise _bad(f'"stop" is longer than {MAX_STOP_CHARS} characters', id)
+        if key == "tools":
+            _check_tools(value, id)
         if key == "temperature" and not 0 <= value <= 2:
             raise _bad('"temperature" must be between 0 and 2', id)
         out[key] = value
     return out
+
+
+_DEFAULT_LIMITS = Limits()
+
+
+def _check_tools(tools: list[Any], id: str | None) -> None:
+    if len(tools) > MAX_TOOLS:
+        raise _bad(f'"tools" has {len(tools)} items; the limit is {MAX_TOOLS}', id)
+    for i, tool in enumerate(tools):
+        if type(tool) is not dict or not isinstance(tool.get("type"), str):
+            raise _bad(f'tools[{i}] must be an object like {{"type": "function", "function": {{"name": …}}}}', id)
+        if tool["type"] == "function":
+            fn = tool.get("function")
+            if type(fn) is not dict or not isinstance(fn.get("name"), str) or not fn["name"]:
+                raise _bad(f"tools[{i}].function.name must be a non-empty string", id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 __all__ = ["SSEDecoder", "SSEError", "SSEEvent"]
 
 _BOM = b"\xef\xbb\xbf"
+_MAX_EVENT_LINES = 100_000  #: data lines in one event (bounds the size check's own cost too)
 
 
 class SSEError(ValueError):
@@ -28,15 +29,18 @@ SSEEvent = tuple[str, bytes]
 class SSEDecoder:
     """Feed it network reads with :meth:`feed`; call :meth:`close` at end of stream."""
 
-    __slots__ = ("_buf", "_data", "_event", "_last_id", "_max_line", "_started")
+    __slots__ = ("_buf", "_data", "_event", "_last_id", "_max_event", "_max_line", "_started")
 
-    def __init__(self, max_line: int = 8 * 1024 * 1024) -> None:
+    def __init__(self, max_line: int = 8 * 1024 * 1024, max_event: int = 8 * 1024 * 1024) -> None:
         self._buf = b""
         self._data: list[bytes] = []
         self._event = ""
         self._last_id: str | None = None
         self._started = False
         self._max_line = max_line
+        #: one event's data may not grow past this (a stream that never sends the blank line
+        #: ending an event would otherwise grow memory without limit)
+        self._max_event = max_event
 
     @property
     def last_event_id(self) -> str | None:
@@ -115,6 +119,8 @@ class SSEDecoder:
                 if b"\x00" not in value:
                     self._last_id = value.decode("utf-8", "replace")
             # "retry" and unknown fields are ignored, as the spec says.
+        if data and (len(data) > _MAX_EVENT_LINES or sum(map(len, data)) > self._max_event):
+            raise SSEError(f"event-stream event larger than {self._max_event} bytes (no blank line ends it)")
         return out
 
     def _dispatch(self) -> SSEEvent:

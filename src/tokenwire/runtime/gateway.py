@@ -121,13 +121,14 @@ class Gateway:
         cluster: RemoteStreams | None = None,
     ) -> None:
         self.settings = settings
-        self.limits = Limits(settings.max_frame_bytes, settings.max_messages)
+        self.limits = Limits(settings.max_frame_bytes, settings.max_messages, settings.max_output_tokens)
         self.http = SharedSession(settings.connect_timeout)
         self.router = Router(settings, self.http)
         self.store = store if store is not None else make_store(settings)
         self.registry = (
             registry if registry is not None else Registry(self.store, settings.resume_retention, settings.read_timeout)
         )
+        self.registry.max_output_tokens = settings.max_output_tokens
         self.access: Admission = access if access is not None else OpenAdmission()
         #: with ``redis_url``: shared conversations, cross-instance resume, cancel routing
         self.cluster = cluster

@@ -29,7 +29,7 @@ from .routing import Route
 from .routing.plan import open_stream
 from .summary import RunSummary
 
-__all__ = ["END", "START", "Registry", "Run", "Subscriber", "conversation_key"]
+__all__ = ["END", "START", "Registry", "Run", "Subscriber", "conversation_key", "sane_usage"]
 
 log = logging.getLogger("tokenwire.relay")
 
@@ -250,6 +250,9 @@ class Run:
         answered_model = self.route.upstream_model
         stream: UpstreamStream | None = None
         corked: list[Any] | None = None
+        capped = False
+        params = call.params
+        cap = params.get("max_tokens") or params.get("max_completion_tokens") or registry.max_output_tokens
         registry.stats["generations"] += 1
         try:
             # Retries, fallbacks and circuit breakers happen before the first token
@@ -282,6 +285,8 @@ class Run:
                             if corked:
                                 corked = await self._uncork(corked)
                             await wait
+                        if gen.token_count >= cap:
+                            raise _ReplyCapped
                     elif kind == REASONING or kind == TOOL_CALL:
                         if ttft is None:
                             ttft = time.monotonic() - t0
@@ -310,6 +315,9 @@ class Run:
                 self.reads += 1
                 events = await stream.read()
                 self.reads += 1
+        except _ReplyCapped:  # a provider that ignores max_tokens is cut there
+            finish_reason = "length"
+            capped = True
         except asyncio.CancelledError:
             status = CANCELLED
             if self.cancel_reason is None:
@@ -331,7 +339,7 @@ class Run:
                 for writer in corked:
                     with contextlib.suppress(ConnectionError, RuntimeError):
                         writer.uncork()
-            if stream is not None and status != COMPLETED:
+            if stream is not None and (status != COMPLETED or capped):
                 stream.close()
             self.upstream = None
         if stream is not None and error is not None and error.code.startswith("upstream_"):
@@ -374,21 +382,11 @@ class Run:
         registry = self.registry
         n = gen.token_count
         estimated = False
-        if not usage:
+        usage = sane_usage(usage) if usage else None
+        if usage is None:
             estimated = True
-            usage = {
-                "prompt_tokens": estimate_tokens(call.messages),
-                "completion_tokens": n,
-                "total_tokens": estimate_tokens(call.messages) + n,
-            }
-        else:
-            usage = {
-                "prompt_tokens": usage.get("prompt_tokens") or 0,
-                "completion_tokens": usage.get("completion_tokens") or 0,
-                "total_tokens": usage.get("total_tokens")
-                or (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0),
-                **{k: v for k, v in usage.items() if k not in ("prompt_tokens", "completion_tokens", "total_tokens")},
-            }
+            prompt = estimate_tokens(call.messages)
+            usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
         gen_time = total - ttft if ttft is not None else 0.0
         fields: dict[str, Any] = {
             "finish_reason": finish_reason
@@ -411,7 +409,7 @@ class Run:
             fields["cost_usd"] = cost
         if estimated:
             fields["usage_estimated"] = (
-                "the provider reported no usage: completion tokens counted, prompt ~4 chars/token"
+                "the provider reported no usable usage: completion tokens counted, prompt ~4 chars/token"
             )
         if status == CANCELLED:
             fields["reason"] = self.cancel_reason
@@ -464,8 +462,56 @@ def _answered(fields: dict[str, Any], route: Route, requested: str | None, attem
         fields["attempts"] = attempts
 
 
+#: usage counts above this are not believed (a provider's bug, or a hostile one)
+MAX_USAGE_TOKENS = 1_000_000_000
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_USAGE_TOKENS
+
+
+def sane_usage(usage: Any) -> dict[str, Any] | None:
+    """A provider's usage, if it can be believed: non-negative integer counts below a sane cap.
+
+    None (count the tokens instead) when a count is negative, not an integer (a string,
+    1e300, a bool) or absurd, or when neither prompt nor completion tokens are given:
+    such numbers were written into a key's totals and budget. The provider's extra
+    fields are kept only where they are counts too (e.g. ``prompt_tokens_details``).
+    """
+    if type(usage) is not dict:
+        return None
+    got = {k: usage[k] for k in _COUNTS if usage.get(k) is not None}
+    if not all(_count(v) for v in got.values()) or not ("prompt_tokens" in got or "completion_tokens" in got):
+        return None
+    prompt = got.get("prompt_tokens", 0)
+    completion = got.get("completion_tokens", 0)
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": got.get("total_tokens") or prompt + completion,
+    }
+    for key, value in usage.items():
+        if key in _COUNTS:
+            continue
+        if _count(value):
+            out[key] = value
+        elif type(value) is dict:
+            details = {k: v for k, v in value.items() if _count(v)}
+            if details:
+                out[key] = details
+    return out
+
+
+class _ReplyCapped(Exception):
+    """The reply reached its max_tokens (raised inside the token loop to leave it)."""
+
+
 class Registry:
     """Every generation this process runs or retains for resume, by stream id."""
+
+    #: a reply is cut here when the request named no max_tokens (Settings.max_output_tokens)
+    max_output_tokens = 131_072
 
     def __init__(
         self,

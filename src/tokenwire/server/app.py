@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -178,12 +179,15 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     return app
 
 
+_STATIC_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
 async def _static_dir(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     types = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
     ext = name[name.rfind(".") :] if "." in name else ""
-    if "/" in name or ".." in name or ext not in types:
-        raise web.HTTPNotFound()
+    if not _STATIC_NAME.fullmatch(name) or ".." in name or ext not in types:
+        raise web.HTTPNotFound()  # also a NUL or other odd byte in the name: nothing to look up
     return await _static(name, types[ext])(request)
 
 

@@ -8,10 +8,19 @@ exercises Markdown rendering (a list, inline code and a code block), cut to
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PROFILES", "SpeedProfile", "estimate_tokens", "reasoning_tokens", "reply_tokens", "tokenize"]
+__all__ = [
+    "PROFILES",
+    "SpeedProfile",
+    "estimate_tokens",
+    "iter_reply_tokens",
+    "reasoning_tokens",
+    "reply_tokens",
+    "tokenize",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +61,22 @@ _TOKEN_RE = re.compile(r"\s*\S+|\s+")
 
 
 def tokenize(text: str) -> list[str]:
-    """Split text into word-sized pieces (long runs, e.g. Thai, into 4 characters)."""
+    """Split text into word-sized pieces (long runs, e.g. Thai, into 4 characters).
+
+    Linear in the text's length: a 1,000,000-character word is cut by index, never by
+    re-slicing what is left (which was quadratic and held the event loop for seconds).
+    """
     out: list[str] = []
     for piece in _TOKEN_RE.findall(text):
         word = piece.lstrip()
+        if len(word) <= 8:
+            out.append(piece)
+            continue
         lead = len(piece) - len(word)
-        while len(word) > 8:
-            out.append(piece[: lead + 4])
-            piece, word, lead = piece[lead + 4 :], word[4:], 0
-        out.append(piece)
+        cuts = -(-(len(word) - 8) // 4)  # 4-character pieces until at most 8 are left
+        out.append(piece[: lead + 4])
+        out.extend(word[i : i + 4] for i in range(4, 4 * cuts, 4))
+        out.append(word[4 * cuts :])
     return out
 
 
@@ -75,15 +91,28 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = None) -> list[str]:
-    """The deterministic reply to ``messages``, as tokens."""
+def iter_reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = None) -> Iterator[str]:
+    """The deterministic reply to ``messages``, token by token, made as it is read.
+
+    Lazy, so that a huge ``max_tokens`` costs memory and time only for what is streamed.
+    """
     limit = max_tokens or DEFAULT_MAX_TOKENS
     said = _last_user_text(messages).strip()
-    text = (f"You said: {said}\n\n" if said else "") + _FILLER
-    tokens = tokenize(text)
-    while len(tokens) < limit:
-        tokens += tokenize(_FILLER)
-    return tokens[:limit]
+    tokens = tokenize((f"You said: {said}\n\n" if said else "") + _FILLER)
+    filler = tokenize(_FILLER)
+    n = 0
+    while True:
+        for token in tokens:
+            if n >= limit:
+                return
+            n += 1
+            yield token
+        tokens = filler
+
+
+def reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = None) -> list[str]:
+    """The deterministic reply to ``messages``, as a list of tokens."""
+    return list(iter_reply_tokens(messages, max_tokens))
 
 
 def estimate_tokens(messages: list[dict[str, Any]]) -> int:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from itertools import islice
 
 from ..protocol import events as ev
 from ..protocol.events import Event
-from ..simulate.reply import PROFILES, SpeedProfile, estimate_tokens, reply_tokens
+from ..simulate.reply import PROFILES, SpeedProfile, estimate_tokens, iter_reply_tokens
 from .base import ChatCall
 
 __all__ = ["SimulatedProvider"]
@@ -21,14 +22,18 @@ _FALLBACK = SpeedProfile(100, 50)
 
 
 class _SimulatedStream:
-    __slots__ = ("_closed", "_due", "_i", "_interval", "_prompt_tokens", "_tokens", "_usage_sent")
+    """The reply is made token by token as it is read (``iter_reply_tokens``): a request for a
+    billion tokens costs only what is streamed before it is cancelled or capped."""
+
+    __slots__ = ("_closed", "_due", "_interval", "_n", "_next", "_prompt_tokens", "_tokens", "_usage_sent")
 
     def __init__(self, call: ChatCall, speed: float) -> None:
         profile = PROFILES.get(call.model, _FALLBACK)
         limit = call.params.get("max_tokens") or call.params.get("max_completion_tokens")
-        self._tokens = reply_tokens(call.messages, limit)
+        self._tokens = iter_reply_tokens(call.messages, limit)
+        self._next = next(self._tokens, None)  #: the token the next read sends (None: the reply is over)
+        self._n = 0
         self._prompt_tokens = estimate_tokens(call.messages)
-        self._i = 0
         self._closed = False
         self._usage_sent = False
         if speed > 0:
@@ -41,9 +46,10 @@ class _SimulatedStream:
     async def read(self) -> list[Event] | None:
         if self._closed or self._usage_sent:
             return None
-        if self._i >= len(self._tokens):
+        token = self._next
+        if token is None:
             self._usage_sent = True
-            n = len(self._tokens)
+            n = self._n
             return [
                 (ev.FINISH, "stop" if n else "length"),
                 (
@@ -60,12 +66,13 @@ class _SimulatedStream:
             if delay > 0:
                 await asyncio.sleep(delay)
             self._due += self._interval
-            token = self._tokens[self._i]
-            self._i += 1
+            self._next = next(self._tokens, None)
+            self._n += 1
             return [(ev.TOKEN, token)]
         await asyncio.sleep(0)
-        batch = self._tokens[self._i : self._i + 64]
-        self._i += len(batch)
+        batch = [token, *islice(self._tokens, 63)]
+        self._next = next(self._tokens, None)
+        self._n += len(batch)
         return [(ev.TOKEN, t) for t in batch]
 
     def close(self) -> None:
