@@ -145,6 +145,8 @@ class Settings:
     key_cache_ttl: float = 1.0
     #: concurrent sockets per key (0 = no limit)
     max_sockets_per_key: int = 256
+    #: replies in flight at once per key (or per IP without keys); 0 = no limit
+    max_inflight_per_key: int = 64
     #: limits for clients without a key (open mode), per IP address (0 = no limit)
     ip_rpm: int = 0
     ip_tpm: int = 0

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .keys import KeyRecord
 
-__all__ = ["Principal", "TokenBucket"]
+__all__ = ["Principal", "Reservation", "TokenBucket"]
 
 
 class TokenBucket:
@@ -51,8 +51,21 @@ class TokenBucket:
         return (1.0 - self.level) / self.rate
 
     def debit(self, now: float, n: float) -> None:
+        """Take ``n`` units whatever is left (negative ``n`` gives back what was taken too much)."""
         self._refill(now)
-        self.level -= n
+        self.level = min(self.capacity, self.level - n)
+
+    def available(self, now: float) -> float:
+        self._refill(now)
+        return self.level
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What an admitted reply may still cost, held from admission until it ends."""
+
+    usd: float = 0.0  #: reserved against the key's budget
+    tokens: int = 0  #: taken from the tokens-per-minute bucket (prompt + max_tokens)
 
 
 @dataclass(slots=True, eq=False)
@@ -67,7 +80,8 @@ class Principal:
     spent: float = 0.0  #: USD, from the store at first use, then kept up to date here
     rpm: TokenBucket | None = None
     tpm: TokenBucket | None = None
-    in_flight: set[int] = field(default_factory=set)
+    #: admitted replies not yet ended (by id of their request), with what each reserved
+    in_flight: dict[int, Reservation] = field(default_factory=dict)
 
     @property
     def key_id(self) -> str | None:

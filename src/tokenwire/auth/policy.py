@@ -7,6 +7,7 @@ reply ends (its usage is known then).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -22,8 +23,10 @@ from ..config import ConfigError, Settings
 from ..protocol.errors import GatewayError, set_redactor
 from ..protocol.frames import Chat
 from ..runtime.routing import Route
+from ..simulate.reply import estimate_tokens
 from .keys import KeyRecord, SQLiteKeyStore, hash_key, open_key_store
-from .limits import Principal, TokenBucket
+from .ledger import Ledger, LocalLedger, RedisLedger
+from .limits import Principal, Reservation, TokenBucket
 from .redact import Redactor, install_log_filter
 
 if TYPE_CHECKING:
@@ -106,6 +109,13 @@ class AccessPolicy:
         self.origins = {o.strip().rstrip("/").lower() for o in settings.allowed_origins.split(",") if o.strip()}
         self.hosts = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
         self.principals: dict[str, Principal] = {}
+        #: budget reservations: in this process, or in Redis for every instance (auth.ledger)
+        self.ledger: Ledger = LocalLedger()
+        if settings.redis_url:
+            from ..store.redis import RedisLink
+
+            self.ledger = RedisLedger(RedisLink(settings.redis_url, settings.redis_timeout), settings.redis_prefix)
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
         self.redactor = Redactor(p.api_key for p in settings.providers if p.api_key)
         set_redactor(self.redactor.secrets_only)
@@ -267,41 +277,104 @@ class AccessPolicy:
                     f"{p.label} may not use model {route.model[:80]!r} (allowed: {', '.join(record.models)})",
                     extra={"id": chat.id},
                 )
-            if record.budget_usd is not None and p.spent >= record.budget_usd:
-                raise GatewayError(
-                    "budget_exceeded",
-                    f"{p.label} has spent ${p.spent:.6f} of its ${record.budget_usd:g} budget",
-                    extra={"id": chat.id},
-                )
             rpm, tpm = record.rpm, record.tpm
         else:
             rpm, tpm = self.settings.ip_rpm, self.settings.ip_tpm
-        if tpm:
-            if p.tpm is None:
-                p.tpm = TokenBucket.per_minute(tpm, now)
-            wait = p.tpm.wait_positive(now)
-            if wait > 0:
-                raise _limited(chat, f"{p.label} used its {tpm} tokens per minute", wait)
+        limit = self.settings.max_inflight_per_key
+        if limit and len(p.in_flight) >= limit:
+            raise GatewayError(
+                "rate_limited",
+                f"{p.label} already has {limit} replies in flight (max_inflight_per_key)",
+                retryable=True,
+                extra={"id": chat.id, "retry_after": 1, "limit": "inflight"},
+            )
         if rpm:
             if p.rpm is None:
                 p.rpm = TokenBucket.per_minute(rpm, now)
             wait = p.rpm.take(now)
             if wait > 0:
                 raise _limited(chat, f"{p.label} reached its {rpm} requests per minute", wait)
+        await self._reserve(p, chat, route, tpm, now)
         chat.owner = p
-        p.in_flight.add(id(chat))
+
+    async def _reserve(self, p: Principal, chat: Chat, route: Route, tpm: int | None, now: float) -> None:
+        """Hold the reply's worst case against the key's budget and tokens per minute (see auth.ledger).
+
+        ``max_tokens`` is cut to what is left, so that a reply can never spend past either; the
+        reply's end then settles with the real figures. The prompt counted here is the request's
+        own messages (a stored conversation's history is counted when the reply settles).
+        """
+        params = chat.params
+        asked = params.get("max_tokens") or params.get("max_completion_tokens")
+        cap = asked or self.settings.max_output_tokens
+        prompt = estimate_tokens(chat.messages or [{"content": chat.content or ""}]) + (
+            estimate_tokens([{"content": chat.system}]) if chat.system else 0
+        )
+        record = p.record
+        res = Reservation()
+        cut_by: str | None = None
+        budget = record.budget_usd if record is not None else None
+        if budget is not None and record is not None:
+            info = route.info
+            if info is None or info.input_per_mtok is None or info.output_per_mtok is None:
+                raise GatewayError(
+                    "forbidden",
+                    f"{p.label} has a budget, and {route.model[:80]!r} has no price in this gateway's catalog, so "
+                    f"its cost could not be counted; set [models.{route.model[:80]}] input_per_mtok and "
+                    "output_per_mtok, or use a priced model",
+                    extra={"id": chat.id, "limit": "budget"},
+                )
+            n, res.usd = await self.ledger.reserve(
+                record.id, budget, p.spent, prompt * info.input_per_mtok / 1e6, info.output_per_mtok / 1e6, cap
+            )
+            if n < 1:
+                raise GatewayError(
+                    "budget_exceeded",
+                    f"{p.label} has spent ${p.spent:.6f} of its ${budget:g} budget"
+                    + (" (the rest is held by replies in flight)" if p.in_flight else ""),
+                    extra={"id": chat.id, "limit": "budget"},
+                )
+            if n < cap:
+                cap, cut_by = n, "budget"
+        if tpm:
+            if p.tpm is None:
+                p.tpm = TokenBucket.per_minute(tpm, now)
+            left = int(p.tpm.available(now)) - prompt
+            if left < 1:
+                if record is not None and res.usd:
+                    await self.ledger.settle(record.id, res.usd, 0.0)
+                wait = (1 - left) / p.tpm.rate
+                raise _limited(chat, f"{p.label} used its {tpm} tokens per minute", wait, "tpm")
+            if left < cap:
+                cap, cut_by = left, cut_by or "tpm"
+            res.tokens = prompt + cap
+            p.tpm.debit(now, res.tokens)
+        if cut_by is not None:
+            params.pop("max_completion_tokens", None)
+            params["max_tokens"] = cap
+            chat.cut_by = cut_by
+        p.in_flight[id(chat)] = res
 
     def release(self, p: Any, chat: Chat) -> None:
-        """A chat admitted but never started (e.g. its conversation was busy): no longer in flight."""
-        if isinstance(p, Principal):
-            p.in_flight.discard(id(chat))
+        """A chat admitted but never started (e.g. its conversation was busy): give back what it held."""
+        if not isinstance(p, Principal):
+            return
+        res = p.in_flight.pop(id(chat), None)
+        if res is None:
+            return
+        if p.tpm is not None and res.tokens:
+            p.tpm.debit(time.monotonic(), -res.tokens)
+        if res.usd and p.record is not None:
+            task = asyncio.get_running_loop().create_task(self.ledger.settle(p.record.id, res.usd, 0.0))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def on_finish(self, summary: RunSummary) -> None:
-        """Account a finished generation: tokens into the TPM bucket, cost into the budget and the store."""
+        """Settle a finished generation: its real tokens and cost replace what was reserved."""
         p = summary.owner
         if not isinstance(p, Principal):
             return
-        p.in_flight.discard(id(summary.chat))
+        res = p.in_flight.pop(id(summary.chat), None) or Reservation()
         usage = summary.usage
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
@@ -310,10 +383,16 @@ class AccessPolicy:
             prompt = completion = 0  # refused upstream before anything was generated: not billed
             cost = 0.0
         if p.tpm is not None:
-            p.tpm.debit(time.monotonic(), prompt + completion)
+            p.tpm.debit(time.monotonic(), prompt + completion - res.tokens)
         p.spent += cost
-        if p.record is not None:
-            await self.store.add_usage(p.record.id, prompt, completion, cost)
+        record = p.record
+        if record is not None:
+            if record.budget_usd is not None:
+                try:
+                    await self.ledger.settle(record.id, res.usd, cost)
+                except GatewayError:
+                    log.warning("could not settle the budget of %s (Redis down?)", p.label)
+            await self.store.add_usage(record.id, prompt, completion, cost)
 
     def frame_gate(self) -> Callable[[Any], GatewayError | None] | None:
         """A per-socket check run on each client frame: refuses frames over ``max_frames_per_second``."""
@@ -360,12 +439,13 @@ class AccessPolicy:
 
     async def aclose(self) -> None:
         await self.store.aclose()
+        await self.ledger.aclose()
 
 
-def _limited(chat: Chat, why: str, wait: float) -> GatewayError:
+def _limited(chat: Chat, why: str, wait: float, limit: str = "rpm") -> GatewayError:
     return GatewayError(
         "rate_limited",
         f"{why}; retry in {wait:.1f} s",
         retryable=True,
-        extra={"id": chat.id, "retry_after": round(wait, 3)},
+        extra={"id": chat.id, "retry_after": round(wait, 3), "limit": limit},
     )

@@ -87,6 +87,8 @@ class Chat:
     dialect: Dialect = "v1"
     #: who asked (set by the access policy at admission, never by a client); usage is charged to it
     owner: Any = field(default=None, repr=False, compare=False)
+    #: set at admission when max_tokens was cut to what a limit leaves ("budget" or "tpm")
+    cut_by: str | None = None
 
 
 @dataclass(slots=True)

@@ -280,13 +280,13 @@ class Run:
                             if corked:
                                 corked = await self._uncork(corked)
                             await gate.wait()
+                        if gen.token_count >= cap:  # a provider sending past max_tokens is cut there
+                            raise _ReplyCapped
                         wait = emit(gen.token(value), TOKEN, value)
                         if wait is not None:
                             if corked:
                                 corked = await self._uncork(corked)
                             await wait
-                        if gen.token_count >= cap:
-                            raise _ReplyCapped
                     elif kind == REASONING or kind == TOOL_CALL:
                         if ttft is None:
                             ttft = time.monotonic() - t0
@@ -404,6 +404,11 @@ class Run:
         }
         if answered_model != self.route.upstream_model:
             fields["upstream_model"] = answered_model
+        chat = self.chat
+        if chat.cut_by is not None and status == COMPLETED and n >= (chat.params.get("max_tokens") or 0):
+            # max_tokens was cut to what the key's budget or tokens per minute left, and reached
+            fields["finish_reason"] = "length"
+            fields["limit"] = chat.cut_by
         cost = price(self.route.info, usage)
         if cost is not None:
             fields["cost_usd"] = cost
@@ -417,7 +422,6 @@ class Run:
             fields["error"] = {"code": error.code, "retryable": error.retryable}
             registry.stats["errors"] += 1
         registry.stats["tokens"] += n
-        chat = self.chat
         self.summary = RunSummary(
             stream_id=gen.stream_id,
             status=status,
