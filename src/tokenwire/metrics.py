@@ -16,13 +16,12 @@ import sys
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from . import __version__
+from . import __version__, procstat
 from .protocol.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -34,8 +33,6 @@ __all__ = ["TTFT_BUCKETS", "Metrics", "access_log_middleware", "metrics_handler"
 #: Seconds. Fine at the low end: the gateway's own share of TTFT is sub-millisecond.
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 events_log = logging.getLogger("tokenwire.events")
 
@@ -232,7 +229,10 @@ class Metrics:
         for (method, route, status), n in sorted(self.http.items()):
             sample("tokenwire_http_requests_total", n, {"method": method, "route": route, "status": str(status)})
 
-        rss, cpu = process_usage(os.getpid())
+        try:
+            rss, cpu = procstat.usage(os.getpid())
+        except OSError:  # no /proc (not Linux)
+            rss, cpu = 0, 0.0
         family("process_resident_memory_bytes", "gauge", "Resident memory of the gateway process.")
         sample("process_resident_memory_bytes", rss)
         family("process_cpu_seconds_total", "counter", "CPU time (user + system) of the gateway process.")
@@ -266,17 +266,6 @@ def _num(value: float) -> str:
     if isinstance(value, int):
         return str(value)
     return repr(float(value)) if value != int(value) or abs(value) >= 1e15 else str(int(value)) + ".0"
-
-
-def process_usage(pid: int) -> tuple[int, float]:
-    """(resident bytes, CPU seconds) of a process, from /proc (0s elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(stat[11]) + int(stat[12])) / _TICK
-        rss = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-        return rss, cpu
-    except (OSError, ValueError, IndexError):
-        return 0, 0.0
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
