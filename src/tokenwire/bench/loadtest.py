@@ -1,6 +1,6 @@
 """``tokenwire loadtest``: many concurrent streams (or idle sockets) through one gateway process.
 
-The fake upstream (:mod:`tokenwire.bench.upstream`) and the gateway run as
+The fake upstream (``tokenwire simulate --wheel``, :mod:`tokenwire.simulate.wheel`) and the gateway run as
 separate processes, and the client load is spread over ``--clients`` worker
 processes (one Python client process cannot receive 100k WebSocket messages
 per second). Each upstream token carries the ``time.monotonic()`` at which it
@@ -320,7 +320,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     up, up_port = _spawn(
         [
             "-m",
-            "tokenwire.bench.upstream",
+            "tokenwire",
+            "simulate",
+            "--wheel",
             "--port",
             "0",
             "--tps",

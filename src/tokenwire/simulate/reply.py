@@ -75,9 +75,11 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = None) -> list[str]:
-    """The deterministic reply to ``messages``, as tokens."""
+def reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = None, text: str | None = None) -> list[str]:
+    """The deterministic reply to ``messages``, as tokens (with ``text``: that one token, repeated)."""
     limit = max_tokens or DEFAULT_MAX_TOKENS
+    if text:
+        return [text] * limit
     said = _last_user_text(messages).strip()
     text = (f"You said: {said}\n\n" if said else "") + _FILLER
     tokens = tokenize(text)

@@ -22,7 +22,12 @@ request with ``@key=value`` suffixes on the model name, e.g.
 * ``reasoning=N``: N reasoning tokens before the answer, in the format's own shape (OpenAI
   ``reasoning_content``, an Anthropic thinking block, Gemini ``thought`` parts)
 * ``tokens=N``, ``tps=X`` (0 = as fast as possible), ``ttft=MS``, ``split=N`` (write each
-  event in N-byte pieces), ``retry_after=S`` (with 429)
+  event in N-byte pieces), ``retry_after=S`` (with 429), ``batch=N`` (with tps=0: N tokens
+  per write), ``pace=MS`` (with tps=0: a pause after each write)
+
+``--text TEXT`` makes every token TEXT (benchmarks that check each token cheaply).
+``--wheel`` runs the lean load-test engine instead (:mod:`.wheel`): OpenAI chunks only,
+every stream paced by one timer, each token stamped with the time it was written.
 
 ``GET /_sim/stats`` reports requests, completed and aborted streams (with the
 ``time.monotonic()`` of the last abort, comparable across processes on Linux);
@@ -55,6 +60,8 @@ class SimOptions:
     fault: str | None = None
     retry_after: float | None = None
     batch: int = 1  #: tokens per write when tps = 0
+    pace_ms: float = 0.0  #: when tps = 0: a pause after each write of ``batch`` tokens
+    text: str | None = None  #: every token is this text (instead of the deterministic reply)
     fixtures: str | None = None  #: folder of recorded streams for ``replay=NAME``
     replay: str | None = None
     status: int = 200
@@ -71,6 +78,7 @@ _SUFFIXES: dict[str, tuple[str, Any]] = {
     "split": ("split", int),
     "retry_after": ("retry_after", float),
     "batch": ("batch", int),
+    "pace": ("pace_ms", float),
     "replay": ("replay", str),
     "status": ("status", int),
     "times": ("times", int),
@@ -156,7 +164,7 @@ class Simulator:
             return await self._replay(request, opts)
         messages = body.get("messages") or []
         max_tokens = opts.tokens or body.get("max_tokens") or body.get("max_completion_tokens")
-        tokens = reply_tokens(messages, max_tokens)
+        tokens = reply_tokens(messages, max_tokens, opts.text)
         prompt_tokens = estimate_tokens(messages)
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -207,7 +215,7 @@ class Simulator:
         # Anthropic requests always carry max_tokens (the gateway defaults it to 4096):
         # treat it as a cap on the usual reply length, not as the length itself.
         max_tokens = int(body.get("max_tokens") or DEFAULT_MAX_TOKENS)
-        tokens = reply_tokens(messages, opts.tokens or min(max_tokens, DEFAULT_MAX_TOKENS))
+        tokens = reply_tokens(messages, opts.tokens or min(max_tokens, DEFAULT_MAX_TOKENS), opts.text)
         wire = AnthropicWire(base_model, estimate_tokens(messages), True, max_tokens)
         return await self._paced(request, base_model, tokens, wire, opts)
 
@@ -236,7 +244,7 @@ class Simulator:
             role = "assistant" if c.get("role") == "model" else "user"
             messages.append({"role": role, "content": " ".join(p.get("text", "") for p in c.get("parts") or [])})
         max_tokens = (body.get("generationConfig") or {}).get("maxOutputTokens")
-        tokens = reply_tokens(messages, opts.tokens or max_tokens)
+        tokens = reply_tokens(messages, opts.tokens or max_tokens, opts.text)
         wire = GeminiWire(base_model, estimate_tokens(messages), True)
         return await self._paced(request, base_model, tokens, wire, opts)
 
@@ -327,6 +335,8 @@ class Simulator:
                     if len(batch) >= opts.batch:
                         await write(b"".join(batch))
                         batch.clear()
+                        if opts.pace_ms:
+                            await wait_until(time.monotonic() + opts.pace_ms / 1000.0)
             if batch:
                 await write(b"".join(batch))
             await write(wire.tail(len(tokens)))
