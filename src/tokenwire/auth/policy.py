@@ -118,10 +118,6 @@ class AccessPolicy:
         if isinstance(self.store, SQLiteKeyStore):
             self.store.close_sync()
 
-    @property
-    def open_mode(self) -> bool:
-        return not self.keys_exist
-
     # -- who is asking --------------------------------------------------------
     def check_origin(self, request: web.BaseRequest) -> None:
         """Refuse browser requests from pages not on the allowlist (cross-site WebSocket hijacking)."""

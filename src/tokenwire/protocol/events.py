@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["ERROR", "FINISH", "KIND_NAMES", "MODEL", "REASONING", "TOKEN", "TOOL_CALL", "USAGE"]
+__all__ = ["ERROR", "FINISH", "MODEL", "REASONING", "TOKEN", "TOOL_CALL", "USAGE"]
 
 TOKEN: Final = 0  #: value: str, answer text
 REASONING: Final = 1  #: value: str, reasoning/thinking text, kept apart from the answer
@@ -17,7 +17,5 @@ FINISH: Final = 3  #: value: str, normalised finish reason ("stop", "length", "t
 USAGE: Final = 4  #: value: dict with prompt_tokens / completion_tokens (and extras)
 ERROR: Final = 5  #: value: GatewayError raised inside an HTTP 200 stream
 MODEL: Final = 6  #: value: str, the model id the provider says answered
-
-KIND_NAMES: Final = ("token", "reasoning", "tool_call", "finish", "usage", "error", "model")
 
 Event = tuple[int, Any]
