@@ -45,7 +45,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limits = Limits(settings.max_frame_bytes, settings.max_messages)
-        self.http = SharedSession(settings.connect_timeout, settings.read_timeout)
+        self.http = SharedSession(settings.connect_timeout)
         self.router = Router(settings, self.http)
         self.store = make_store(settings)
         #: with ``redis_url``: shared conversations, cross-instance resume, cancel routing
