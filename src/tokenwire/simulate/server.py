@@ -149,19 +149,29 @@ class Simulator:
             headers=headers,
         )
 
+    async def _options(
+        self, request: web.Request, model: str, wire: type[Wire]
+    ) -> tuple[SimOptions, str, web.StreamResponse | None]:
+        """(options for this request, the model without its ``@`` suffixes, and the response that
+        answers it instead of a simulated reply: an HTTP fault or a recorded stream, else None)."""
+        opts, base_model = _apply_suffix(self.defaults, model)
+        refused = self._fault_response(opts, model, wire)
+        if refused is not None:
+            return opts, base_model, refused
+        if opts.times and self.seen.get(model, 0) > opts.times:
+            opts = replace(opts, fault=None)
+        if opts.replay:
+            return opts, base_model, await self._replay(request, opts)
+        return opts, base_model, None
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         if body is None:
             return web.Response(status=400, body=_error_body(400), content_type="application/json")
         model = str(body.get("model") or "gpt-4.1")
-        opts, base_model = _apply_suffix(self.defaults, model)
-        refused = self._fault_response(opts, model, Wire)
-        if refused is not None:
-            return refused
-        if opts.times and self.seen.get(model, 0) > opts.times:
-            opts = replace(opts, fault=None)
-        if opts.replay:
-            return await self._replay(request, opts)
+        opts, base_model, early = await self._options(request, model, Wire)
+        if early is not None:
+            return early
         messages = body.get("messages") or []
         max_tokens = opts.tokens or body.get("max_tokens") or body.get("max_completion_tokens")
         tokens = reply_tokens(messages, max_tokens, opts.text)
@@ -201,14 +211,9 @@ class Simulator:
         if not request.headers.get("x-api-key") or request.headers.get("anthropic-version") is None:
             return web.Response(status=401, body=AnthropicWire.error_body(401), content_type="application/json")
         model = str(body.get("model") or "claude-sonnet-4.5")
-        opts, base_model = _apply_suffix(self.defaults, model)
-        refused = self._fault_response(opts, model, AnthropicWire)
-        if refused is not None:
-            return refused
-        if opts.times and self.seen.get(model, 0) > opts.times:
-            opts = replace(opts, fault=None)
-        if opts.replay:
-            return await self._replay(request, opts)
+        opts, base_model, early = await self._options(request, model, AnthropicWire)
+        if early is not None:
+            return early
         messages = list(body.get("messages") or [])
         if body.get("system"):
             messages.insert(0, {"role": "system", "content": body["system"]})
@@ -228,14 +233,9 @@ class Simulator:
         if not request.headers.get("x-goog-api-key"):
             return web.Response(status=403, body=GeminiWire.error_body(403), content_type="application/json")
         body["_model"] = model
-        opts, base_model = _apply_suffix(self.defaults, model)
-        refused = self._fault_response(opts, model, GeminiWire)
-        if refused is not None:
-            return refused
-        if opts.times and self.seen.get(model, 0) > opts.times:
-            opts = replace(opts, fault=None)
-        if opts.replay:
-            return await self._replay(request, opts)
+        opts, base_model, early = await self._options(request, model, GeminiWire)
+        if early is not None:
+            return early
         messages: list[dict[str, Any]] = []
         system = body.get("systemInstruction") or {}
         if system.get("parts"):
