@@ -87,6 +87,18 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.wheel:
         from .simulate.wheel import run_wheel
 
+        options = {
+            "--split": args.split,
+            "--batch": args.batch != 1,
+            "--fault": args.fault,
+            "--retry-after": args.retry_after,
+            "--fixtures": args.fixtures,
+            "--pace-ms": args.pace_ms,
+            "--text": args.text,
+        }
+        if given := [flag for flag, value in options.items() if value]:
+            print(f"tokenwire simulate --wheel does not take {', '.join(given)}", file=sys.stderr)
+            return 2
         tps = 0.0 if args.fast else (50.0 if args.tps is None else args.tps)
         ttft = 100.0 if args.ttft_ms is None else args.ttft_ms
         run_wheel(args.host, args.port, tps, args.tokens or 100, ttft)

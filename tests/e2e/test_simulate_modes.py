@@ -64,3 +64,16 @@ async def test_wheel_engine_stamps_every_token(spawn: Callable[..., Proc]) -> No
     assert chunks[-1]["usage"]["completion_tokens"] == 5
     chunks, done = await stream(sim.http, "gpt-4.1@tokens=2", 100)  # the length asked on the model name
     assert done and len(contents(chunks)) == 2
+
+
+def test_wheel_refuses_what_it_cannot_do() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "tokenwire", "simulate", "--wheel", "--port", "0", "--fault", "429", "--text", "x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "does not take --fault, --text" in r.stderr
