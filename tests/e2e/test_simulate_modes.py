@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -67,9 +69,6 @@ async def test_wheel_engine_stamps_every_token(spawn: Callable[..., Proc]) -> No
 
 
 def test_wheel_refuses_what_it_cannot_do() -> None:
-    import subprocess
-    import sys
-
     r = subprocess.run(
         [sys.executable, "-m", "tokenwire", "simulate", "--wheel", "--port", "0", "--fault", "429", "--text", "x"],
         capture_output=True,
