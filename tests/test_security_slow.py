@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import statistics
 import time
-from pathlib import Path
 
 import aiohttp
 import orjson
 from rawws import Raw, text
+
+from tokenwire.procstat import cpu_seconds
 
 PACE = 42.0  #: gpt-4.1's simulated tokens per second at speed 1
 TOKENS = 126  #: three seconds of tokens per stream
@@ -33,11 +33,6 @@ async def paced_stream(session: aiohttp.ClientSession, url: str, i: int) -> tupl
                 break
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), max(gaps), len(stamps)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_idle(pid: int, timeout: float = 20.0) -> float:

@@ -73,9 +73,36 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--retry-after", type=float, help="Retry-After seconds sent with --fault 429")
     p.add_argument("--fixtures", help="folder of recorded streams served for model names ending @replay=FILE")
+    p.add_argument("--pace-ms", type=float, default=0.0, help="with --fast: pause after each write, ms")
+    p.add_argument("--text", help="every token is TEXT instead of the deterministic reply")
+    p.add_argument(
+        "--wheel",
+        action="store_true",
+        help="the lean load-test engine: one timer for every stream, timestamped tokens, OpenAI only "
+        "(--tps default 50, --tokens 100, --ttft-ms 100)",
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    if args.wheel:
+        from .simulate.wheel import run_wheel
+
+        options = {
+            "--split": args.split,
+            "--batch": args.batch != 1,
+            "--fault": args.fault,
+            "--retry-after": args.retry_after,
+            "--fixtures": args.fixtures,
+            "--pace-ms": args.pace_ms,
+            "--text": args.text,
+        }
+        if given := [flag for flag, value in options.items() if value]:
+            print(f"tokenwire simulate --wheel does not take {', '.join(given)}", file=sys.stderr)
+            return 2
+        tps = 0.0 if args.fast else (50.0 if args.tps is None else args.tps)
+        ttft = 100.0 if args.ttft_ms is None else args.ttft_ms
+        run_wheel(args.host, args.port, tps, args.tokens or 100, ttft)
+        return 0
     from .simulate.server import SimOptions, run_simulator
 
     opts = SimOptions(
@@ -87,6 +114,8 @@ def _simulate(args: argparse.Namespace) -> int:
         retry_after=args.retry_after,
         batch=args.batch,
         fixtures=args.fixtures,
+        pace_ms=args.pace_ms,
+        text=args.text,
     )
     run_simulator(args.host, args.port, opts)
     return 0

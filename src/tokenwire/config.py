@@ -104,7 +104,7 @@ class Settings:
     max_frame_bytes: int = 1024 * 1024
     max_messages: int = 1000
     #: the largest max_tokens a request may ask for; a reply is also cut there if a provider ignores it
-    max_output_tokens: int = 131_072
+    max_output_tokens: int = 1_000_000
     max_generations_per_socket: int = 32
     idle_timeout: float = 120.0
     ws_ping_interval: float = 20.0
@@ -147,6 +147,8 @@ class Settings:
     max_sockets_per_key: int = 256
     #: replies in flight at once per key (or per IP without keys); 0 = no limit
     max_inflight_per_key: int = 64
+    #: output tokens a reply without max_tokens holds of a key's budget or TPM (and may use)
+    reserve_tokens: int = 16_384
     #: limits for clients without a key (open mode), per IP address (0 = no limit)
     ip_rpm: int = 0
     ip_tpm: int = 0

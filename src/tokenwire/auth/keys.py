@@ -44,10 +44,6 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def looks_like_key(key: str) -> bool:
-    return key.startswith(KEY_PREFIX) and 20 <= len(key) <= 200
-
-
 @dataclass(slots=True)
 class KeyRecord:
     id: str

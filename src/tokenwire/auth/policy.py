@@ -304,16 +304,20 @@ class AccessPolicy:
         reply's end then settles with the real figures. The prompt counted here is the request's
         own messages (a stored conversation's history is counted when the reply settles).
         """
+        record = p.record
+        budget = record.budget_usd if record is not None else None
+        if budget is None and not tpm:
+            p.in_flight[id(chat)] = Reservation()
+            return
         params = chat.params
         asked = params.get("max_tokens") or params.get("max_completion_tokens")
-        cap = asked or self.settings.max_output_tokens
+        # a reply that names no max_tokens holds reserve_tokens of the budget, not all of it
+        cap = asked or min(self.settings.max_output_tokens, self.settings.reserve_tokens)
         prompt = estimate_tokens(chat.messages or [{"content": chat.content or ""}]) + (
             estimate_tokens([{"content": chat.system}]) if chat.system else 0
         )
-        record = p.record
         res = Reservation()
         cut_by: str | None = None
-        budget = record.budget_usd if record is not None else None
         if budget is not None and record is not None:
             info = route.info
             if info is None or info.input_per_mtok is None or info.output_per_mtok is None:
@@ -334,7 +338,7 @@ class AccessPolicy:
                     + (" (the rest is held by replies in flight)" if p.in_flight else ""),
                     extra={"id": chat.id, "limit": "budget"},
                 )
-            if n < cap:
+            if n < cap or not asked:
                 cap, cut_by = n, "budget"
         if tpm:
             if p.tpm is None:
@@ -345,8 +349,8 @@ class AccessPolicy:
                     await self.ledger.settle(record.id, res.usd, 0.0)
                 wait = (1 - left) / p.tpm.rate
                 raise _limited(chat, f"{p.label} used its {tpm} tokens per minute", wait, "tpm")
-            if left < cap:
-                cap, cut_by = left, cut_by or "tpm"
+            if left < cap or not asked:
+                cap, cut_by = min(cap, left), cut_by or "tpm"
             res.tokens = prompt + cap
             p.tpm.debit(now, res.tokens)
         if cut_by is not None:

@@ -1,6 +1,6 @@
 """``tokenwire loadtest``: many concurrent streams (or idle sockets) through one gateway process.
 
-The fake upstream (:mod:`tokenwire.bench.upstream`) and the gateway run as
+The fake upstream (``tokenwire simulate --wheel``, :mod:`tokenwire.simulate.wheel`) and the gateway run as
 separate processes, and the client load is spread over ``--clients`` worker
 processes (one Python client process cannot receive 100k WebSocket messages
 per second). Each upstream token carries the ``time.monotonic()`` at which it
@@ -33,13 +33,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..runtime.metrics import process_usage
-from . import run_fast
+from .. import procstat
+from ..simulate.fastloop import run_fast
 
 __all__ = ["add_arguments", "main"]
 
@@ -250,7 +251,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(ws.close() for ws in sockets if ws is not None and not ws.closed), return_exceptions=True)
     await asyncio.gather(*readers, return_exceptions=True)
     await session.close()
-    _, cpu = process_usage(os.getpid())
+    cpu = procstat.cpu_seconds(os.getpid())
     return {
         **stats,
         "open_at_end": still_open,
@@ -319,7 +320,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     up, up_port = _spawn(
         [
             "-m",
-            "tokenwire.bench.upstream",
+            "tokenwire",
+            "simulate",
+            "--wheel",
             "--port",
             "0",
             "--tps",
@@ -409,14 +412,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         w0, w1 = t0 + args.warmup, t0 + args.warmup + args.duration
         time.sleep(max(0.0, w0 - time.monotonic()))
         _, c0 = _usage(gw_pids)
-        _, u0 = process_usage(up.pid)
+        u0 = procstat.cpu_seconds(up.pid)
         s0 = _sched_all(gw_pids)
         samples: list[tuple[float, int]] = []
         while time.monotonic() < w1:
             samples.append((time.monotonic() - w0, _usage(gw_pids)[0]))
             time.sleep(min(args.sample_every, max(0.0, w1 - time.monotonic())))
         _, c1 = _usage(gw_pids)
-        _, u1 = process_usage(up.pid)
+        u1 = procstat.cpu_seconds(up.pid)
         s1 = _sched_all(gw_pids)
         rss_end, _ = _usage(gw_pids)
         results = []
@@ -479,35 +482,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _children(pid: int) -> list[int]:
     """The worker processes of a ``serve --workers`` supervisor."""
     try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()] or [pid]
+        return procstat.children(pid) or [pid]
     except OSError:
         return [pid]
 
 
-def _usage(pids: list[int]) -> tuple[int, float]:
-    """(resident bytes, CPU seconds) summed over the gateway's processes."""
-    rss, cpu = 0, 0.0
+def _summed(read: Callable[[int], tuple[float, float]], pids: list[int]) -> tuple[float, float]:
+    """A pair of /proc figures summed over the gateway's processes (0 for one that is gone)."""
+    a, b = 0.0, 0.0
     for pid in pids:
-        r, c = process_usage(pid)
-        rss, cpu = rss + r, cpu + c
-    return rss, cpu
+        try:
+            x, y = read(pid)
+        except OSError:
+            continue
+        a, b = a + x, b + y
+    return a, b
+
+
+def _usage(pids: list[int]) -> tuple[float, float]:
+    """(resident bytes, CPU seconds) summed over the gateway's processes."""
+    return _summed(procstat.usage, pids)
 
 
 def _sched_all(pids: list[int]) -> tuple[float, float]:
-    run, wait = 0.0, 0.0
-    for pid in pids:
-        r, w = _sched(pid)
-        run, wait = run + r, wait + w
-    return run, wait
-
-
-def _sched(pid: int) -> tuple[float, float]:
-    """(seconds on a CPU, seconds runnable but waiting for one) from /proc/PID/schedstat."""
-    try:
-        run_ns, wait_ns, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
-        return int(run_ns) / 1e9, int(wait_ns) / 1e9
-    except (OSError, ValueError):
-        return 0.0, 0.0
+    """(seconds on a CPU, seconds waiting for one) summed over the gateway's processes."""
+    return _summed(procstat.schedstat, pids)
 
 
 def _fmt_dist(d: dict[str, Any]) -> str:

@@ -41,6 +41,27 @@ class Sample:
         span = self.last_token - self.first_token
         return (self.tokens - 1) / span if span > 0 else None
 
+    def token(self, content: str, at: float) -> None:
+        """An answer token arrived ``at`` seconds after the request."""
+        if self.first_token is None:
+            self.first_token = self.ttft = at
+        self.last_token = at
+        self.tokens += 1
+        self.text.append(content)
+
+    def event(self, event: dict[str, Any], at: float) -> bool:
+        """Record one protocol-v1 event (WebSocket frame or poll entry); True once it is the end."""
+        kind = event.get("type")
+        if kind == "token":
+            self.token(event["content"], at)
+        elif kind == "error":
+            self.error = event.get("code") or "error"
+        elif kind == "end":
+            if event.get("status") != "completed" and self.error is None:
+                self.error = event.get("status")
+            return True
+        return False
+
 
 def _body(model: str, max_tokens: int, stream: bool) -> dict[str, Any]:
     return {
@@ -97,20 +118,8 @@ class WSTransport(Transport):
                 s.error = f"socket {msg.type.name.lower()}"
                 break
             event = orjson.loads(msg.data)
-            kind = event.get("type")
-            if kind == "token":
-                now = time.perf_counter() - t0
-                if s.first_token is None:
-                    s.first_token = s.ttft = now
-                s.last_token = now
-                s.tokens += 1
-                s.text.append(event["content"])
-            elif kind == "error":
-                s.error = event.get("code") or "error"
-            elif kind == "end":
+            if s.event(event, time.perf_counter() - t0):
                 s.total = s.last_token
-                if event.get("status") != "completed" and s.error is None:
-                    s.error = event.get("status")
                 break
         else:
             s.error = s.error or "socket closed"
@@ -146,12 +155,7 @@ class SSETransport(Transport):
                 for choice in chunk.get("choices") or ():
                     content = (choice.get("delta") or {}).get("content")
                     if content:
-                        now = time.perf_counter() - t0
-                        if s.first_token is None:
-                            s.first_token = s.ttft = now
-                        s.last_token = now
-                        s.tokens += 1
-                        s.text.append(content)
+                        s.token(content, time.perf_counter() - t0)
         s.total = s.last_token
         return s
 
@@ -183,17 +187,7 @@ class PollTransport(Transport):
                 body = orjson.loads(await resp.read())
             now = time.perf_counter() - t0
             for event in body["events"]:
-                kind = event.get("type")
-                if kind == "token":
-                    if s.first_token is None:
-                        s.first_token = s.ttft = now
-                    s.last_token = now
-                    s.tokens += 1
-                    s.text.append(event["content"])
-                elif kind == "error":
-                    s.error = event.get("code") or "error"
-                elif kind == "end" and event.get("status") != "completed" and s.error is None:
-                    s.error = event.get("status")
+                s.event(event, now)
             after = body["next_after"]
             if body["done"]:
                 break

@@ -16,7 +16,6 @@ __all__ = [
     "END",
     "ERROR",
     "FINISH",
-    "KIND_NAMES",
     "MODEL",
     "REASONING",
     "START",
@@ -38,8 +37,6 @@ MODEL: Final = 6  #: value: str, the model id the provider says answered
 # TOOL_CALL, ERROR): the first and the last event of every generation.
 START: Final = 10  #: value: dict, the ``start`` fields (model, provider, conversation_id, …)
 END: Final = 11  #: value: dict, the ``end`` fields (status, finish_reason, usage, timing, cost_usd, …)
-
-KIND_NAMES: Final = ("token", "reasoning", "tool_call", "finish", "usage", "error", "model")
 
 Event = tuple[int, Any]
 

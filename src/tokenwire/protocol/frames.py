@@ -65,7 +65,7 @@ class Limits:
     max_frame_bytes: int = 1024 * 1024
     max_messages: int = 1000
     #: the largest ``max_tokens`` a client may ask for (a provider that ignores it is cut there too)
-    max_output_tokens: int = 131_072
+    max_output_tokens: int = 1_000_000
 
 
 #: caps on the shapes of client-sent parameters (what real APIs accept, with room)

@@ -17,7 +17,7 @@ import orjson
 
 from .errors import GatewayError
 
-__all__ = ["Generation", "StreamExpired", "frame", "id_prefix"]
+__all__ = ["Generation", "StreamExpired", "id_prefix"]
 
 _dumps = orjson.dumps
 
@@ -36,10 +36,6 @@ def id_prefix(id: str) -> bytes:
     return b'{"id":' + _dumps(id) + b","
 
 
-def frame(prefix: bytes, rest: bytes) -> bytes:
-    return prefix + rest
-
-
 class Generation:
     """One generation's events and state.
 
@@ -50,13 +46,9 @@ class Generation:
 
     __slots__ = (
         "ended",
-        "finish_reason",
         "first_seq",
         "log",
         "max_log",
-        "model",
-        "paused",
-        "provider",
         "seq",
         "status",
         "stream_id",
@@ -73,12 +65,8 @@ class Generation:
         self.max_log = max_log
         self.text: list[str] = []
         self.token_count = 0
-        self.status: str | None = None
-        self.finish_reason: str | None = None
+        self.status: str | None = None  #: read once ended by usage accounting (tokenwire.auth)
         self.usage: dict[str, Any] | None = None
-        self.model: str | None = None
-        self.provider: str | None = None
-        self.paused = False
         self.ended = False
 
     # -- events ---------------------------------------------------------

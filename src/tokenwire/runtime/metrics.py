@@ -15,24 +15,22 @@ import sys
 import time
 from bisect import bisect_left
 from collections.abc import Collection
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .. import procstat
 from ..version import __version__
 
 if TYPE_CHECKING:
     from .relay import Registry
     from .summary import RunSummary
 
-__all__ = ["TTFT_BUCKETS", "Metrics", "merge_expositions", "process_usage", "setup_event_log", "write_event"]
+__all__ = ["TTFT_BUCKETS", "Metrics", "merge_expositions", "setup_event_log", "write_event"]
 
 #: Seconds. Fine at the low end: the gateway's own share of TTFT is sub-millisecond.
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 events_log = logging.getLogger("tokenwire.events")
 
@@ -220,7 +218,10 @@ class Metrics:
         for (method, route, status), n in sorted(self.http.items()):
             sample("tokenwire_http_requests_total", n, {"method": method, "route": route, "status": str(status)})
 
-        rss, cpu = process_usage(os.getpid())
+        try:
+            rss, cpu = procstat.usage(os.getpid())
+        except OSError:  # no /proc (not Linux)
+            rss, cpu = 0, 0.0
         family("process_resident_memory_bytes", "gauge", "Resident memory of the gateway process.")
         sample("process_resident_memory_bytes", rss)
         family("process_cpu_seconds_total", "counter", "CPU time (user + system) of the gateway process.")
@@ -254,17 +255,6 @@ def _num(value: float) -> str:
     if isinstance(value, int):
         return str(value)
     return repr(float(value)) if value != int(value) or abs(value) >= 1e15 else str(int(value)) + ".0"
-
-
-def process_usage(pid: int) -> tuple[int, float]:
-    """(resident bytes, CPU seconds) of a process, from /proc (0s elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(stat[11]) + int(stat[12])) / _TICK
-        rss = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-        return rss, cpu
-    except (OSError, ValueError, IndexError):
-        return 0, 0.0
 
 
 # -- structured logs -------------------------------------------------------------

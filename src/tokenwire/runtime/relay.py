@@ -147,7 +147,6 @@ class Run:
         if self_ is not None:
             self.paused_self = self_
         paused = self.paused_by_socket or self.paused_self
-        self.gen.paused = paused
         if paused:
             self.gate.clear()
         else:
@@ -515,7 +514,7 @@ class Registry:
     """Every generation this process runs or retains for resume, by stream id."""
 
     #: a reply is cut here when the request named no max_tokens (Settings.max_output_tokens)
-    max_output_tokens = 131_072
+    max_output_tokens = 1_000_000
 
     def __init__(
         self,

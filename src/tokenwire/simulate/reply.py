@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 __all__ = [
@@ -91,12 +92,18 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def iter_reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = None) -> Iterator[str]:
-    """The deterministic reply to ``messages``, token by token, made as it is read.
+def iter_reply_tokens(
+    messages: list[dict[str, Any]], max_tokens: int | None = None, text: str | None = None
+) -> Iterator[str]:
+    """The deterministic reply to ``messages``, token by token, made as it is read
+    (with ``text``: that one token, repeated).
 
     Lazy, so that a huge ``max_tokens`` costs memory and time only for what is streamed.
     """
     limit = max_tokens or DEFAULT_MAX_TOKENS
+    if text:
+        yield from repeat(text, limit)
+        return
     said = _last_user_text(messages).strip()
     tokens = tokenize((f"You said: {said}\n\n" if said else "") + _FILLER)
     filler = tokenize(_FILLER)
@@ -110,9 +117,9 @@ def iter_reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = N
         tokens = filler
 
 
-def reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = None) -> list[str]:
-    """The deterministic reply to ``messages``, as a list of tokens."""
-    return list(iter_reply_tokens(messages, max_tokens))
+def reply_tokens(messages: list[dict[str, Any]], max_tokens: int | None = None, text: str | None = None) -> list[str]:
+    """The deterministic reply to ``messages``, as a list of tokens (see :func:`iter_reply_tokens`)."""
+    return list(iter_reply_tokens(messages, max_tokens, text))
 
 
 def estimate_tokens(messages: list[dict[str, Any]]) -> int:

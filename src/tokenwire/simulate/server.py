@@ -22,7 +22,12 @@ request with ``@key=value`` suffixes on the model name, e.g.
 * ``reasoning=N``: N reasoning tokens before the answer, in the format's own shape (OpenAI
   ``reasoning_content``, an Anthropic thinking block, Gemini ``thought`` parts)
 * ``tokens=N``, ``tps=X`` (0 = as fast as possible), ``ttft=MS``, ``split=N`` (write each
-  event in N-byte pieces), ``retry_after=S`` (with 429)
+  event in N-byte pieces), ``retry_after=S`` (with 429), ``batch=N`` (with tps=0: N tokens
+  per write), ``pace=MS`` (with tps=0: a pause after each write)
+
+``--text TEXT`` makes every token TEXT (benchmarks that check each token cheaply).
+``--wheel`` runs the lean load-test engine instead (:mod:`.wheel`): OpenAI chunks only,
+every stream paced by one timer, each token stamped with the time it was written.
 
 ``GET /_sim/stats`` reports requests, completed and aborted streams (with the
 ``time.monotonic()`` of the last abort, comparable across processes on Linux);
@@ -55,6 +60,8 @@ class SimOptions:
     fault: str | None = None
     retry_after: float | None = None
     batch: int = 1  #: tokens per write when tps = 0
+    pace_ms: float = 0.0  #: when tps = 0: a pause after each write of ``batch`` tokens
+    text: str | None = None  #: every token is this text (instead of the deterministic reply)
     fixtures: str | None = None  #: folder of recorded streams for ``replay=NAME``
     replay: str | None = None
     status: int = 200
@@ -71,6 +78,7 @@ _SUFFIXES: dict[str, tuple[str, Any]] = {
     "split": ("split", int),
     "retry_after": ("retry_after", float),
     "batch": ("batch", int),
+    "pace": ("pace_ms", float),
     "replay": ("replay", str),
     "status": ("status", int),
     "times": ("times", int),
@@ -141,22 +149,32 @@ class Simulator:
             headers=headers,
         )
 
+    async def _options(
+        self, request: web.Request, model: str, wire: type[Wire]
+    ) -> tuple[SimOptions, str, web.StreamResponse | None]:
+        """(options for this request, the model without its ``@`` suffixes, and the response that
+        answers it instead of a simulated reply: an HTTP fault or a recorded stream, else None)."""
+        opts, base_model = _apply_suffix(self.defaults, model)
+        refused = self._fault_response(opts, model, wire)
+        if refused is not None:
+            return opts, base_model, refused
+        if opts.times and self.seen.get(model, 0) > opts.times:
+            opts = replace(opts, fault=None)
+        if opts.replay:
+            return opts, base_model, await self._replay(request, opts)
+        return opts, base_model, None
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         if body is None:
             return web.Response(status=400, body=_error_body(400), content_type="application/json")
         model = str(body.get("model") or "gpt-4.1")
-        opts, base_model = _apply_suffix(self.defaults, model)
-        refused = self._fault_response(opts, model, Wire)
-        if refused is not None:
-            return refused
-        if opts.times and self.seen.get(model, 0) > opts.times:
-            opts = replace(opts, fault=None)
-        if opts.replay:
-            return await self._replay(request, opts)
+        opts, base_model, early = await self._options(request, model, Wire)
+        if early is not None:
+            return early
         messages = body.get("messages") or []
         max_tokens = opts.tokens or body.get("max_tokens") or body.get("max_completion_tokens")
-        tokens = reply_tokens(messages, max_tokens)
+        tokens = reply_tokens(messages, max_tokens, opts.text)
         prompt_tokens = estimate_tokens(messages)
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -193,21 +211,16 @@ class Simulator:
         if not request.headers.get("x-api-key") or request.headers.get("anthropic-version") is None:
             return web.Response(status=401, body=AnthropicWire.error_body(401), content_type="application/json")
         model = str(body.get("model") or "claude-sonnet-4.5")
-        opts, base_model = _apply_suffix(self.defaults, model)
-        refused = self._fault_response(opts, model, AnthropicWire)
-        if refused is not None:
-            return refused
-        if opts.times and self.seen.get(model, 0) > opts.times:
-            opts = replace(opts, fault=None)
-        if opts.replay:
-            return await self._replay(request, opts)
+        opts, base_model, early = await self._options(request, model, AnthropicWire)
+        if early is not None:
+            return early
         messages = list(body.get("messages") or [])
         if body.get("system"):
             messages.insert(0, {"role": "system", "content": body["system"]})
         # Anthropic requests always carry max_tokens (the gateway defaults it to 4096):
         # treat it as a cap on the usual reply length, not as the length itself.
         max_tokens = int(body.get("max_tokens") or DEFAULT_MAX_TOKENS)
-        tokens = reply_tokens(messages, opts.tokens or min(max_tokens, DEFAULT_MAX_TOKENS))
+        tokens = reply_tokens(messages, opts.tokens or min(max_tokens, DEFAULT_MAX_TOKENS), opts.text)
         wire = AnthropicWire(base_model, estimate_tokens(messages), True, max_tokens)
         return await self._paced(request, base_model, tokens, wire, opts)
 
@@ -220,14 +233,9 @@ class Simulator:
         if not request.headers.get("x-goog-api-key"):
             return web.Response(status=403, body=GeminiWire.error_body(403), content_type="application/json")
         body["_model"] = model
-        opts, base_model = _apply_suffix(self.defaults, model)
-        refused = self._fault_response(opts, model, GeminiWire)
-        if refused is not None:
-            return refused
-        if opts.times and self.seen.get(model, 0) > opts.times:
-            opts = replace(opts, fault=None)
-        if opts.replay:
-            return await self._replay(request, opts)
+        opts, base_model, early = await self._options(request, model, GeminiWire)
+        if early is not None:
+            return early
         messages: list[dict[str, Any]] = []
         system = body.get("systemInstruction") or {}
         if system.get("parts"):
@@ -236,7 +244,7 @@ class Simulator:
             role = "assistant" if c.get("role") == "model" else "user"
             messages.append({"role": role, "content": " ".join(p.get("text", "") for p in c.get("parts") or [])})
         max_tokens = (body.get("generationConfig") or {}).get("maxOutputTokens")
-        tokens = reply_tokens(messages, opts.tokens or max_tokens)
+        tokens = reply_tokens(messages, opts.tokens or max_tokens, opts.text)
         wire = GeminiWire(base_model, estimate_tokens(messages), True)
         return await self._paced(request, base_model, tokens, wire, opts)
 
@@ -327,6 +335,8 @@ class Simulator:
                     if len(batch) >= opts.batch:
                         await write(b"".join(batch))
                         batch.clear()
+                        if opts.pace_ms:
+                            await wait_until(time.monotonic() + opts.pace_ms / 1000.0)
             if batch:
                 await write(b"".join(batch))
             await write(wire.tail(len(tokens)))

@@ -18,9 +18,8 @@ _MAX_ERROR_BODY = 64 * 1024
 class SharedSession:
     """Lazily creates one :class:`aiohttp.ClientSession` per event loop and shares it."""
 
-    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+    def __init__(self, connect_timeout: float = 10.0) -> None:
         self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
 
     def get(self) -> aiohttp.ClientSession:

@@ -3,7 +3,7 @@
 
 Setup (all on 127.0.0.1, ephemeral ports, every process started and killed here):
 
-  fake upstream (aiohttp, separate process)  --SSE-->  relay (MEASURED)  --WS-->  load client (separate process)
+  fake upstream (`tokenwire simulate`)  --SSE-->  relay (MEASURED)  --WS-->  load client (separate process)
 
 The relay accepts a WebSocket; on a text frame {"type":"chat","id":...,"max_tokens":N}
 it POSTs to the upstream /v1/chat/completions, splits the SSE body into lines on
@@ -24,10 +24,14 @@ Variants (permessage-deflate disabled everywhere):
   g  Starlette on uvicorn (websockets-sansio) + aiohttp client + orjson
      (attribution only: d minus g = httpx cost, g minus e = Starlette cost)
 
+The fake upstream is ``tokenwire simulate --fast --text "tok " [--batch N] [--pace-ms MS]``
+from this tree (started with PYTHONPATH=<tree>/src, see _common.py); the relays and the load
+client import only third-party libraries.
+
 Usage:
-  python bench/compare_stacks.py                 # full run (5 reps x all variants + JSON micro-bench)
-  python bench/compare_stacks.py --variants a,f --reps 3
-  python bench/compare_stacks.py --json-only     # JSON micro-benchmark only
+  python bench/research/compare_stacks.py                 # full run (5 reps x all variants + JSON micro-bench)
+  python bench/research/compare_stacks.py --variants a,f --reps 3
+  python bench/research/compare_stacks.py --json-only     # JSON micro-benchmark only
 
 Needs (third-party only): aiohttp orjson msgspec uvicorn websockets starlette httpx picows
 (optional: uvloop for --loop uvloop). A variant whose libraries are missing is
@@ -45,18 +49,7 @@ import subprocess
 import sys
 import time
 
-# --------------------------------------------------------------------------- #
-# Fixed upstream payloads (exactly what the fake upstream streams)
-# --------------------------------------------------------------------------- #
-CHUNK = (
-    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
-    b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
-)
-FINISH = (
-    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
-    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
-)
-DONE = b"data: [DONE]\n\n"
+from _common import cpu_seconds, simulate
 
 VARIANTS = {
     "a": "aiohttp server + aiohttp client + orjson",
@@ -91,46 +84,6 @@ def set_loop_policy(name: str) -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-# --------------------------------------------------------------------------- #
-# Fake upstream (aiohttp) -- not measured
-# --------------------------------------------------------------------------- #
-def cmd_upstream(args) -> None:
-    from aiohttp import web
-
-    batch = max(1, args.batch)
-    pace = args.pace_ms / 1000.0
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        body = json.loads(await request.read())
-        n = int(body.get("max_tokens", 2000))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        block = CHUNK * batch
-        full, rem = divmod(n, batch)
-        for _ in range(full):
-            await resp.write(block)
-            if pace:
-                await asyncio.sleep(pace)
-        if rem:
-            await resp.write(CHUNK * rem)
-        await resp.write(FINISH + DONE)
-        await resp.write_eof()
-        return resp
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", completions)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        sock = listen_socket()
-        await web.SockSite(runner, sock).start()
-        ready(sock.getsockname()[1])
-        await asyncio.Event().wait()
-
-    set_loop_policy(args.loop)
-    asyncio.run(main())
 
 
 # --------------------------------------------------------------------------- #
@@ -717,16 +670,6 @@ def cmd_jsonbench(args) -> None:
 # --------------------------------------------------------------------------- #
 # Orchestrator
 # --------------------------------------------------------------------------- #
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> float:
-    """user+sys CPU seconds of a process (from /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def start(argv: list, timeout: float = 30.0) -> tuple:
     """Start `python this_script argv`, wait for its READY line, return (proc, port)."""
     p = subprocess.Popen(
@@ -792,9 +735,9 @@ def measure_once(variant: str, up_url: str, args) -> dict:
             if w["n_errors"]:
                 raise RuntimeError(f"warm-up errors: {w['errors']}")
         time.sleep(0.2)
-        c0 = proc_cpu(relay.pid)
+        c0 = cpu_seconds(relay.pid)
         r = run_load(port, args, args.rounds)
-        c1 = proc_cpu(relay.pid)
+        c1 = cpu_seconds(relay.pid)
         if relay.poll() is not None:
             raise RuntimeError("relay died during load")
     finally:
@@ -857,8 +800,9 @@ def cmd_run(args) -> None:
         print_json_table(json_rows)
         return
 
-    up, up_port = start(["_upstream", "--batch", str(args.batch), "--pace-ms", str(args.pace_ms), "--loop", args.loop])
-    up_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+    # every token "tok ", which the load client checks; --fast: no TTFT, no pacing but --pace-ms
+    up = simulate("--fast", "--text", "tok ", "--batch", str(args.batch), "--pace-ms", str(args.pace_ms))
+    up_url = up.http + "/v1/chat/completions"
     results = {v: [] for v in variants}
     failures = {v: [] for v in variants}
     try:
@@ -881,7 +825,7 @@ def cmd_run(args) -> None:
                     flush=True,
                 )
     finally:
-        stop(up)
+        up.stop()
 
     print()
     print(
@@ -953,10 +897,6 @@ def main() -> None:
     ap.add_argument("--json-only", action="store_true", help="only the JSON micro-benchmark")
     ap.add_argument("--out", help="also write raw results as JSON to this file")
     sub = ap.add_subparsers(dest="cmd", help=argparse.SUPPRESS, metavar="")
-    s = sub.add_parser("_upstream")
-    s.add_argument("--batch", type=int, default=1)
-    s.add_argument("--pace-ms", type=float, default=0.0)
-    s.add_argument("--loop", default="asyncio")
     s = sub.add_parser("_relay")
     s.add_argument("--variant", required=True, choices=list(VARIANTS))
     s.add_argument("--upstream", required=True)
@@ -969,9 +909,7 @@ def main() -> None:
     s.add_argument("--loop", default="asyncio")
     s = sub.add_parser("_jsonbench")
     args = ap.parse_args()
-    if args.cmd == "_upstream":
-        cmd_upstream(args)
-    elif args.cmd == "_relay":
+    if args.cmd == "_relay":
         cmd_relay(args)
     elif args.cmd == "_load":
         set_loop_policy(args.loop)

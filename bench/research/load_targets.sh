@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The issue's load targets, one `tokenwire loadtest` each (see docs/benchmarks-load.md).
-# Usage: bench/load_targets.sh [OUTDIR] [SOAK_SECONDS]   (default /tmp/tokenwire-load, 1800)
+# Usage: bench/research/load_targets.sh [OUTDIR] [SOAK_SECONDS]   (default /tmp/tokenwire-load, 1800)
 # Not a test: figures depend on the machine; quote medians and the load average.
 set -euo pipefail
+here=$(dirname "$0")
 out=${1:-/tmp/tokenwire-load}
 soak=${2:-1800}
 mkdir -p "$out"
@@ -10,9 +11,9 @@ ulimit -n "$(ulimit -Hn)"   # the loadtest raises it too; workers and the gatewa
 lt() { name=$1; shift; echo "== $name: $*"; python -m tokenwire loadtest "$@" --json "$out/$name.json" | tee "$out/$name.txt"; }
 
 # gateway CPU per relayed token, one token per upstream chunk (no pacing)
-python bench/relay_cpu.py --rounds 7 | tee "$out/relay_cpu.txt"
+python "$here/relay_cpu.py" --rounds 7 | tee "$out/relay_cpu.txt"
 # the floor under any Python relay on this machine (bytes only: no HTTP, WebSocket or JSON)
-python bench/wakeup_floor.py --streams 20 100 250 500 --seconds 10 | tee "$out/wakeup_floor.txt"
+python "$here/wakeup_floor.py" --streams 20 100 250 500 --seconds 10 | tee "$out/wakeup_floor.txt"
 # a sweep to show where latency starts to depend on CPU saturation
 for n in 20 100 250 500; do lt "stream-$n" --streams "$n" --tps 50 --duration 20 --warmup 5 --clients 2; done
 # targets: 1,000 streams (added TTFT), 2,000 streams (added inter-token gap)

@@ -5,31 +5,23 @@ opens N WebSockets that each stream replies of T tokens (one token per upstream
 SSE chunk), and divides the gateway process's CPU time (user + sys, from
 /proc/PID/stat) over the measured rounds by the tokens relayed.
 
-    python bench/relay_cpu.py --streams 20 --tokens 2000 --rounds 5
+    python bench/research/relay_cpu.py --streams 20 --tokens 2000 --rounds 5
+
+The gateway is whichever tree ``PYTHONPATH`` points at; the fake upstream, the process
+starter and the /proc reader always come from this script's own tree (see _common.py), so
+the same script A/Bs two trees (bench/research/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from procs import start
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+from _common import cpu_seconds, gateway_tree, simulate, start
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int) -> int:
@@ -55,7 +47,7 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, token
 
 
 async def measure(args: argparse.Namespace) -> list[float]:
-    sim = start(["simulate", "--port", "0", "--fast", "--batch", str(args.batch)])
+    sim = simulate("--fast", "--batch", str(args.batch))
     gw = start(
         ["serve", "--port", "0", "--log-level", "warning"],
         env={
@@ -102,6 +94,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1, help="tokens per upstream network write (1 = one per chunk)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the gateway's event loop")
     args = p.parse_args()
+    print(f"gateway under test: {gateway_tree()}", flush=True)
     results = asyncio.run(measure(args))
     print(
         f"\ngateway CPU per relayed token: median {statistics.median(results):.2f} us, "

@@ -1,14 +1,15 @@
-"""A lean fake OpenAI upstream for load tests: ``python -m tokenwire.bench.upstream --port 0``.
+"""``tokenwire simulate --wheel``: the lean engine of the fake upstream, for load tests.
 
-Why not ``tokenwire simulate``: it paces each stream with its own 5 ms polling
-sleep (to notice clients leaving quickly), i.e. 200 wake-ups per stream per
+Why not the default engine (:mod:`.server`): it paces each stream with its own 5 ms
+polling sleep (to notice clients leaving quickly), i.e. 200 wake-ups per stream per
 second — at 2,000 streams that alone eats a core of a 2-core machine and the
 measurement would be of the simulator. Here one 1 ms timer wheel drives every
 stream (a stream's phase is its start time, so tokens are spread, not burst),
 the HTTP/1.1 server is a bare asyncio protocol (keep-alive, chunked), and each
 token carries the ``time.monotonic()`` at which it was written, so the client
 can compute the gateway's added latency per token exactly (CLOCK_MONOTONIC is
-shared by all processes on a Linux host).
+shared by all processes on a Linux host). It speaks OpenAI Chat Completions only,
+without faults; ``@tokens=N`` on the model name sets the reply length.
 
 Token contents: the first is ``"a<arrival_us>/<sent_us> "`` (request arrival and
 first-token write), the others ``"t<sent_us> "``.
@@ -16,13 +17,14 @@ first-token write), the others ``"t<sent_us> "``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 
 import orjson
 
-from . import run_fast
+from .fastloop import run_fast
+
+__all__ = ["run_wheel"]
 
 _HEAD = b'data: {"id":"chatcmpl-load","object":"chat.completion.chunk","created":0,"model":"m","choices":[{"index":0,'
 _RESP = (
@@ -147,31 +149,19 @@ class Conn(asyncio.Protocol):
         return True
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--tps", type=float, default=50.0)
-    p.add_argument("--tokens", type=int, default=100)
-    p.add_argument("--ttft-ms", type=float, default=100.0)
-    args = p.parse_args()
-
+def run_wheel(host: str, port: int, tps: float = 50.0, tokens: int = 100, ttft_ms: float = 100.0) -> None:
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        Conn.wheel = Wheel(args.tps)
-        Conn.tokens = args.tokens
-        Conn.ttft = args.ttft_ms / 1000.0
+        Conn.wheel = Wheel(tps)
+        Conn.tokens = tokens
+        Conn.ttft = ttft_ms / 1000.0
         Conn.wheel.start(loop)
-        server = await loop.create_server(Conn, args.host, args.port, backlog=4096)
-        port = server.sockets[0].getsockname()[1]
-        print(f"tokenwire load upstream listening on http://{args.host}:{port}/v1", flush=True)
+        server = await loop.create_server(Conn, host, port, backlog=4096)
+        real_port = server.sockets[0].getsockname()[1]
+        print(f"tokenwire simulate --wheel listening on http://{host}:{real_port}/v1", flush=True)
         await server.serve_forever()
 
     try:
         run_fast(serve())
     except KeyboardInterrupt:
         pass
-
-
-if __name__ == "__main__":
-    main()

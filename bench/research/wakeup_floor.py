@@ -8,7 +8,7 @@ CPU time per message is what one event-loop wake-up, one ``recv`` and one ``send
 here; compare it with the gateway's µs/token at the same number of streams
 (docs/benchmarks-load.md).
 
-    python bench/wakeup_floor.py --streams 20 100 250 500 1000 --rate 50 --seconds 10
+    python bench/research/wakeup_floor.py --streams 20 100 250 500 1000 --rate 50 --seconds 10
 """
 
 from __future__ import annotations
@@ -19,14 +19,10 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
+
+from _common import cpu_seconds
 
 MSG = b'data: {"choices":[{"delta":{"content":" token"}}]}\n\n'  # the size of an SSE chunk
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def source(port: int, streams: int, rate: float, seconds: float) -> None:

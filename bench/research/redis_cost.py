@@ -11,8 +11,8 @@ Redis commands (``INFO commandstats`` delta, by command), Redis round trips
 (pipelines; ``total_commands_processed`` cannot tell them apart, so the
 gateway's own count is not used: the figure is commands), and Redis server CPU.
 
-    python bench/redis_cost.py --streams 20 --tokens 2000 --rounds 3
-    python bench/redis_cost.py --streams 100 --tokens 200 --tps 50 --rounds 1   # paced, like real models
+    python bench/research/redis_cost.py --streams 20 --tokens 2000 --rounds 3
+    python bench/research/redis_cost.py --streams 100 --tokens 200 --tps 50 --rounds 1   # paced, like real models
 """
 
 from __future__ import annotations
@@ -20,20 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procs import start
+from _common import cpu_seconds, simulate, start
 from redisutil import RedisServer
-from relay_cpu import cpu_seconds
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int, follow: str | None) -> int:
@@ -101,7 +95,7 @@ async def redis_info(port: int) -> dict[str, Any]:
 
 
 async def measure(args: argparse.Namespace, redis: RedisServer | None) -> dict[str, Any]:
-    sim = start(["simulate", "--port", "0", "--fast", "--batch", str(args.batch)])
+    sim = simulate("--fast", "--batch", str(args.batch))
     env = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": sim.http + "/v1", "TOKENWIRE_DB": ":memory:"}
     if redis is not None:
         env.update(

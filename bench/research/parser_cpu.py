@@ -2,7 +2,7 @@
 
 In-process and single-threaded, so far less noisy than the end-to-end relay benchmark:
 
-    python bench/parser_cpu.py
+    python bench/research/parser_cpu.py
 """
 
 from __future__ import annotations
