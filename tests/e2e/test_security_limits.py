@@ -10,8 +10,6 @@ import pytest
 from secutil import create_key, usage
 from wsutil import WS
 
-from tokenwire.auth.limits import TokenBucket
-
 
 def chat(id: str, n: int = 5, model: str = "gpt-4.1", **extra) -> dict:
     """A chat with its own message list (no shared conversation, so no ``conversation_busy``)."""
@@ -209,15 +207,3 @@ async def test_per_ip_limits_without_keys(spawn, tmp_path) -> None:
         await b.send(chat("c3"))
         err = await b.recv()
         assert err["code"] == "rate_limited" and "ip 127.0.0.1" in err["message"]
-
-
-def test_token_bucket_exact() -> None:
-    b = TokenBucket.per_minute(60, now=0.0)
-    assert all(b.take(0.0) == 0 for _ in range(60))
-    assert b.take(0.0) == pytest.approx(1.0)  # one unit a second
-    assert b.take(0.5) == pytest.approx(0.5)
-    assert b.take(1.0) == 0
-    t = TokenBucket.per_minute(600, now=0.0)
-    t.debit(0.0, 700)  # a reply may overdraw
-    assert t.wait_positive(0.0) == pytest.approx(101 / 10)
-    assert t.wait_positive(11.0) == 0

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from parseref import anthropic_expected, gemini_expected
 
 from tokenwire.protocol import events as ev
 from tokenwire.upstream.anthropic import AnthropicStreamParser, to_anthropic_request
@@ -23,30 +24,6 @@ def run(parser_cls, raw: bytes, cuts: tuple[int, ...] = ()) -> tuple[list, objec
         out += p.feed(raw[last:cut])
         last = cut
     return out + p.close(), p
-
-
-def data_lines(raw: bytes) -> list[tuple[str, dict]]:
-    """(event name, JSON) of each event, read naively: fine for these fixtures."""
-    out, name = [], "message"
-    for line in raw.decode().replace("\r\n", "\n").split("\n"):
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            out.append((name, json.loads(line[5:])))
-            name = "message"
-    return out
-
-
-def anthropic_expected(raw: bytes) -> tuple[str, str, list[tuple[int, str]]]:
-    text, thinking, args = [], [], []
-    for _, obj in data_lines(raw):
-        delta = obj.get("delta") or {}
-        if obj["type"] == "content_block_delta":
-            text.append(delta.get("text", "") if delta["type"] == "text_delta" else "")
-            thinking.append(delta.get("thinking", "") if delta["type"] == "thinking_delta" else "")
-            if delta["type"] == "input_json_delta":
-                args.append((obj["index"], delta["partial_json"]))
-    return "".join(text), "".join(thinking), args
 
 
 @pytest.mark.parametrize("name", ["anthropic-messages-basic.sse", "anthropic-messages-tooluse.sse"])
@@ -125,15 +102,6 @@ def test_anthropic_thinking_and_mid_stream_error() -> None:
     events, _ = run(AnthropicStreamParser, raw)
     assert [k for k, _ in events] == [ev.MODEL, ev.REASONING, ev.TOKEN, ev.ERROR]
     assert events[1][1] == "Let me think" and events[3][1].retryable is False
-
-
-def gemini_expected(raw: bytes) -> tuple[str, dict]:
-    text, usage = [], {}
-    for _, obj in data_lines(raw):
-        for part in obj["candidates"][0]["content"]["parts"]:
-            text.append(part.get("text", ""))
-        usage = obj["usageMetadata"]
-    return "".join(text), usage
 
 
 def test_gemini_token_exact_at_every_split(fixtures_dir: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from paths import REPO
 from procs import Proc
 from tcpproxy import TCPProxy
 
@@ -280,7 +280,7 @@ def test_resume_after_drop_with_the_module(browser, gateway: Proc) -> None:
 
 def test_the_docs_example_runs(page) -> None:
     """The ten-line example of docs/web.md, run as written (its import turned into import())."""
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "web.md").read_text(encoding="utf-8")
+    doc = (REPO / "docs" / "web.md").read_text(encoding="utf-8")
     block = re.search(r"```html\n(.*?)```", doc, re.S).group(1)
     script = re.search(r'<script type="module">\n(.*?)</script>', block, re.S).group(1)
     assert len(script.strip().splitlines()) <= 10

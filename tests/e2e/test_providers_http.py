@@ -10,12 +10,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_native_parsers import anthropic_expected, gemini_expected
+from parseref import anthropic_expected, gemini_expected
+from paths import FIXTURES
 from wsutil import WS, text_of
 
 from tokenwire.simulate.reply import estimate_tokens, reply_tokens
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sse"
 
 
 def serve(spawn, tmp_path: Path, toml: str, name: str = "gw"):

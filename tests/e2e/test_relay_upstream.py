@@ -6,15 +6,13 @@ import asyncio
 import itertools
 import json
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
+from paths import FIXTURES
 from wsutil import WS, text_of
 
 from tokenwire.simulate.reply import reply_tokens
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sse"
 
 
 @pytest.fixture
