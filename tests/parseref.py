@@ -94,3 +94,14 @@ def gemini_expected(raw: bytes) -> tuple[str, dict]:
             text.append(part.get("text", ""))
         usage = obj["usageMetadata"]
     return "".join(text), usage
+
+
+def run(parser_cls, raw: bytes, cuts: tuple[int, ...] = ()) -> tuple[list, object]:
+    """Events of a native stream parser fed RAW in pieces cut at CUTS, and the parser."""
+    p = parser_cls("test")
+    out: list = []
+    last = 0
+    for cut in (*cuts, len(raw)):
+        out += p.feed(raw[last:cut])
+        last = cut
+    return out + p.close(), p

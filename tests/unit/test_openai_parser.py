@@ -1,4 +1,5 @@
-"""The OpenAI-compatible chunk parser on recorded provider streams, split at every byte."""
+"""The OpenAI-compatible chunk parser on recorded provider streams. (Split at every byte:
+exhaustive/test_openai_every_split.py.)"""
 
 from __future__ import annotations
 

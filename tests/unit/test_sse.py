@@ -1,4 +1,5 @@
-"""The SSE decoder, driven byte by byte over every recorded provider stream."""
+"""The SSE decoder, driven byte by byte over every recorded provider stream. (Cut in two at every
+byte: exhaustive/test_sse_every_split.py.)"""
 
 from __future__ import annotations
 
