@@ -1,4 +1,10 @@
-"""Shared fixtures: real gateway and fake-upstream processes on ephemeral ports."""
+"""Shared fixtures: real gateway and fake-upstream processes on ephemeral ports.
+
+Tests by kind, one folder each (a marker of the same name is added to every test in it):
+  unit/        no processes, no sockets (enforced: noio.py); the fast layer, ``pytest tests/unit``
+  exhaustive/  just as pure, but slow: fuzzing, parsers fed streams cut at every byte
+  e2e/         real gateway processes over real sockets, browsers, Redis
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from paths import FIXTURES, SEEDS  # noqa: F401 (SEEDS: where the seed files are, for tests that want them)
 from procs import Proc, start
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sse"
-SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
+KINDS = ("unit", "exhaustive", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        kind = item.path.relative_to(here).parts[0] if item.path.is_relative_to(here) else ""
+        if kind in KINDS:
+            item.add_marker(kind)
 
 
 @pytest.fixture

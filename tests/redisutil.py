@@ -10,8 +10,9 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
+
+from eventually import eventually
 
 
 def _free_port() -> int:
@@ -61,11 +62,17 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while not ping(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited before it listened on port {self.port}")
+            return ping(self.port)
+
+        try:
+            eventually(up, timeout=10, interval=0.02)
+        except AssertionError:
+            raise RuntimeError(f"redis-server did not start on port {self.port}") from None
         return self
 
     def kill(self) -> None:

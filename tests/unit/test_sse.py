@@ -1,60 +1,22 @@
-"""The SSE decoder, driven byte by byte over every recorded provider stream."""
+"""The SSE decoder, driven byte by byte over every recorded provider stream. (Cut in two at every
+byte: exhaustive/test_sse_every_split.py.)"""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
+from parseref import decode_split, reference_events
+from paths import FIXTURES
 
 from tokenwire.protocol.sse import SSEDecoder, SSEError
 
-SSE_FIXTURES = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "shared/fixtures/sse").glob("*.sse"))
-
-
-def reference_events(raw: bytes) -> list[tuple[str, bytes]]:
-    """A deliberately simple, independent reading of a whole (unsplit) event stream."""
-    events = []
-    for block in re.split(rb"(?:\r\n|\r|\n){2}", raw):
-        name, data = "message", []
-        for line in re.split(rb"\r\n|\r|\n", block):
-            if line.startswith(b":") or not line:
-                continue
-            field, _, value = line.partition(b":")
-            value = value[1:] if value.startswith(b" ") else value
-            if field == b"data":
-                data.append(value)
-            elif field == b"event":
-                name = value.decode()
-        if data:
-            events.append((name, b"\n".join(data)))
-    return events
-
-
-def decode_split(raw: bytes, cuts: list[int]) -> list[tuple[str, bytes]]:
-    dec = SSEDecoder()
-    out = []
-    prev = 0
-    for cut in [*cuts, len(raw)]:
-        out += dec.feed(raw[prev:cut])
-        prev = cut
-    return out + dec.close()
+SSE_FIXTURES = sorted(p.name for p in FIXTURES.glob("*.sse"))
 
 
 def test_fixtures_present(fixtures_dir: Path) -> None:
     assert len(SSE_FIXTURES) >= 9, SSE_FIXTURES
-
-
-@pytest.mark.parametrize("name", SSE_FIXTURES)
-def test_every_fixture_at_every_byte_boundary(fixtures_dir: Path, name: str) -> None:
-    raw = (fixtures_dir / name).read_bytes()
-    expected = reference_events(raw)
-    assert expected, "fixture yields events"
-    assert decode_split(raw, []) == expected
-    # Two pieces, cut at every possible byte (this splits multi-byte characters, CRLFs, "data:")
-    for cut in range(1, len(raw)):
-        assert decode_split(raw, [cut]) == expected, f"split at byte {cut}"
 
 
 @pytest.mark.parametrize("name", SSE_FIXTURES)

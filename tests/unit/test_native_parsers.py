@@ -1,6 +1,5 @@
-"""Anthropic and Gemini stream parsers on recorded streams, split at every byte boundary,
-checked against an independent line-by-line reading of each fixture; and the request
-conversions (pure)."""
+"""Anthropic and Gemini stream parsers on recorded streams and the request conversions (pure).
+(Every recorded stream split at every byte: exhaustive/test_native_every_split.py.)"""
 
 from __future__ import annotations
 
@@ -8,72 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from parseref import run
 
 from tokenwire.protocol import events as ev
 from tokenwire.upstream.anthropic import AnthropicStreamParser, to_anthropic_request
 from tokenwire.upstream.base import ChatCall
 from tokenwire.upstream.gemini import GeminiStreamParser, to_gemini_request
-
-
-def run(parser_cls, raw: bytes, cuts: tuple[int, ...] = ()) -> tuple[list, object]:
-    p = parser_cls("test")
-    out: list = []
-    last = 0
-    for cut in (*cuts, len(raw)):
-        out += p.feed(raw[last:cut])
-        last = cut
-    return out + p.close(), p
-
-
-def data_lines(raw: bytes) -> list[tuple[str, dict]]:
-    """(event name, JSON) of each event, read naively: fine for these fixtures."""
-    out, name = [], "message"
-    for line in raw.decode().replace("\r\n", "\n").split("\n"):
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            out.append((name, json.loads(line[5:])))
-            name = "message"
-    return out
-
-
-def anthropic_expected(raw: bytes) -> tuple[str, str, list[tuple[int, str]]]:
-    text, thinking, args = [], [], []
-    for _, obj in data_lines(raw):
-        delta = obj.get("delta") or {}
-        if obj["type"] == "content_block_delta":
-            text.append(delta.get("text", "") if delta["type"] == "text_delta" else "")
-            thinking.append(delta.get("thinking", "") if delta["type"] == "thinking_delta" else "")
-            if delta["type"] == "input_json_delta":
-                args.append((obj["index"], delta["partial_json"]))
-    return "".join(text), "".join(thinking), args
-
-
-@pytest.mark.parametrize("name", ["anthropic-messages-basic.sse", "anthropic-messages-tooluse.sse"])
-def test_anthropic_token_exact_at_every_split(fixtures_dir: Path, name: str) -> None:
-    raw = (fixtures_dir / name).read_bytes()
-    whole, parser = run(AnthropicStreamParser, raw)
-    assert parser.done and parser.finished
-    text, thinking, args = anthropic_expected(raw)
-    assert "".join(v for k, v in whole if k == ev.TOKEN) == text
-    assert "".join(v for k, v in whole if k == ev.REASONING) == thinking
-    for cut in range(1, len(raw)):
-        assert run(AnthropicStreamParser, raw, (cut,))[0] == whole, f"split at byte {cut}"
-    # three-way splits too, on a coarser grid
-    for a in range(1, len(raw), 37):
-        for b in range(a + 1, len(raw), 53):
-            assert run(AnthropicStreamParser, raw, (a, b))[0] == whole
-    # tool calls: block index -> call index 0, 1, …; fragments concatenate to the recorded JSON
-    calls = [v for k, v in whole if k == ev.TOOL_CALL]
-    by_block: dict[int, str] = {}
-    for block, part in args:
-        by_block[block] = by_block.get(block, "") + part
-    joined: dict[int, str] = {}
-    for c in calls:
-        joined[c["index"]] = joined.get(c["index"], "") + c.get("arguments", "")
-    assert list(joined.values()) == [by_block[b] for b in sorted(by_block)]
-    for args_json in joined.values():
-        json.loads(args_json)
 
 
 def test_anthropic_basic_fields(fixtures_dir: Path) -> None:
@@ -125,36 +64,6 @@ def test_anthropic_thinking_and_mid_stream_error() -> None:
     events, _ = run(AnthropicStreamParser, raw)
     assert [k for k, _ in events] == [ev.MODEL, ev.REASONING, ev.TOKEN, ev.ERROR]
     assert events[1][1] == "Let me think" and events[3][1].retryable is False
-
-
-def gemini_expected(raw: bytes) -> tuple[str, dict]:
-    text, usage = [], {}
-    for _, obj in data_lines(raw):
-        for part in obj["candidates"][0]["content"]["parts"]:
-            text.append(part.get("text", ""))
-        usage = obj["usageMetadata"]
-    return "".join(text), usage
-
-
-def test_gemini_token_exact_at_every_split(fixtures_dir: Path) -> None:
-    raw = (fixtures_dir / "gemini-stream.sse").read_bytes()
-    assert b"\r\n\r\n" in raw
-    whole, parser = run(GeminiStreamParser, raw)
-    assert parser.finished
-    text, usage = gemini_expected(raw)
-    assert "".join(v for k, v in whole if k == ev.TOKEN) == text == "The capital of France is Paris.\n"
-    assert [v for k, v in whole if k == ev.FINISH] == ["stop"]
-    last = [v for k, v in whole if k == ev.USAGE][-1]
-    assert (last["prompt_tokens"], last["completion_tokens"]) == (
-        usage["promptTokenCount"],
-        usage["candidatesTokenCount"],
-    )
-    assert (ev.MODEL, "gemini-2.0-flash-exp") in whole
-    for cut in range(1, len(raw)):
-        assert run(GeminiStreamParser, raw, (cut,))[0] == whole, f"split at byte {cut}"
-    for a in range(1, len(raw), 11):
-        for b in range(a + 1, len(raw), 13):
-            assert run(GeminiStreamParser, raw, (a, b))[0] == whole
 
 
 def test_gemini_thoughts_function_calls_and_errors() -> None:

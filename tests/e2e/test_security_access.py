@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import aiohttp
 import orjson
@@ -13,7 +12,6 @@ from secutil import cli, create_key, usage
 from wsutil import WS, text_of
 
 from tokenwire.auth.keys import hash_key, new_record
-from tokenwire.auth.redact import Redactor, install_log_filter
 
 CHAT = {"type": "chat", "id": "c1", "model": "gpt-4.1", "content": "hello", "params": {"max_tokens": 5}}
 
@@ -118,7 +116,8 @@ async def test_revoked_key_is_refused_and_live_socket_stops(keyed) -> None:
         assert (await ws.until_end("c1"))[-1]["status"] == "completed"
         out = cli(keyed.db, "keys", "revoke", "alice")
         assert out.returncode == 0 and "revoked" in out.stdout
-        await asyncio.sleep(0.4)  # key_cache_ttl = 0.2 s
+        # Stays a sleep: the key cache's expiry is the behaviour under test: 0.4 s is 2x key_cache_ttl = 0.2 s.
+        await asyncio.sleep(0.4)
         await ws.send({**CHAT, "id": "c2"})
         err = await ws.recv()
         assert err["type"] == "error" and err["id"] == "c2" and err["code"] == "unauthorized"
@@ -201,26 +200,6 @@ def test_keys_are_stored_hashed_and_listed_without_the_key(tmp_path) -> None:
     assert cli(db, "keys", "create", "--name", "carol").returncode == 1  # duplicate active name
     record, k2 = new_record("x")
     assert record.matches(k2) and not record.matches(k2[:-1] + ("A" if k2[-1] != "A" else "B"))
-
-
-def test_log_redaction_masks_keys_urls_and_provider_keys(capfd) -> None:
-    root = logging.getLogger()
-    handler = logging.StreamHandler()
-    root.addHandler(handler)
-    try:
-        install_log_filter(Redactor(["sk-provider-secret-123"]))
-        log = logging.getLogger("aiohttp.access")
-        log.warning('127.0.0.1 "GET /ws/chat?key=%s HTTP/1.1" 101', "tw_abcdefghijklmnop")
-        log.warning("upstream said: Incorrect API key sk-provider-secret-123; bearer.tw_zzzzzzzzzzzz")
-        try:
-            raise ValueError("boom sk-provider-secret-123")
-        except ValueError:
-            log.exception("failed")
-    finally:
-        root.removeHandler(handler)
-    err = capfd.readouterr().err
-    assert "tw_abcdefghijklmnop" not in err and "sk-provider-secret-123" not in err and "tw_zzzz" not in err
-    assert "key=[redacted]" in err and "ValueError" in err
 
 
 async def test_only_the_key_that_started_a_stream_may_resume_it(keyed) -> None:

@@ -23,12 +23,12 @@ async def test_a_cancel_while_the_reply_is_being_stored_changes_nothing() -> Non
     settings = load_settings(None, overrides={"host": "127.0.0.1", "port": 0, "db_path": ":memory:"})
     settings.simulated_speed = 50
     gw = Gateway(settings)
-    storing = asyncio.Event()
+    storing, stored = asyncio.Event(), asyncio.Event()
     real_append = gw.store.append
 
-    async def slow_append(*args, **kwargs):  # the store is slow: the cancel lands meanwhile
+    async def slow_append(*args, **kwargs):  # the store is slow: it finishes only after the cancel landed
         storing.set()
-        await asyncio.sleep(0.2)
+        await stored.wait()
         return await real_append(*args, **kwargs)
 
     gw.registry.store.append = slow_append  # type: ignore[method-assign]
@@ -40,6 +40,7 @@ async def test_a_cancel_while_the_reply_is_being_stored_changes_nothing() -> Non
     try:
         await asyncio.wait_for(storing.wait(), 10)
         run.cancel("client_gone")  # e.g. the tab closed just as the reply completed
+        stored.set()
         await asyncio.wait_for(run.ended.wait(), 5)
         assert run.gen.status == "completed"
         assert [m["role"] for m in await gw.store.history("c1")] == ["user", "assistant"]

@@ -115,15 +115,16 @@ async def test_pause_stops_tokens_and_resume_loses_nothing(spawn) -> None:
         while len([e for e in events if e["type"] == "token"]) < 5:
             events.append(await ws.recv())
         await ws.send({"type": "pause"})
-        # tokens already in flight may still arrive; then silence
-        await asyncio.sleep(0.3)
+        # tokens already in flight may still arrive; then silence (0.3 s without a frame)
         while True:
             try:
                 events.append(await ws.recv(timeout=0.3))
             except TimeoutError:
                 break
         count_paused = len(events)
-        await asyncio.sleep(1.0)  # at 4x speed, ~270 tokens/s would have come in a second
+        # Stays a sleep: silence can only be shown by waiting. At 4x speed a token would come every ~4 ms
+        # (~270 tokens/s): 1.2 s of silence in all is hundreds of times that.
+        await asyncio.sleep(1.0)
         with pytest.raises(asyncio.TimeoutError):
             await ws.recv(timeout=0.2)
         assert len(events) == count_paused
@@ -308,7 +309,10 @@ async def test_any_client_frame_keeps_the_socket_alive(spawn) -> None:
             assert msg.type == aiohttp.WSMsgType.TEXT, msg
             assert json.loads(msg.data) == {"type": "pong"}
             pongs += 1
-            await asyncio.sleep(0.1)
+            # Stays a sleep: the behaviour under test is a client that talks now and then. Every 0.05 s is
+            # 8x inside the 0.4 s (two ping intervals) after which a silent socket is dropped, and 10 pongs
+            # need 0.5 s of the 1.5 s loop (3x).
+            await asyncio.sleep(0.05)
         assert pongs >= 10 and not ws.closed
         # and a client that answers the server's pings (aiohttp's autoping) stays too
     async with aiohttp.ClientSession() as session, session.ws_connect(gw.ws) as ws:

@@ -12,8 +12,6 @@ from eventually import aeventually
 from secutil import create_key, usage
 from wsutil import WS
 
-from tokenwire.auth.limits import TokenBucket
-
 
 def chat(id: str, n: int = 5, model: str = "gpt-4.1", **extra) -> dict:
     """A chat with its own message list (no shared conversation, so no ``conversation_busy``)."""
@@ -122,8 +120,12 @@ async def test_budget_stops_within_one_request(spawn, tmp_path) -> None:
         assert ends[-1]["finish_reason"] == "length" and ends[-1]["limit"] == "budget"
         assert all(e["usage"]["completion_tokens"] == 290 for e in ends[:-1])
         await still_open(ws)
-    await aeventually(lambda: usage(db)["k"]["requests"] == len(costs), message="usage rows")
-    row = usage(db)["k"]
+    row = await aeventually(
+        lambda: (r := usage(db)["k"])["requests"] >= len(costs) and r,
+        timeout=10,
+        interval=0.05,
+        message=f"usage records the {len(costs)} requests",
+    )
     assert row["requests"] == len(costs) and row["cost_usd"] == pytest.approx(spent, rel=1e-6)
     assert row["completion_tokens"] == sum(e["usage"]["completion_tokens"] for e in ends)
 
@@ -137,8 +139,16 @@ async def test_concurrent_sockets_per_key(spawn, tmp_path) -> None:
                 await s.ws_connect(gw.ws, headers=auth)
             assert info.value.status == 429
         await socks.pop().close()
-        await asyncio.sleep(0.1)
-        socks.append(await WS.connect(gw.ws, headers=auth))
+
+        async def connect_again() -> WS | None:
+            try:
+                return await WS.connect(gw.ws, headers=auth)
+            except aiohttp.WSServerHandshakeError as err:
+                if err.status == 429:  # the gateway has not seen the close yet
+                    return None
+                raise
+
+        socks.append(await aeventually(connect_again, message="the closed socket's slot is free again"))
         await still_open(socks[-1])
     finally:
         for ws in socks:
@@ -175,6 +185,8 @@ async def test_frames_per_second(spawn, tmp_path) -> None:
         # a burst of exactly 20 passes (the bucket refills at 20/s: one more may slip in while sending)
         assert 20 <= len(pongs) <= 21 and [p["data"] for p in pongs[:20]] == list(range(20))
         assert errors and all(e["code"] == "rate_limited" and e["retry_after"] > 0 for e in errors)
+        # Stays a sleep: refilling is the behaviour under test. still_open() needs 1 frame (1/20 s of
+        # refill at 20/s); 1.1 s refills the whole burst, a margin of 20x.
         await asyncio.sleep(1.1)
         await still_open(ws)
 
@@ -222,15 +234,3 @@ async def test_per_ip_limits_without_keys(spawn, tmp_path) -> None:
         await b.send(chat("c3"))
         err = await b.recv()
         assert err["code"] == "rate_limited" and "ip 127.0.0.1" in err["message"]
-
-
-def test_token_bucket_exact() -> None:
-    b = TokenBucket.per_minute(60, now=0.0)
-    assert all(b.take(0.0) == 0 for _ in range(60))
-    assert b.take(0.0) == pytest.approx(1.0)  # one unit a second
-    assert b.take(0.5) == pytest.approx(0.5)
-    assert b.take(1.0) == 0
-    t = TokenBucket.per_minute(600, now=0.0)
-    t.debit(0.0, 700)  # a reply may overdraw
-    assert t.wait_positive(0.0) == pytest.approx(101 / 10)
-    assert t.wait_positive(11.0) == 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from eventually import eventually
+from paths import REPO
 from procs import Proc
 from tcpproxy import TCPProxy
 
@@ -192,12 +193,12 @@ def test_close_removes_every_listener_and_timer(page) -> None:
             await new Promise((r) => client.on('open', r));
             const gen = client.stream('to be closed', { params: { max_tokens: 2000 } });
             await new Promise((r) => gen.on('token', r));
-            await new Promise((r) => setTimeout(r, 120)); // some pings went out
+            while (client.stats.pings < 1) await new Promise((r) => setTimeout(r, 10)); // some pings went out
             const ws = client._ws;
             client.close();
             let err = null;
             try { await gen.done; } catch (e) { err = e.code; }
-            await new Promise((r) => setTimeout(r, 100));
+            await new Promise((r) => setTimeout(r, 100)); // stays: nothing comes back (a ping was due every 50 ms)
             window.addEventListener = origAdd; window.removeEventListener = origRemove;
             return {
                 added: added.sort(), removed: removed.sort(), timers: client._timers.size,
@@ -254,19 +255,24 @@ def test_resume_after_drop_with_the_module(browser, gateway: Proc) -> None:
                     window.client = client;
                     const statuses = [];
                     client.onStatus((s) => statuses.push(s.state));
-                    const run = async (text) => {
+                    window.seen = [0, 0];
+                    const run = async (text, i) => {
                         let out = '';
                         const gen = client.stream(text, { params: { max_tokens: 3000 } });
-                        for await (const t of gen) out += t;
+                        for await (const t of gen) { out += t; window.seen[i] += 1; }
                         return out;
                     };
-                    window.results = Promise.all([run('alpha'), run('beta')]);
+                    window.results = Promise.all([run('alpha', 0), run('beta', 1)]);
                     window.statuses = statuses;
-                    await new Promise((r) => setTimeout(r, 300));
                 }"""
             )
+            eventually(lambda: p.evaluate("window.seen.every((n) => n > 0)"), message="both replies are streaming")
             assert proxy.drop_all() >= 1
-            p.wait_for_timeout(600)
+            eventually(
+                lambda: p.evaluate("window.client.stats.attaches >= 2 && window.client.status.state === 'connected'"),
+                timeout=10,
+                message="both generations re-attached after the first cut",
+            )
             assert proxy.drop_all() >= 1
             got = p.evaluate(
                 "async () => ({ texts: await window.results, stats: window.client.stats, statuses: window.statuses })"
@@ -280,7 +286,7 @@ def test_resume_after_drop_with_the_module(browser, gateway: Proc) -> None:
 
 def test_the_docs_example_runs(page) -> None:
     """The ten-line example of docs/web.md, run as written (its import turned into import())."""
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "web.md").read_text(encoding="utf-8")
+    doc = (REPO / "docs" / "web.md").read_text(encoding="utf-8")
     block = re.search(r"```html\n(.*?)```", doc, re.S).group(1)
     script = re.search(r'<script type="module">\n(.*?)</script>', block, re.S).group(1)
     assert len(script.strip().splitlines()) <= 10

@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import pytest
+from eventually import aeventually
 from tcpproxy import TCPProxy
 
 import tokenwire
@@ -25,7 +26,7 @@ async def test_pool_200_concurrent_requests_max_10_sockets_fifo(gateway) -> None
             while not stop.is_set():
                 async with http.get(gateway.http + "/healthz") as r:
                     server_sockets.append((await r.json())["sockets"])
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # a sampler (its rate), not a wait for something
 
     watcher = asyncio.create_task(watch())
     order: list[int] = []
@@ -69,7 +70,7 @@ async def test_pool_acquire_timeout_and_release_only_after_stream_end(gateway) -
             await pool.complete("must wait")
         assert info.value.code == "pool_timeout" and pool.metrics["errors"] == 1
         waiting = asyncio.create_task(pool.complete("queued", max_tokens=5))
-        await asyncio.sleep(0.05)
+        await aeventually(lambda: pool.metrics["waiting"], message="the second caller queues")
         assert pool.metrics["waiting"] == 1
         rest = [t async for t in stream]  # the connection is handed on only now
         assert "".join([first, *rest]) == text("long one", 200)
@@ -82,9 +83,9 @@ async def test_pool_closes_idle_connections_down_to_min(gateway) -> None:
         async with asyncio.timeout(10):
             await asyncio.gather(*(pool.complete(f"burst {i}", max_tokens=30) for i in range(6)))
         assert pool.metrics["size"] == 6 and pool.metrics["idle"] == 6
-        async with asyncio.timeout(5):
-            while pool.metrics["size"] > 1:  # noqa: ASYNC110 - the reaper runs on a timer
-                await asyncio.sleep(0.05)
+        # the reaper runs on a timer
+        await aeventually(lambda: pool.metrics["size"] <= 1, interval=0.05, message="idle connections closed to min")
+        assert pool.metrics["size"] == 1
         assert pool.metrics["idle"] == 1
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from eventually import aeventually
+
 from tokenwire.server.liveness import Liveness
 
 
@@ -124,10 +126,10 @@ async def test_a_sweep_over_many_sockets_yields_to_the_loop() -> None:
         nonlocal ticks
         while True:
             ticks += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one loop slice (no waiting)
 
     counter = asyncio.ensure_future(count())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # let it take its first slice
     before = ticks
     await lv.sweep()
     counter.cancel()
@@ -140,6 +142,6 @@ async def test_the_task_sweeps_on_its_own_and_stops() -> None:
     lv.clock = lambda: clock.now  # drive silence by hand, timing by the loop
     lv.start()
     clock.now += 0.2
-    await asyncio.sleep(0.2)
+    await aeventually(lambda: s.log, message="the task's own sweep pings the silent socket")
     await lv.aclose()
     assert s.log == ["ping"]

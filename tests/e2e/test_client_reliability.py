@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+from eventually import aeventually
 from tcpproxy import TCPProxy
 
 import tokenwire
@@ -16,13 +17,6 @@ from tokenwire.simulate.reply import reply_tokens
 
 def expected(prompt: str, n: int | None) -> list[str]:
     return reply_tokens([{"role": "user", "content": prompt}], n)
-
-
-async def wait_for(pred, within: float, step: float = 0.01) -> None:
-    """Poll a condition another process (or the client's reader) makes true."""
-    async with asyncio.timeout(within):
-        while not pred():  # noqa: ASYNC110 - nothing to wait on but the state itself
-            await asyncio.sleep(step)
 
 
 async def test_reconnect_after_socket_killed_mid_stream_resumes_exactly_once(gateway) -> None:
@@ -112,7 +106,11 @@ async def test_heartbeat_detects_a_frozen_gateway_then_resumes(gateway) -> None:
                     if len(got) == 30:
                         os.kill(gateway.pid, signal.SIGSTOP)  # alive TCP, no answers: only a heartbeat sees it
                         frozen_at = time.monotonic()
-                        await wait_for(lambda: client.stats["heartbeat_timeouts"] >= 1, interval + timeout + 2)
+                        await aeventually(
+                            lambda: client.stats["heartbeat_timeouts"] >= 1,
+                            timeout=interval + timeout + 2,
+                            message="the heartbeat notices the frozen gateway",
+                        )
                         reason, _code, detected_at = client.stats["last_disconnect"]
                         assert reason == "heartbeat"
                         # the last frame came before the freeze, so detection is due by interval + timeout
@@ -136,7 +134,7 @@ async def test_slow_consumer_bounded_buffer_pause_resume_no_loss(relay, max_buff
         async with asyncio.timeout(40):
             async for token in stream:
                 got.append(token)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # the behaviour under test: a consumer reading at 20 tokens/s
         stats = stream.stats
         assert got == expected("slow reader", n)
         assert stats["pauses"] >= 2 and stats["resumes"] >= 2  # several water-mark cycles
@@ -152,7 +150,7 @@ async def test_server_honours_pause_for_one_generation_only(gateway) -> None:
     async with tokenwire.AsyncClient(gateway.ws, high_water=10, low_water=2) as client:
         slow = client.stream("stalled", model="deepseek-v3.2", max_tokens=400)
         first = await asyncio.wait_for(slow.__anext__(), 5)
-        await wait_for(lambda: slow.stats["pauses"] == 1, 5)
+        await aeventually(lambda: slow.stats["pauses"] == 1, message="the stalled stream pauses")
         buffered = slow.stats["buffered"]
         async with asyncio.timeout(10):
             fast = await client.complete("flowing", model="deepseek-v3.2", max_tokens=200)
@@ -160,6 +158,8 @@ async def test_server_honours_pause_for_one_generation_only(gateway) -> None:
         # the server holds the paused generation: nothing more arrives while it stays paused
         held = slow.stats["buffered"]
         assert buffered <= held <= client.max_buffer
+        # Stays a sleep: "nothing arrives" can only be shown by waiting. Unpaused, this model's tokens
+        # come every ~0.7 ms (71/s at 20x speed): 0.5 s is hundreds of times what one token needs.
         await asyncio.sleep(0.5)
         assert slow.stats["buffered"] == held
         async with asyncio.timeout(10):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from eventually import aeventually
 from redisutil import new_prefix, shared_or_private
 from wsutil import WS, text_of
 
@@ -124,10 +124,7 @@ async def test_sigterm_drains_every_worker(spawn, sim, redis_url) -> None:
     t0 = time.monotonic()
     assert gw.stop(signal.SIGTERM, timeout=30) == 0
     assert time.monotonic() - t0 < 15
-    for _ in range(50):
-        if not alive(kids):
-            break
-        await asyncio.sleep(0.1)
+    await aeventually(lambda: not alive(kids), interval=0.1, message="a worker outlived the supervisor")
     assert not alive(kids), "a worker outlived the supervisor"
     assert "draining" in gw.text()
 
@@ -136,11 +133,12 @@ async def test_a_worker_that_dies_is_replaced(spawn, sim, redis_url) -> None:
     gw = spawn("serve", "--port", "0", "--workers", "2", env=workers_env(sim, redis_url), timeout=40)
     victim, survivor = children(gw.pid)
     os.kill(victim, signal.SIGKILL)
-    for _ in range(100):
+
+    def replaced() -> list[int] | None:
         now = children(gw.pid)
-        if len(now) == 2 and victim not in now:
-            break
-        await asyncio.sleep(0.1)
+        return now if len(now) == 2 and victim not in now else None
+
+    now = await aeventually(replaced, timeout=10, interval=0.1, message="the killed worker is replaced")
     assert survivor in now and victim not in now and len(now) == 2, now
     assert "restarting worker" in gw.text()
     async with aiohttp.ClientSession() as s:  # and the port still answers

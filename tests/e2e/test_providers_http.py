@@ -10,12 +10,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_native_parsers import anthropic_expected, gemini_expected
+from eventually import aeventually
+from parseref import anthropic_expected, gemini_expected
+from paths import FIXTURES
 from wsutil import WS, text_of
 
 from tokenwire.simulate.reply import estimate_tokens, reply_tokens
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sse"
 
 
 def serve(spawn, tmp_path: Path, toml: str, name: str = "gw"):
@@ -231,11 +231,12 @@ async def test_silent_primary_falls_back_after_first_token_timeout(spawn, tmp_pa
     took = time.monotonic() - t0
     assert events[0]["provider"] == "backup" and events[-1]["status"] == "completed"
     assert 0.5 <= took < 1.5, took
-    for _ in range(40):  # the fake upstream notices the close on its own schedule
+
+    async def aborted() -> dict | None:  # the fake upstream notices the close on its own schedule
         stats = await get_json(sim.http + "/_sim/stats")
-        if stats["aborted"]:
-            break
-        await asyncio.sleep(0.05)
+        return stats if stats["aborted"] else None
+
+    stats = await aeventually(aborted, message="the fake upstream saw the silent request closed")
     assert stats["aborted"] == 1, "the silent primary's request was closed"
 
 
@@ -256,7 +257,13 @@ async def test_open_circuit_is_skipped_then_probed(spawn, tmp_path, sim) -> None
     assert (await get_json(primary.http + "/_sim/stats"))["requests"] == 2, "open circuit: primary not asked"
     dep = next(d for d in (await get_json(gw.http + "/healthz"))["deployments"] if d["provider"] == "primary")
     assert dep["skipped"] == 1
-    await asyncio.sleep(1.6)  # cool-down over: one probe goes to the primary, fails, circuit opens again
+
+    async def cooled_down() -> bool:
+        deps = (await get_json(gw.http + "/healthz"))["deployments"]
+        return next(d for d in deps if d["provider"] == "primary")["circuit"] == "half_open"
+
+    await aeventually(cooled_down, interval=0.05, message="the primary's circuit half-opens after its cool-down")
+    # cool-down over: one probe goes to the primary, fails, circuit opens again
     events = await chat(gw, "gpt-4.1", params={"max_tokens": 2})
     assert events[0]["provider"] == "backup" and events[0]["attempts"] == 2
     assert (await get_json(primary.http + "/_sim/stats"))["requests"] == 3
@@ -390,15 +397,22 @@ async def test_estimated_usage_is_priced_and_flagged(spawn, tmp_path, fsim) -> N
 async def test_cancel_while_waiting_to_retry(spawn, tmp_path, fsim) -> None:
     gw = serve(spawn, tmp_path, native_config(fsim))
     async with await WS.connect(gw.ws) as ws:
-        await ws.send({"type": "chat", "id": "c", "model": "gpt-4.1@fault=429@retry_after=3@times=1", "content": "x"})
-        await asyncio.sleep(0.3)
-        t0 = time.monotonic()
+        await ws.send({"type": "chat", "id": "c", "model": "gpt-4.1@fault=429@retry_after=1.5@times=1", "content": "x"})
+
+        async def waiting_to_retry() -> bool:  # the 429 is recorded just before the wait for Retry-After
+            deps = (await get_json(gw.http + "/healthz"))["deployments"]
+            return any(d["provider"] == "oai" and d["failures"] >= 1 for d in deps)
+
+        await aeventually(waiting_to_retry, message="the gateway got the 429 and waits to retry")
+        t_429 = t0 = time.monotonic()
         await ws.send({"type": "cancel", "id": "c"})
         events = await ws.until_end("c", timeout=5)
     assert time.monotonic() - t0 < 0.5
     assert [e["type"] for e in events] == ["start", "end"] and [e["seq"] for e in events] == [0, 1]
     assert events[-1]["status"] == "cancelled" and events[-1]["reason"] == "cancelled"
-    await asyncio.sleep(3)
+    # Stays a sleep: a retry that does not happen can only be shown by waiting past when it would have
+    # come (1.5 s after the 429); waiting till 3 s after it gives that a 2x margin.
+    await asyncio.sleep(max(0.0, t_429 + 3.0 - time.monotonic()))
     assert (await get_json(fsim.http + "/_sim/stats"))["requests"] == 1, "no retry after the cancel"
 
 

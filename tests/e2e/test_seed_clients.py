@@ -11,13 +11,13 @@ import json
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
+from paths import SEEDS
 
 from tokenwire.simulate.reply import reply_tokens
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_c777597fb94e64ab.txt"
+SEED = SEEDS / "000_c777597fb94e64ab.txt"
 NODE = shutil.which("node")
 
 

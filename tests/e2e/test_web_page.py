@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from eventually import eventually
 from procs import Proc
 from tcpproxy import TCPProxy
 from webutil import screenshot
@@ -60,14 +61,7 @@ def new_page(browser) -> Iterator[Callable[..., object]]:
 def poll(page, js: str, arg=None, timeout: float = WAIT / 1000):
     """Evaluate the function ``js`` until it returns something truthy. (Playwright's own
     wait_for_function evaluates strings inside the page, which the page's CSP forbids.)"""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(js, arg)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {js}")
-        time.sleep(0.05)
+    return eventually(lambda: page.evaluate(js, arg), timeout=timeout, interval=0.05, message=f"waiting for {js}")
 
 
 def load(page, url: str) -> None:
@@ -136,7 +130,7 @@ def test_message_streams_in_token_by_token(new_page, slow_gateway: Proc) -> None
             screenshot(page, "stream-midway")
         if page.evaluate("document.querySelector('.msg.assistant').dataset.status"):
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # stays: the sampling rate; at ~40 tokens/s the reply spans dozens of samples
     wait_end(page)
     intermediate = [n for n in seen if 0 < n < len(want)]
     assert len(intermediate) >= 5, f"the reply should appear progressively, saw lengths {seen}"
@@ -178,7 +172,9 @@ def test_stop_cancels_the_reply(new_page, slow_gateway: Proc) -> None:
     page.click("#stop")
     wait_end(page, "cancelled")
     stopped = last_raw(page)
-    time.sleep(0.6)  # ~25 more tokens would have come
+    # Stays a sleep: "it stopped growing" can only be shown by waiting: ~25 more tokens would have come
+    # at ~40 tokens/s (one is 25 ms).
+    time.sleep(0.6)
     assert last_raw(page) == stopped, "the reply kept growing after Stop"
     full = expected("a long answer please", 400)
     assert full.startswith(stopped) and len(stopped) < len(full) // 2
@@ -208,7 +204,7 @@ def test_socket_drop_mid_reply_resumes_without_gap_or_duplicate(new_page, slow_g
             " && /reconnecting/.test(document.querySelector('#status-text').textContent)",
         )
         screenshot(page, "drop-reconnecting")
-        time.sleep(1.0)
+        time.sleep(1.0)  # stays: the outage's length is the behaviour under test (several 300 ms back-offs)
         proxy.refuse = False
         poll(page, "() => document.querySelector('#status').dataset.state === 'connected'", timeout=20)
         wait_end(page)
@@ -258,6 +254,8 @@ def test_reload_keeps_the_conversation_and_new_chat_starts_fresh(new_page, gatew
     assert new_conv != conv and page.evaluate("localStorage.getItem('tokenwire.conversation')") == new_conv
     page.reload()
     load(page, gateway.http + "/")
+    # Stays a sleep: that nothing is restored can only be shown by waiting; a history fetch from the
+    # local gateway lands in a few ms, far inside 0.3 s.
     time.sleep(0.3)
     assert page.locator(".msg").count() == 0
     # The old conversation is still stored on the gateway.
@@ -288,7 +286,7 @@ def test_reload_mid_reply_reattaches_to_it(new_page, slow_gateway: Proc) -> None
     page.reload()
     load(page, slow_gateway.http + "/")
     poll(page, "() => document.querySelectorAll('.msg').length === 2")
-    time.sleep(0.3)
+    time.sleep(0.3)  # stays: no second copy (a resume) turns up afterwards; a local attach takes a few ms
     assert page.locator(".msg").count() == 2 and last_raw(page) == want
     assert page.evaluate("window.tokenwireApp.client.stats.attaches") == 0
 
@@ -321,7 +319,7 @@ def test_model_output_with_html_stays_text(new_page, gateway: Proc) -> None:
     send(page, HOSTILE)
     wait_end(page)
     assert last_raw(page) == expected(HOSTILE)
-    time.sleep(0.3)  # give a would-be onerror time to fire
+    time.sleep(0.3)  # stays: give a would-be onerror time to fire (a local load fails in a few ms)
     assert_inert(page)
     assert "<i>code</i>" in page.inner_text(".msg.assistant .body code")
     assert page.locator(".msg.assistant .body strong").first.inner_text() == "<b>bold</b>"
@@ -329,7 +327,7 @@ def test_model_output_with_html_stays_text(new_page, gateway: Proc) -> None:
     page.reload()  # history rendering takes another path
     load(page, gateway.http + "/")
     poll(page, "() => document.querySelectorAll('.msg').length === 2")
-    time.sleep(0.3)
+    time.sleep(0.3)  # stays: as above, for the history rendering
     assert_inert(page)
 
 

@@ -8,6 +8,7 @@ import itertools
 
 import aiohttp
 import pytest
+from eventually import aeventually
 from tcpproxy import TCPProxy
 
 import tokenwire
@@ -24,9 +25,10 @@ async def healthz(gateway) -> dict:
 
 
 async def until_no_generations(gateway, within: float = 3.0) -> None:
-    async with asyncio.timeout(within):
-        while (await healthz(gateway))["generations"]:  # noqa: ASYNC110 - polling another process
-            await asyncio.sleep(0.02)
+    async def idle() -> bool:
+        return not (await healthz(gateway))["generations"]
+
+    await aeventually(idle, timeout=within, interval=0.02, message="no generation left running on the gateway")
 
 
 async def test_complete_returns_text_usage_timing_cost(gateway) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from eventually import aeventually
 from procs import Proc
 from redisutil import RedisServer, new_prefix, shared_or_private
 from tcpproxy import TCPProxy
@@ -144,11 +145,12 @@ async def test_cancel_through_b_stops_generation_on_a(cluster, sim) -> None:
     assert on_a[-1]["status"] == "cancelled" and on_a[-1]["seq"] == end["seq"]
     assert [e["seq"] for e in seen] == list(range(len(seen)))
     assert end["usage"]["completion_tokens"] < 2000
-    for _ in range(50):
+
+    async def upstream_idle() -> dict[str, Any] | None:
         stats = await sim_stats(sim)
-        if stats["active"] == 0:
-            break
-        await asyncio.sleep(0.05)
+        return stats if stats["active"] == 0 else None
+
+    stats = await aeventually(upstream_idle, interval=0.05, message="the upstream request was closed")
     assert stats["aborted"] == 1 and stats["active"] == 0, stats
     assert stats["last_abort_monotonic"] is not None
     assert time.monotonic() - t_cancel < 5
@@ -164,14 +166,16 @@ async def test_pause_and_resume_through_b(cluster) -> None:
         await ws_b.send({"type": "attach", "id": "far", "stream_id": sid, "last_seq": -1})
         on_b = [await ws_b.recv() for _ in range(10)]
         await ws_b.send({"type": "pause", "id": "far"})
-        await asyncio.sleep(0.5)  # in flight: up to a flush interval and a round trip
+        # in flight: up to a flush interval (10 ms) and a round trip; then silence (0.3 s without a frame)
         while True:
             try:
                 on_b.append(await ws_b.recv(timeout=0.3))
             except TimeoutError:
                 break
         held = len(on_b)
-        await asyncio.sleep(1.0)  # at 100 tokens/s, ~100 tokens would have come
+        # Stays a sleep: silence can only be shown by waiting. At 100 tokens/s one would come every 10 ms;
+        # 1.2 s of silence in all is 120 times that.
+        await asyncio.sleep(1.0)
         with pytest.raises(TimeoutError):
             await ws_b.recv(timeout=0.2)
         assert on_b[-1]["type"] == "token" and held < n
@@ -225,8 +229,7 @@ async def test_sigterm_drain_moves_50_streams_to_another_instance(cluster) -> No
         asyncio.create_task(_client_that_moves(a, b, gid, p, n, uuid.uuid4().hex, ready[i]))
         for i, (gid, p) in enumerate(prompts.items())
     ]
-    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), 20)
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), 20)  # every stream is mid-reply
     a.popen.send_signal(signal.SIGTERM)
     results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
     moved = 0
@@ -332,12 +335,13 @@ async def test_redis_restart_mid_run(cluster, private_redis) -> None:
 
         private_redis.kill()
         t_down = time.monotonic()
+
         # the fault is reported clearly, and quickly
-        for _ in range(100):
+        async def redis_down() -> dict[str, Any] | None:
             h = await health(a)
-            if h["redis"]["ok"] is False:
-                break
-            await asyncio.sleep(0.05)
+            return h if h["redis"]["ok"] is False else None
+
+        h = await aeventually(redis_down, interval=0.05, message="A reports Redis down")
         assert h["status"] == "degraded" and h["redis"]["error"], h
         # a resumable chat now needs Redis: a clear, retryable error, not a hang
         t0 = time.monotonic()
@@ -355,6 +359,7 @@ async def test_redis_restart_mid_run(cluster, private_redis) -> None:
             err = await ws_c.recv(timeout=10)
         assert err["code"] == "store_unavailable" and err["id"] == "late", err
 
+        # Stays a sleep: the outage's length is part of the test: 2 s down, 4x the 0.5 s Redis time-out.
         await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - t_down)))
         private_redis.start()  # same port, empty: every key was lost
         on_a += await ws_a.until_end("own", timeout=30)
@@ -371,17 +376,19 @@ async def test_redis_restart_mid_run(cluster, private_redis) -> None:
         replay = await ws.until_end("replay")
     assert_exactly_once(replay, prompt, n)
     for gw in (a, b):
-        for _ in range(100):
+
+        async def redis_back(gw: Proc = gw) -> dict[str, Any] | None:
             h = await health(gw)
-            if h["redis"]["ok"]:
-                break
-            await asyncio.sleep(0.05)
+            return h if h["redis"]["ok"] else None
+
+        h = await aeventually(redis_back, interval=0.05, message="Redis reported back")
         assert h["status"] == "ok" and h["redis"]["ok"] and h["redis"]["faults"] > 0, h
-        for _ in range(100):
-            if h["redis"]["control"]:
-                break
-            await asyncio.sleep(0.05)
+
+        async def control_back(gw: Proc = gw) -> dict[str, Any] | None:
             h = await health(gw)
+            return h if h["redis"]["control"] else None
+
+        h = await aeventually(control_back, interval=0.05, message="the control channel is subscribed again")
         assert h["redis"]["control"], "the control channel is subscribed again"
 
 
@@ -453,11 +460,13 @@ async def test_a_cancel_sent_while_redis_is_down_lands_when_it_is_back(cluster, 
         await ws_b.send({"type": "attach", "id": "far", "stream_id": sid, "last_seq": -1})
         assert (await ws_b.recv())["type"] == "start"
         private_redis.kill()
-        for _ in range(100):
-            if (await health(b))["redis"]["ok"] is False:
-                break
-            await asyncio.sleep(0.05)
+
+        async def b_sees_redis_down() -> bool:
+            return (await health(b))["redis"]["ok"] is False
+
+        await aeventually(b_sees_redis_down, interval=0.05, message="B reports Redis down")
         await ws_b.send({"type": "cancel", "id": "far"})  # B cannot reach Redis now
+        # Stays a sleep: the cancel must wait out an outage; 1.5 s is 3x the 0.5 s Redis time-out.
         await asyncio.sleep(1.5)
         private_redis.start()  # the cancel is re-sent until A, subscribed again, takes it
         t_back = time.monotonic()

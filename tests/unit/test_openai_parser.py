@@ -1,57 +1,16 @@
-"""The OpenAI-compatible chunk parser on recorded provider streams, split at every byte."""
+"""The OpenAI-compatible chunk parser on recorded provider streams. (Split at every byte:
+exhaustive/test_openai_every_split.py.)"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
+from parseref import openai_events as parse
 
 from tokenwire.protocol import events as ev
 from tokenwire.protocol.errors import GatewayError
-from tokenwire.upstream.openai import OpenAIStreamParser, parse_openai_error
-
-OPENAI_LIKE = [
-    "openai-chat-basic.sse",
-    "openai-chat-usage.sse",
-    "openai-chat-toolcalls.sse",
-    "deepseek-reasoning.sse",
-    "vllm-openai.sse",
-]
-
-
-def parse(raw: bytes, cut: int | None = None) -> tuple[list[tuple[int, object]], OpenAIStreamParser]:
-    p = OpenAIStreamParser("test")
-    out = []
-    if cut is None:
-        out += p.feed(raw)
-    else:
-        out += p.feed(raw[:cut])
-        out += p.feed(raw[cut:])
-    return out + p.close(), p
-
-
-def expected_text(raw: bytes, key: str = "content") -> str:
-    out = []
-    for line in raw.decode().splitlines():  # fine here: these fixtures hold no U+2028
-        if line.startswith("data:") and "[DONE]" not in line:
-            chunk = json.loads(line[5:])
-            for choice in chunk.get("choices") or []:
-                out.append((choice.get("delta") or {}).get(key) or "")
-    return "".join(out)
-
-
-@pytest.mark.parametrize("name", OPENAI_LIKE)
-def test_tokens_exact_at_every_split(fixtures_dir: Path, name: str) -> None:
-    raw = (fixtures_dir / name).read_bytes()
-    whole, parser = parse(raw)
-    assert parser.done, "[DONE] seen"
-    text = "".join(v for k, v in whole if k == ev.TOKEN)
-    assert text == expected_text(raw)
-    reasoning = "".join(v for k, v in whole if k == ev.REASONING)
-    assert reasoning == expected_text(raw, "reasoning_content")
-    for cut in range(1, len(raw), 7 if len(raw) > 20000 else 1):
-        assert parse(raw, cut)[0] == whole, f"split at byte {cut}"
+from tokenwire.upstream.openai import parse_openai_error
 
 
 def test_basic_counts_to_five(fixtures_dir: Path) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
+from collections.abc import Callable
 
 import aiohttp
+from eventually import aeventually
 
 import tokenwire
 
@@ -19,11 +22,16 @@ def open_sessions() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, aiohttp.ClientSession) and not o.closed)
 
 
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0.01)
-    gc.collect()
-    await asyncio.sleep(0.01)
+async def settle(clean: Callable[[], bool]) -> None:
+    """Let closing tasks, sockets and sessions finish until ``clean()`` (up to 5 s): the asserts after
+    say what is left."""
+
+    def collected_and_clean() -> bool:
+        gc.collect()
+        return clean()
+
+    with contextlib.suppress(AssertionError):
+        await aeventually(collected_and_clean, timeout=5)
 
 
 async def generations(gateway) -> int:
@@ -34,7 +42,7 @@ async def generations(gateway) -> int:
 async def test_open_and_close_1000_clients_leaves_nothing_behind(gateway) -> None:
     async with tokenwire.AsyncClient(gateway.ws) as warm:  # first-use costs (resolver threads, imports)
         await warm.complete("warm up", max_tokens=3)
-    await settle()
+    await settle(lambda: len(asyncio.all_tasks()) == 1 and open_sessions() == 0)  # only this test's task
     tasks0, fds0 = len(asyncio.all_tasks()), open_fds()
     loop = asyncio.get_running_loop()
     timers0 = len(loop._scheduled)  # pending call_later callbacks (private, but the honest count)
@@ -53,20 +61,29 @@ async def test_open_and_close_1000_clients_leaves_nothing_behind(gateway) -> Non
                 s = client.stream("close mid-reply", max_tokens=20000)
                 await s.__anext__()
         if i % 100 == 99:
-            await settle()
+            await settle(lambda: len(asyncio.all_tasks()) <= tasks0 + 2)
             assert len(asyncio.all_tasks()) <= tasks0 + 2, i  # no growth along the way
 
-    await settle()
+    await settle(
+        lambda: (
+            len(asyncio.all_tasks()) == tasks0
+            and open_fds() == fds0
+            and open_sessions() == 0
+            and len(loop._scheduled) <= timers0
+        )
+    )
     loop.set_exception_handler(None)
     assert problems == []
     assert len(asyncio.all_tasks()) == tasks0
     assert open_fds() == fds0
     assert open_sessions() == 0
     assert len(loop._scheduled) <= timers0
+
     # those replies would run for ~24 s: they were cancelled on the server, not left running
-    async with asyncio.timeout(5):
-        while await generations(gateway):  # noqa: ASYNC110 - polling another process
-            await asyncio.sleep(0.05)
+    async def none_running() -> bool:
+        return not await generations(gateway)
+
+    await aeventually(none_running, interval=0.05, message="the abandoned replies were cancelled on the server")
 
 
 def test_sync_client_close_leaves_no_thread_or_fd(gateway) -> None:

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from eventually import eventually
 
 from tokenwire.simulate.reply import reply_tokens
 
@@ -105,14 +106,17 @@ class Tmux:
         return self._tmux("capture-pane", "-p", "-J", "-t", "t", "-S", "-")
 
     def wait(self, pattern: str, within: float = 20.0, count: int = 1) -> str:
-        deadline = time.monotonic() + within
-        while True:
+        screen = ""
+
+        def shown() -> str | None:
+            nonlocal screen
             screen = self.screen()
-            if len(re.findall(pattern, screen)) >= count:
-                return screen
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{pattern!r} (x{count}) not on screen within {within} s:\n{screen}")
-            time.sleep(0.03)
+            return screen if len(re.findall(pattern, screen)) >= count else None
+
+        try:
+            return eventually(shown, timeout=within, interval=0.03)
+        except AssertionError:
+            raise AssertionError(f"{pattern!r} (x{count}) not on screen within {within} s:\n{screen}") from None
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True, timeout=10)
