@@ -23,6 +23,7 @@ from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key
 from ..version import __version__
 from .access import handshake_middleware
+from .anthropic_api import count_tokens, messages
 from .errors import error_response
 from .http_api import chat_completions, list_models
 from .liveness import Liveness
@@ -149,6 +150,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/v1/ws/chat", _ws_or_426)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)

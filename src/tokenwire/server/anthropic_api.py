@@ -1,0 +1,104 @@
+"""Anthropic Messages over HTTP: ``POST /v1/messages`` (SSE and JSON) and ``/v1/messages/count_tokens``.
+
+A thin adapter like :mod:`.http_api`: the body is decoded by
+:mod:`tokenwire.dialects.anthropic_messages`, the chat goes through
+:meth:`Gateway.start_chat`, and the run's events are written by that dialect's
+encoder. The ``anthropic`` SDK and Claude Code work against it by changing only
+the base URL; keys come as ``x-api-key`` or ``Authorization: Bearer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from ..dialects import anthropic_messages as am
+from ..protocol.errors import GatewayError
+from ..simulate.reply import estimate_tokens
+from .errors import error_response
+from .http_api import read_json_body
+from .streaming import SSEResponder
+
+if TYPE_CHECKING:
+    from ..runtime.gateway import Gateway
+
+__all__ = ["PING_INTERVAL", "count_tokens", "messages"]
+
+#: a ``ping`` event goes out after this many seconds without one (as Anthropic's API does)
+PING_INTERVAL = 15.0
+
+
+def _error(err: GatewayError) -> web.Response:
+    return error_response(err, am.error_body(err))
+
+
+async def _wait_with_pings(run: Any, sse: SSEResponder, enc: am.SSEEncoder) -> None:
+    """Wait for the run's end; ping a started stream that has been silent for PING_INTERVAL."""
+    ended = asyncio.ensure_future(run.ended.wait())
+    try:
+        seen, since = enc.count, time.monotonic()
+        while True:
+            done, _ = await asyncio.wait((ended,), timeout=PING_INTERVAL / 3)
+            if done:
+                return
+            now = time.monotonic()
+            if enc.count != seen:
+                seen, since = enc.count, now
+            elif sse.resp is not None and now - since >= PING_INTERVAL:
+                since = now
+                try:
+                    await sse.resp.write(am.SSEEncoder.PING)
+                except (ConnectionError, RuntimeError):
+                    run.unsubscribe(sse)  # the client left: the run is cancelled
+    finally:
+        ended.cancel()
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    gw: Gateway = request.app["gateway"]
+    try:
+        principal = await gw.access.authenticate_http(request)
+        body = await read_json_body(request, gw.settings.max_frame_bytes)
+        chat, stream = am.parse_request(body, gw.limits)
+        run = await gw.start_chat(principal, chat)
+    except GatewayError as err:
+        return _error(err)
+    model = run.route.model
+    stream_id = run.gen.stream_id
+    if stream:
+        enc = am.SSEEncoder(stream_id, model, estimate_tokens(chat.messages))
+        sse = SSEResponder(request, enc)
+        run.subscribe(sse)
+        await _wait_with_pings(run, sse, enc)
+        if sse.resp is None:
+            return _error(sse.error or GatewayError("internal_error", "no reply"))
+        with contextlib.suppress(ConnectionError):
+            await sse.resp.write_eof()
+        return sse.resp
+    reply = am.MessageBuilder()
+    run.subscribe(reply)
+    await run.ended.wait()
+    if reply.error is not None:  # a cut-short reply is not passed off as a whole one
+        return _error(reply.error)
+    return web.Response(body=orjson.dumps(reply.body(stream_id, model)), content_type="application/json")
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    """``{"input_tokens": N}``: tokenwire's estimate (~4 characters a token), as no provider is asked."""
+    gw: Gateway = request.app["gateway"]
+    try:
+        await gw.access.authenticate_http(request)
+        body = await read_json_body(request, gw.settings.max_frame_bytes)
+        body.setdefault("max_tokens", 1)
+        body.pop("stream", None)
+        chat, _ = am.parse_request(body, gw.limits)
+    except GatewayError as err:
+        return _error(err)
+    return web.Response(
+        body=orjson.dumps({"input_tokens": estimate_tokens(chat.messages)}), content_type="application/json"
+    )
