@@ -192,7 +192,11 @@ def test_the_conversion_mirrors_to_anthropic_request() -> None:
         ({"tool_choice": "auto"}, '"tool_choice"'),
         ({"tool_choice": {"type": "tool"}}, '"tool_choice.name"'),
         ({"thinking": {"type": "enabled"}}, '"thinking.budget_tokens"'),
-        ({"thinking": {"type": "sometimes"}}, '"thinking"'),
+        ({"thinking": {"type": "sometimes"}}, '"thinking.type"'),
+        ({"thinking": "on"}, '"thinking.type"'),
+        ({"output_config": {"effort": "extreme"}}, '"output_config.effort"'),
+        ({"output_config": {"format": {"type": "regex"}}}, '"output_config.format"'),
+        ({"output_config": []}, '"output_config"'),
         ({"stream": "yes"}, '"stream"'),
         ({"frobnicate": 1}, '"frobnicate"'),
     ],
@@ -215,6 +219,29 @@ def test_thinking_budgets_map_to_reasoning_effort() -> None:
     ]
     chat, _ = parse(thinking={"type": "disabled"})
     assert "reasoning_effort" not in chat.params
+    chat, _ = parse(thinking={"type": "adaptive", "display": "summarized"})
+    assert chat.params["reasoning_effort"] == "medium"
+    chat, _ = parse(thinking={"type": "adaptive"}, output_config={"effort": "max"})
+    assert chat.params["reasoning_effort"] == "high"  # output_config.effort wins
+
+
+def test_the_2_x_sdk_fields_are_taken_or_ignored() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    chat, _ = parse(
+        output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}},
+        cache_control={"type": "ephemeral"},
+        diagnostics={"previous_message_id": None},
+        speed="fast",
+        service_tier="auto",
+        inference_geo="us",
+        user_profile_id="p",
+        workspace_id="w",
+    )
+    assert chat.params == {
+        "max_tokens": 100,
+        "reasoning_effort": "low",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}},
+    }
 
 
 # -- streamed replies -----------------------------------------------------------------------

@@ -47,8 +47,25 @@ STOP_REASONS = {
     "content_filter": "refusal",
 }
 
-#: request fields accepted and ignored (they change nothing here)
-_IGNORED = frozenset({"top_k", "service_tier", "container", "context_management", "mcp_servers", "inference_geo"})
+#: request fields accepted and ignored (they change nothing here): routing, caching and
+#: attribution hints of Anthropic's own service, and ``top_k``, which OpenAI-style providers lack
+_IGNORED = frozenset(
+    {
+        "top_k",
+        "cache_control",
+        "container",
+        "context_management",
+        "diagnostics",
+        "inference_geo",
+        "mcp_servers",
+        "service_tier",
+        "speed",
+        "user_profile_id",
+        "workspace_id",
+    }
+)
+#: ``output_config.effort`` as OpenAI's ``reasoning_effort`` (the top two have no OpenAI name)
+_EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 _KNOWN = frozenset(
     {
         "model",
@@ -62,6 +79,7 @@ _KNOWN = frozenset(
         "tool_choice",
         "thinking",
         "metadata",
+        "output_config",
         "stream",
     }
 )
@@ -231,6 +249,21 @@ def _tool_choice(choice: Any, params: dict[str, Any]) -> None:
         params["parallel_tool_calls"] = False
 
 
+def _output_config(output: Any, params: dict[str, Any]) -> None:
+    if type(output) is not dict:
+        raise _bad('"output_config" must be an object')
+    effort = output.get("effort")
+    if effort is not None:
+        if effort not in _EFFORT:
+            raise _bad('"output_config.effort" must be one of low, medium, high, xhigh, max')
+        params["reasoning_effort"] = _EFFORT[effort]
+    fmt = output.get("format")
+    if fmt is not None:
+        if type(fmt) is not dict or fmt.get("type") != "json_schema" or type(fmt.get("schema")) is not dict:
+            raise _bad('"output_config.format" must be {"type": "json_schema", "schema": {…}}')
+        params["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
+
+
 def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool]:
     """A ``/v1/messages`` body as a chat: ``(chat, stream)``. Raises GatewayError naming the field."""
     for key in body:
@@ -287,8 +320,15 @@ def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool]:
             if type(budget) is not int or budget < 1:
                 raise _bad('"thinking.budget_tokens" must be a positive integer')
             params["reasoning_effort"] = reasoning_effort(budget)
+        elif kind in ("adaptive", "between_tools"):
+            params["reasoning_effort"] = "medium"  # the model decides; output_config.effort, if given, wins
         elif kind != "disabled":
-            raise _bad('"thinking" must be {"type": "enabled", "budget_tokens": N} or {"type": "disabled"}')
+            raise _bad(
+                '"thinking.type" must be "enabled" (with "budget_tokens"), "adaptive", "between_tools" or "disabled"'
+            )
+    output = body.get("output_config")
+    if output is not None:
+        _output_config(output, params)
     metadata = body.get("metadata")
     if metadata is not None:
         if type(metadata) is not dict:
