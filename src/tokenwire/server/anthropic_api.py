@@ -41,7 +41,7 @@ async def _wait_with_pings(run: Any, sse: SSEResponder, enc: am.SSEEncoder) -> N
     """Wait for the run's end; ping a started stream that has been silent for PING_INTERVAL."""
     ended = asyncio.ensure_future(run.ended.wait())
     try:
-        seen, since = enc.count, time.monotonic()
+        seen, since, gone = enc.count, time.monotonic(), False
         while True:
             done, _ = await asyncio.wait((ended,), timeout=PING_INTERVAL / 3)
             if done:
@@ -49,11 +49,12 @@ async def _wait_with_pings(run: Any, sse: SSEResponder, enc: am.SSEEncoder) -> N
             now = time.monotonic()
             if enc.count != seen:
                 seen, since = enc.count, now
-            elif sse.resp is not None and now - since >= PING_INTERVAL:
+            elif sse.resp is not None and now - since >= PING_INTERVAL and not gone:
                 since = now
                 try:
                     await sse.resp.write(am.SSEEncoder.PING)
                 except (ConnectionError, RuntimeError):
+                    gone = True
                     run.unsubscribe(sse)  # the client left: the run is cancelled
     finally:
         ended.cancel()
