@@ -112,9 +112,12 @@ def test_create_and_stream_against_the_simulated_models(gateway) -> None:
             system=[{"type": "text", "text": "Be brief"}],
             messages=[{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
         ) as stream:
-            kinds = [event.type for event in stream]
+            events = list(stream)
             message = stream.get_final_message()
+        kinds = [event.type for event in events]
         text_deltas = [k for k in kinds if k == "text"]
+        (delta,) = [e for e in events if e.type == "message_delta"]
+        assert delta.model_extra["tokenwire"]["cost_usd"] > 0  # the cost rides on the streamed message_delta
     assert len(text_deltas) == 9
     assert kinds[0] == "message_start" and kinds[1] == "content_block_start"
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
@@ -351,9 +354,14 @@ def test_a_failure_after_output_began_raises_in_the_sdk(fleet, model) -> None:
         ):
             for text in s.text_stream:
                 seen.append(text)
-    assert time.monotonic() - t0 < 10
-    assert "".join(seen) == "".join(reply_tokens([{"role": "user", "content": "x"}])[:3])
-    assert exc.value.body["type"] == "error" and exc.value.body["error"]["type"] in ("api_error", "overloaded_error")
+        assert time.monotonic() - t0 < 10
+        assert "".join(seen) == "".join(reply_tokens([{"role": "user", "content": "x"}])[:3])
+        assert exc.value.body["type"] == "error"
+        assert exc.value.body["error"]["type"] in ("api_error", "overloaded_error")
+        # not streamed: a cut-short reply is an error status, not a message passed off as whole
+        with pytest.raises(anthropic.APIStatusError) as exc:
+            client.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "x"}])
+        assert exc.value.status_code >= 500 and exc.value.body["type"] == "error"
 
 
 def test_a_refusal_before_output_is_an_http_status(fleet) -> None:
