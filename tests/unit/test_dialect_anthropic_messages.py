@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tokenwire.dialects import anthropic_messages as am
 from tokenwire.protocol.errors import GatewayError
@@ -453,3 +455,39 @@ def test_a_whole_message_body() -> None:
         "usage": {"input_tokens": 21, "output_tokens": 7},
         "tokenwire": {"timing": {"ttft_ms": 1}, "cost_usd": 0.0001, "provider": "p"},
     }
+
+
+# -- any JSON at all ------------------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=5,
+)
+_block = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking", "document", "x"])},
+    optional={k: _json for k in ("text", "id", "name", "input", "tool_use_id", "content", "source", "is_error")},
+)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system"]), "content": st.text(max_size=5) | st.lists(_block)}
+)
+_body = st.fixed_dictionaries(
+    {"model": st.just("m"), "max_tokens": st.just(5), "messages": st.lists(_message, min_size=1, max_size=3)},
+    optional={
+        k: _json
+        for k in ("system", "tools", "tool_choice", "thinking", "metadata", "output_config", "stop_sequences", "top_p")
+    },
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_body)
+def test_any_body_is_a_chat_or_a_bad_request(body: dict) -> None:
+    """Whatever a client sends, the answer is a chat or a GatewayError naming what to fix, never a crash."""
+    try:
+        chat, _ = am.parse_request(body, Limits())
+    except GatewayError as err:
+        assert err.code == "bad_request" and err.message
+    else:
+        orjson.dumps(chat.messages)
+        assert all(m["role"] in ("system", "user", "assistant", "tool") for m in chat.messages)
