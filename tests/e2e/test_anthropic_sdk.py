@@ -383,7 +383,7 @@ async def _abort_delay(sim: Proc, before: dict, t_action: float) -> float:
     raise AssertionError("the upstream never saw its connection close")
 
 
-@pytest.mark.parametrize("model", ["gpt-4.1", "claude-x"])
+@pytest.mark.parametrize("model", ["gpt-4.1", "claude-x", "gemini-x"])
 async def test_closing_the_stream_closes_upstream_within_100ms(fleet, model) -> None:
     sim, gw = fleet
     async with anthropic.AsyncAnthropic(base_url=gw.http, api_key="unused", max_retries=0, timeout=20) as client:
