@@ -142,6 +142,15 @@ async def test_messages_without_the_v1_prefix_and_count_tokens(gateway) -> None:
     assert count == {"input_tokens": estimate_tokens(body["messages"])}
 
 
+def test_models_list_in_anthropic_shape(gateway) -> None:
+    with client_for(gateway) as client:
+        page = client.models.list()
+        models = list(page)
+    assert {m.id for m in models} == {"gpt-4.1", "claude-sonnet-4.5", "gemini-2.5-flash", "deepseek-v3.2"}
+    assert all(m.type == "model" and m.display_name == m.id and m.max_input_tokens for m in models)
+    assert page.has_more is False and page.last_id == models[-1].id
+
+
 def test_bad_requests_are_bad_request_errors_naming_the_field(gateway) -> None:
     with client_for(gateway) as client:
         with pytest.raises(anthropic.BadRequestError) as exc:

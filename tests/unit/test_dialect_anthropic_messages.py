@@ -491,3 +491,29 @@ def test_any_body_is_a_chat_or_a_bad_request(body: dict) -> None:
     else:
         orjson.dumps(chat.messages)
         assert all(m["role"] in ("system", "user", "assistant", "tool") for m in chat.messages)
+
+
+def test_the_model_list_in_anthropic_shape() -> None:
+    models = [
+        {"id": "a", "object": "model", "created": 0, "owned_by": "x", "context_window": 1000, "pricing": {}},
+        {"id": "b", "object": "model", "created": 0},
+    ]
+    assert am.model_list(models) == {
+        "data": [
+            {
+                "type": "model",
+                "id": "a",
+                "display_name": "a",
+                "created_at": "1970-01-01T00:00:00Z",
+                "max_input_tokens": 1000,
+                "owned_by": "x",
+                "context_window": 1000,
+                "pricing": {},
+            },
+            {"type": "model", "id": "b", "display_name": "b", "created_at": "1970-01-01T00:00:00Z"},
+        ],
+        "has_more": False,
+        "first_id": "a",
+        "last_id": "b",
+    }
+    assert am.model_list([]) == {"data": [], "has_more": False, "first_id": None, "last_id": None}

@@ -32,6 +32,7 @@ __all__ = [
     "SSEEncoder",
     "error_body",
     "error_type",
+    "model_list",
     "parse_request",
     "reasoning_effort",
     "stop_reason",
@@ -344,6 +345,28 @@ def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool]:
         dialect="anthropic",
     )
     return chat, stream
+
+
+def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /v1/models`` as Anthropic shapes it (one page), tokenwire's own fields kept on each model."""
+    data = []
+    for m in models:
+        info: dict[str, Any] = {
+            "type": "model",
+            "id": m["id"],
+            "display_name": m.get("display_name") or m["id"],
+            "created_at": "1970-01-01T00:00:00Z",  # unknown: tokenwire's catalog has no release dates
+        }
+        if m.get("context_window"):
+            info["max_input_tokens"] = m["context_window"]
+        info.update({k: v for k, v in m.items() if k not in info and k not in ("object", "created")})
+        data.append(info)
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -21,13 +21,14 @@ from ..dialects import anthropic_messages as am
 from ..protocol.errors import GatewayError
 from ..simulate.reply import estimate_tokens
 from .errors import error_response
+from .http_api import list_models as openai_models
 from .http_api import read_json_body
 from .streaming import SSEResponder
 
 if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
 
-__all__ = ["PING_INTERVAL", "count_tokens", "messages"]
+__all__ = ["PING_INTERVAL", "count_tokens", "list_models", "messages"]
 
 #: a ``ping`` event goes out after this many seconds without one (as Anthropic's API does)
 PING_INTERVAL = 15.0
@@ -103,3 +104,15 @@ async def count_tokens(request: web.Request) -> web.Response:
     return web.Response(
         body=orjson.dumps({"input_tokens": estimate_tokens(chat.messages)}), content_type="application/json"
     )
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: Anthropic's shape for a client that sends ``anthropic-version``, else OpenAI's."""
+    if "anthropic-version" not in request.headers:
+        return await openai_models(request)
+    gw: Gateway = request.app["gateway"]
+    try:
+        await gw.access.authenticate_http(request)
+    except GatewayError as err:
+        return _error(err)
+    return web.Response(body=orjson.dumps(am.model_list(gw.router.models())), content_type="application/json")

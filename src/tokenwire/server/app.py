@@ -23,9 +23,9 @@ from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key
 from ..version import __version__
 from .access import handshake_middleware
-from .anthropic_api import count_tokens, messages
+from .anthropic_api import count_tokens, list_models, messages
 from .errors import error_response
-from .http_api import chat_completions, list_models
+from .http_api import chat_completions
 from .liveness import Liveness
 from .metrics_http import access_log_middleware, metrics_handler
 from .poll import POLLS, poll_events, poll_start
