@@ -168,7 +168,8 @@ def test_the_conversion_mirrors_to_anthropic_request() -> None:
         ({"max_tokens": "5"}, '"max_tokens"'),
         ({"model": None}, '"model"'),
         ({"messages": []}, '"messages"'),
-        ({"messages": [{"role": "system", "content": "x"}]}, '"messages[0].role"'),
+        ({"messages": [{"role": "tool", "content": "x"}]}, '"messages[0].role"'),
+        ({"messages": [{"role": "system", "content": [{"type": "image"}]}]}, '"messages[0].content[0]"'),
         ({"messages": [{"role": "user", "content": 5}]}, '"messages[0].content"'),
         ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, '"messages[0].content[0].type"'),
         ({"messages": [{"role": "user", "content": [{"type": "document"}]}]}, '"messages[0].content[0]"'),
@@ -208,6 +209,24 @@ def test_bad_requests_name_the_field(body: dict, field: str) -> None:
         parse(**body)
     assert exc.value.code == "bad_request" and exc.value.http_status == 400
     assert field in exc.value.message
+
+
+def test_system_turns_inside_the_conversation_keep_their_place() -> None:
+    """Claude Code 2.1 sends them (the 2.x SDK's SystemMessageParam), with cache_control on the blocks."""
+    chat, _ = parse(
+        system="top",
+        messages=[
+            {"role": "user", "content": "a"},
+            {"role": "system", "content": [{"type": "text", "text": "env", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "user", "content": "b"},
+        ],
+    )
+    assert chat.messages == [
+        {"role": "system", "content": "top"},
+        {"role": "user", "content": "a"},
+        {"role": "system", "content": "env"},
+        {"role": "user", "content": "b"},
+    ]
 
 
 def test_thinking_budgets_map_to_reasoning_effort() -> None:

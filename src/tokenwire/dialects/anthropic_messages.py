@@ -102,7 +102,7 @@ def reasoning_effort(budget: int) -> str:
     return "high"
 
 
-def _text_blocks(value: Any, where: str) -> str:
+def _text_blocks(value: Any, where: str, sep: str = "") -> str:
     """A string, or a list of text blocks, as one string (``system``, ``tool_result`` content)."""
     if isinstance(value, str):
         return value
@@ -113,7 +113,7 @@ def _text_blocks(value: Any, where: str) -> str:
         if type(block) is not dict or block.get("type") != "text" or not isinstance(block.get("text"), str):
             raise _bad(f'"{where}[{j}]" must be a text block ({{"type": "text", "text": …}})')
         parts.append(block["text"])
-    return "\n\n".join(parts) if where == "system" else "".join(parts)
+    return sep.join(parts)
 
 
 def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -137,9 +137,11 @@ def _turn(i: int, m: Any) -> list[dict[str, Any]]:
     if type(m) is not dict:
         raise _bad(f'"messages[{i}]" must be an object')
     role = m.get("role")
-    if role not in ("user", "assistant"):
-        raise _bad(f'"messages[{i}].role" must be "user" or "assistant"')
+    if role not in ("user", "assistant", "system"):
+        raise _bad(f'"messages[{i}].role" must be "user", "assistant" or "system"')
     content = m.get("content")
+    if role == "system":  # a system turn inside the conversation (the 2.x SDK's SystemMessageParam)
+        return [{"role": "system", "content": _text_blocks(content, f"messages[{i}].content", "\n\n")}]
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if type(content) is not list:
@@ -287,7 +289,7 @@ def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool]:
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system is not None:
-        text = _text_blocks(system, "system")
+        text = _text_blocks(system, "system", "\n\n")
         if text:
             messages.append({"role": "system", "content": text})
     for i, m in enumerate(raw):
