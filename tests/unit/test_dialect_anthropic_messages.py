@@ -536,3 +536,36 @@ def test_the_model_list_in_anthropic_shape() -> None:
         "last_id": "b",
     }
     assert am.model_list([]) == {"data": [], "has_more": False, "first_id": None, "last_id": None}
+
+
+def test_a_claude_code_2_1_request_is_taken() -> None:
+    """The shape Claude Code 2.1.332 sends (captured, trimmed): every field is understood or ignored."""
+    body = {
+        "model": "claude-sonnet-4.5",
+        "max_tokens": 32000,
+        "stream": True,
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.332;"},
+            {"type": "text", "text": "You are a Claude agent.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "<system-reminder>…</system-reminder>"}]},
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}}],
+            },
+            {"role": "user", "content": [{"type": "text", "text": "weather in SF?"}]},
+        ],
+        "tools": [
+            {"name": "Bash", "description": "Run a command", "input_schema": {"type": "object"}, "defer_loading": False}
+        ],
+        "metadata": {"user_id": '{"device_id":"d","account_uuid":"","session_id":"s"}'},
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+    }
+    chat, stream = am.parse_request(body, Limits())
+    assert stream is True
+    assert [m["role"] for m in chat.messages] == ["system", "user", "system", "user"]
+    assert chat.params["reasoning_effort"] == "high" and chat.params["max_tokens"] == 32000
+    assert chat.params["tools"][0]["function"]["name"] == "Bash"
