@@ -80,6 +80,10 @@ async def test_provider_key_never_leaks(spawn, tmp_path, log_level) -> None:
                     async with s.post(gw.http + "/v1/chat/completions", json=body) as r:
                         received.append(await r.read())
                         received.append(str(r.headers).encode())
+                    # the Anthropic Messages dialect: its error bodies and in-stream error events
+                    async with s.post(gw.http + "/v1/messages", json={**body, "max_tokens": 5}) as r:
+                        received.append(await r.read())
+                        received.append(str(r.headers).encode())
             async with s.get(gw.http + "/v1/models") as r:
                 received.append(await r.read())
             async with s.get(gw.http + "/healthz") as r:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenwire.config import ConfigError, load_settings
+from tokenwire.config import load_settings
 from tokenwire.runtime.routing import Router
 from tokenwire.upstream.http import SharedSession
 

@@ -40,7 +40,7 @@ PRINCIPAL = "tokenwire.principal"  #: request key the middleware stores the prin
 WS_PATHS = frozenset({"/ws/chat", "/v1/ws/chat"})
 
 _NEED_KEY = (
-    "this gateway needs an API key: send the header 'Authorization: Bearer tw_…', "
+    "this gateway needs an API key: send the header 'Authorization: Bearer tw_…' (or 'x-api-key: tw_…'), "
     "or (browsers) the WebSocket subprotocols 'tokenwire.v1, bearer.tw_…', or ?key=tw_…"
 )
 
@@ -75,13 +75,17 @@ def _is_ip(name: str) -> bool:
 
 
 def extract_key(request: web.BaseRequest) -> str | None:
-    """The key a client presented: Authorization header, then subprotocol, then ``?key=``."""
+    """The key a client presented: Authorization header, ``x-api-key`` (Anthropic's SDK), then
+    subprotocol, then ``?key=``."""
     auth = request.headers.get("Authorization")
     if auth:
         scheme, _, value = auth.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise GatewayError("unauthorized", "the Authorization header must be 'Bearer <key>'")
         return value.strip()
+    key = request.headers.get("x-api-key", "").strip()
+    if key:
+        return key
     for header in request.headers.getall("Sec-WebSocket-Protocol", ()):
         for proto in header.split(","):
             proto = proto.strip()

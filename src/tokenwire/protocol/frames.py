@@ -32,7 +32,7 @@ __all__ = [
     "validate_params",
 ]
 
-Dialect = Literal["v1", "openai", "seed"]
+Dialect = Literal["v1", "openai", "seed", "anthropic"]
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _STREAM_ID_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}")

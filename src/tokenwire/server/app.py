@@ -24,9 +24,10 @@ from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key
 from ..version import __version__
 from .access import handshake_middleware, host_middleware
+from .anthropic_api import count_tokens, list_models, messages
 from .disconnects import DisconnectWatch
 from .errors import error_response
-from .http_api import DISCONNECTS, chat_completions, list_models
+from .http_api import DISCONNECTS, chat_completions
 from .liveness import Liveness
 from .metrics_http import access_log_middleware, metrics_handler
 from .poll import POLLS, poll_events, poll_start
@@ -152,6 +153,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/v1/ws/chat", _ws_or_426)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)

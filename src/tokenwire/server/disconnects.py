@@ -1,4 +1,4 @@
-"""Cancel a generation whose HTTP client went away, on every HTTP entry path.
+"""Watching HTTP requests that wait on a run: a client that left, a stream that went quiet.
 
 A streamed (SSE) response notices a gone client at its next write, but a
 non-streamed request writes nothing until the reply is whole, and an SSE
@@ -6,7 +6,10 @@ response waiting for a slow provider's first token writes nothing either: both
 would run (and bill) to the end for nobody. One task per process looks at the
 transport of every such request every ``interval`` seconds and cancels the run
 of a request whose connection is closed (within ~50 ms, as nginx does by
-default). No timer or task per request.
+default). The same sweep keeps a silent SSE stream alive: after
+``keepalive`` seconds without a write it sends the dialect's ping (an SSE
+comment, or Anthropic's ``ping`` event), so that proxies and browsers do not
+time it out while a reasoning model thinks. No timer or task per request.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -23,19 +27,38 @@ __all__ = ["DisconnectWatch"]
 log = logging.getLogger("tokenwire.http")
 
 
-class DisconnectWatch:
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.waiting: dict[int, tuple[web.Request, Any]] = {}
-        self.cancelled = 0  #: runs cancelled because their client left (for tests and metrics)
-        self._task: asyncio.Task[None] | None = None
+class _Waiting:
+    __slots__ = ("ping", "request", "run", "seen", "since", "sse")
 
-    async def wait(self, request: web.Request, run: Any) -> bool:
-        """Wait for ``run`` to end; False if it was cancelled because the client left first."""
+    def __init__(self, request: web.Request, run: Any, sse: Any, ping: bytes | None) -> None:
+        self.request = request
+        self.run = run
+        self.sse = sse
+        self.ping = ping
+        self.seen = -1  #: the SSE responder's write count at ``since``
+        self.since = time.monotonic()
+
+
+class DisconnectWatch:
+    def __init__(self, interval: float = 0.05, keepalive: float = 15.0) -> None:
+        self.interval = interval
+        self.keepalive = keepalive
+        self.waiting: dict[int, _Waiting] = {}
+        self.cancelled = 0  #: runs cancelled because their client left
+        self.pings = 0  #: keep-alive pings sent on silent streams
+        self._task: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def wait(self, request: web.Request, run: Any, sse: Any = None, ping: bytes | None = None) -> bool:
+        """Wait for ``run`` to end; False if it was cancelled because the client left first.
+
+        With ``sse`` (an SSEResponder) and ``ping``, a stream silent for ``keepalive`` seconds
+        gets ``ping`` written to it.
+        """
         key = id(request)
-        self.waiting[key] = (request, run)
+        self.waiting[key] = _Waiting(request, run, sse, ping)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._sweep(), name="tokenwire-disconnects")
+            self._task = asyncio.get_running_loop().create_task(self._sweep(), name="tokenwire-http-watch")
         try:
             await run.ended.wait()
         finally:
@@ -45,11 +68,30 @@ class DisconnectWatch:
     async def _sweep(self) -> None:
         while self.waiting:
             await asyncio.sleep(self.interval)
-            for request, run in list(self.waiting.values()):
-                transport = request.transport
+            now = time.monotonic()
+            for w in list(self.waiting.values()):
+                transport = w.request.transport
                 if transport is None or transport.is_closing():
                     self.cancelled += 1
-                    run.cancel("client_gone")
+                    w.run.cancel("client_gone")
+                    continue
+                sse = w.sse
+                if w.ping is None or sse is None or sse.resp is None:
+                    continue
+                if sse.writes != w.seen:
+                    w.seen, w.since = sse.writes, now
+                elif now - w.since >= self.keepalive:
+                    w.since = now
+                    self.pings += 1
+                    task = asyncio.get_running_loop().create_task(self._ping(w))
+                    self._writes.add(task)
+                    task.add_done_callback(self._writes.discard)
+
+    async def _ping(self, w: _Waiting) -> None:
+        try:
+            await w.sse.resp.write(w.ping)
+        except (ConnectionError, RuntimeError):
+            w.run.cancel("client_gone")
 
     async def aclose(self) -> None:
         task, self._task = self._task, None

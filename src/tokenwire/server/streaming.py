@@ -28,7 +28,7 @@ SSE_HEADERS = {
 
 
 class SSEResponder:
-    __slots__ = ("encode", "error", "request", "resp")
+    __slots__ = ("encode", "error", "request", "resp", "writes")
 
     def __init__(self, request: web.Request, encoder: Encoder) -> None:
         self.request = request
@@ -36,6 +36,7 @@ class SSEResponder:
         self.resp: web.StreamResponse | None = None
         #: the run failed before anything was sent: the handler answers with this error's status
         self.error: GatewayError | None = None
+        self.writes = 0  #: events written (the keep-alive sweep watches it for silence)
 
     def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
         if self.resp is None:
@@ -50,6 +51,7 @@ class SSEResponder:
         return self._write(data)
 
     async def _write(self, data: bytes) -> None:
+        self.writes += 1
         resp = self.resp
         if resp is None:
             resp = web.StreamResponse(headers=SSE_HEADERS)
