@@ -697,7 +697,7 @@ class ResponsesEncoder:
         if kind == ERROR:
             if isinstance(value, GatewayError):
                 value = value.to_event(None)
-            self.error = _error_fields(value)
+            self.error = value
             out = self._head()
             code, message = value.get("code"), value.get("message") or ""
             out += self._event(b"error", b'"code":%b,"message":%b,"param":null' % (_dumps(code), _dumps(message)))
