@@ -221,7 +221,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             if prev is None:
                 raise GatewayError(
                     "not_found",
-                    f"Previous response with id '{req.previous_response_id}' not found.",
+                    f"\"previous_response_id\": no response with id '{req.previous_response_id}' was found",
                     extra={"param": "previous_response_id"},
                 )
             if prev.get("status") in _PENDING:
