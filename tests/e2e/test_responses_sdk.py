@@ -315,6 +315,18 @@ def relay_sim(spawn, tmp_path):
     return gw, sim
 
 
+async def test_an_upstream_refusal_before_any_output_is_its_http_status(relay_sim) -> None:
+    gw, _ = relay_sim
+    async with sdk(gw) as c:
+        with pytest.raises(openai.RateLimitError):
+            await c.responses.create(model="gpt-4.1@fault=429", input="x")
+        with pytest.raises(openai.RateLimitError):
+            await c.responses.create(model="gpt-4.1@fault=429", input="x", stream=True)
+        with pytest.raises(openai.RateLimitError):
+            async with c.responses.stream(model="gpt-4.1@fault=429", input="x") as st:
+                await st.get_final_response()
+
+
 async def _raw_events(gw: Any, body: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """POST a streamed background create and read ``n`` events, then cut the connection."""
     got: list[dict[str, Any]] = []
@@ -391,6 +403,7 @@ async def test_cancel_closes_the_upstream_within_100ms(relay_sim) -> None:
         delay = await abort_delay(sim, before, t)
         assert cancelled.status == "cancelled" and cancelled.output_text
         assert (await c.responses.retrieve(bg.id)).status == "cancelled"
+    print(f"cancel -> upstream closed: {delay * 1000:.1f} ms")
     assert delay < 0.1, f"upstream closed {delay * 1000:.1f} ms after the cancel"
 
 
@@ -430,6 +443,7 @@ async def test_resume_and_cancel_from_another_instance(cluster, sim) -> None:  #
         delay = await abort_delay(sim, before, t)
         assert cancelled.status == "cancelled"
         assert (await ca.responses.retrieve(long.id)).status == "cancelled"
+    print(f"cancel on another instance -> upstream closed: {delay * 1000:.1f} ms")
     assert delay < 0.1, f"upstream closed {delay * 1000:.1f} ms after the cancel sent to another instance"
     bodies = await sim_requests(sim)
     assert bodies[1]["messages"][:2] == [

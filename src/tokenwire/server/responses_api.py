@@ -324,35 +324,31 @@ async def get_response(request: web.Request) -> web.StreamResponse:
 
 
 async def cancel_response(request: web.Request) -> web.Response:
+    """Stop a background response (here or on another instance), then answer with how it ended."""
     gw: Gateway = request.app["gateway"]
     response_id = request.match_info["rid"]
     try:
         principal = await gw.access.authenticate_http(request)
+        run = await _find_run(gw, principal, response_id)
+        if run is not None and run.resumable and not run.gen.ended:
+            run.cancel("cancelled")  # first of all: the upstream request is closed at once
+            sub = _Follower(dialect.ResponsesEncoder(response_id, {}, sse=False))
+            run.subscribe(sub)  # to answer once it has ended (and its final state is stored)
+            waiter = asyncio.ensure_future(run.ended.wait())
+            waiter.add_done_callback(lambda _: sub.wake.set())
+            try:
+                async with asyncio.timeout(_CANCEL_WAIT):
+                    while not sub.done and not run.ended.is_set():
+                        sub.wake.clear()
+                        await sub.wake.wait()
+            except TimeoutError:
+                pass
+            finally:
+                waiter.cancel()
+                run.unsubscribe(sub)
         _, record = await _load(gw, principal, response_id)
         if record is None:
             raise _not_found(response_id)
-        if record.get("status") in _PENDING:
-            run = await _find_run(gw, principal, response_id)
-            if run is not None and not run.gen.ended:
-                sub = _Follower(dialect.ResponsesEncoder(response_id, _echo(record), sse=False))
-                run.subscribe(sub)
-                run.cancel("cancelled")
-                try:
-                    async with asyncio.timeout(_CANCEL_WAIT):
-                        while not sub.done and not run.ended.is_set():
-                            sub.wake.clear()
-                            waiter = asyncio.ensure_future(run.ended.wait())
-                            waiter.add_done_callback(lambda _: sub.wake.set())
-                            try:
-                                await sub.wake.wait()
-                            finally:
-                                waiter.cancel()
-                except TimeoutError:
-                    pass
-                finally:
-                    run.unsubscribe(sub)
-            _, record = await _load(gw, principal, response_id)
-            assert record is not None
     except GatewayError as err:
         return _fail(err)
     return web.Response(body=orjson.dumps(record), content_type="application/json")
