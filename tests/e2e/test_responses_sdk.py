@@ -317,13 +317,14 @@ def relay_sim(spawn, tmp_path):
 
 async def test_an_upstream_refusal_before_any_output_is_its_http_status(relay_sim) -> None:
     gw, _ = relay_sim
+    # one model name per call: each is its own deployment, so no circuit breaker opens in between
     async with sdk(gw) as c:
         with pytest.raises(openai.RateLimitError):
-            await c.responses.create(model="gpt-4.1@fault=429", input="x")
+            await c.responses.create(model="gpt-4.1@fault=429@tokens=1", input="x")
         with pytest.raises(openai.RateLimitError):
-            await c.responses.create(model="gpt-4.1@fault=429", input="x", stream=True)
+            await c.responses.create(model="gpt-4.1@fault=429@tokens=2", input="x", stream=True)
         with pytest.raises(openai.RateLimitError):
-            async with c.responses.stream(model="gpt-4.1@fault=429", input="x") as st:
+            async with c.responses.stream(model="gpt-4.1@fault=429@tokens=3", input="x") as st:
                 await st.get_final_response()
 
 
