@@ -133,6 +133,30 @@ async def test_create_stream_and_stream_helper_on_the_zero_config_gateway(gatewa
         assert "unknown model" in str(exc.value)
 
 
+async def test_websocket_mode_response_create_frames(gateway) -> None:
+    """``client.responses.connect()``: ``response.create`` frames in, each response's events out, in turn."""
+    async with sdk(gateway) as c, c.responses.connect() as conn:
+        await conn.response.create(model="gpt-4.1", input="over ws", instructions="Be brief.", max_output_tokens=6)
+        first = []
+        async for ev in conn:
+            first.append(ev)
+            if ev.type == "response.completed":
+                break
+        assert_exactly_once(first, expected("over ws", 6, "Be brief."))
+        rid = first[-1].response.id
+        await conn.response.create(model="gpt-4.1", input="x", temperature=9)  # refused: the socket stays open
+        refused = await conn.recv()
+        assert refused.type == "error" and refused.status == 400 and refused.error.param == "temperature"
+        await conn.response.create(model="gpt-4.1", input="second", previous_response_id=rid, max_output_tokens=4)
+        async for ev in conn:
+            if ev.type == "response.completed":
+                second = ev.response
+                break
+    assert second.previous_response_id == rid and second.output_text == expected("second", 4)
+    async with sdk(gateway) as c:
+        assert (await c.responses.retrieve(rid)).output_text == expected("over ws", 6, "Be brief.")
+
+
 async def test_bad_input_is_a_400_naming_the_field(gateway) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
         ({"input": "x", "extra_body": {"frequency_penalty": 1}}, "frequency_penalty"),
@@ -406,6 +430,23 @@ async def test_cancel_closes_the_upstream_within_100ms(relay_sim) -> None:
         assert (await c.responses.retrieve(bg.id)).status == "cancelled"
     print(f"cancel -> upstream closed: {delay * 1000:.1f} ms")
     assert delay < 0.1, f"upstream closed {delay * 1000:.1f} ms after the cancel"
+
+
+async def test_a_websocket_closed_mid_response_closes_the_upstream_within_100ms(relay_sim) -> None:
+    gw, sim = relay_sim
+    async with sdk(gw) as c:
+        conn = await c.responses.connect().enter()
+        await conn.response.create(model="gpt-4.1@tps=50@tokens=1000", input="x")
+        async for ev in conn:
+            if ev.type == "response.output_text.delta":
+                break
+        before = await sim_stats(sim)
+        assert before["active"] == 1
+        t = time.monotonic()
+        await conn.close()
+        delay = await abort_delay(sim, before, t)
+    print(f"WebSocket closed -> upstream closed: {delay * 1000:.1f} ms")
+    assert delay < 0.1, f"upstream closed {delay * 1000:.1f} ms after the WebSocket closed"
 
 
 # -- over Redis: another instance --------------------------------------------------------

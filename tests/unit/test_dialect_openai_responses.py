@@ -343,3 +343,11 @@ def test_response_ids_carry_their_creation_time() -> None:
     assert rd.is_response_id(rid) and rid.startswith("resp_6b123456")
     assert rd.created_at(rid) == 0x6B123456
     assert not rd.is_response_id("resp_../../etc")
+
+
+def test_websocket_mode_is_one_json_event_per_line_with_the_same_numbers() -> None:
+    _, log = log_of(list(MIXED))
+    sse_events = sse(encode_all(rd.ResponsesEncoder(RID, echo()), log))
+    lines = encode_all(rd.ResponsesEncoder(RID, echo(), ws=True), log)
+    assert lines.endswith(b"\n") and b"event:" not in lines
+    assert [orjson.loads(line) for line in lines.split(b"\n")[:-1]] == sse_events

@@ -491,6 +491,7 @@ class ResponsesEncoder:
 
     __slots__ = (
         "_pre",
+        "_tail",
         "cur",
         "cur_parts",
         "echo",
@@ -503,9 +504,18 @@ class ResponsesEncoder:
         "skip",
         "sse",
         "tool_index",
+        "ws",
     )
 
-    def __init__(self, response_id: str, echo: dict[str, Any], *, starting_after: int = -1, sse: bool = True) -> None:
+    def __init__(
+        self,
+        response_id: str,
+        echo: dict[str, Any],
+        *,
+        starting_after: int = -1,
+        sse: bool = True,
+        ws: bool = False,
+    ) -> None:
         self.id = response_id
         self.echo = dict(echo)
         self.seq = 0  #: the next event's sequence_number
@@ -516,6 +526,9 @@ class ResponsesEncoder:
         self.cur_parts: list[str] = []  #: the open item's text / arguments so far
         self.tool_index: int | None = None  #: the run's index of the open function call
         self._pre = b""  #: the open item's delta event, up to its sequence_number
+        #: WebSocket mode: one JSON object per line (one frame each), no ``event:`` lines
+        self.ws = ws
+        self._tail = b'%d,"delta":%b}\n' if ws else b'%d,"delta":%b}\n\n'
         self.head_sent = False
         self.error: dict[str, Any] | None = None
         self.final: dict[str, Any] | None = None  #: the Response object once ended
@@ -576,6 +589,8 @@ class ResponsesEncoder:
         self.seq = seq + 1
         if seq <= self.skip or not self.sse:
             return b""
+        if self.ws:
+            return b'{"type":"%b","sequence_number":%d,%b}\n' % (kind, seq, body)
         return b'event: %b\ndata: {"type":"%b","sequence_number":%d,%b}\n\n' % (kind, kind, seq, body)
 
     def _head(self) -> bytes:
@@ -659,7 +674,9 @@ class ResponsesEncoder:
         where = b'"item_id":%b,"output_index":%d' % (_dumps(item["id"]), index)
         if part is not None:
             out += self._event(b"response.content_part.added", where + b',"content_index":0,"part":' + _dumps(part))
-        self._pre = b'event: %b\ndata: {"type":"%b",%b%b,"sequence_number":' % (delta_kind, delta_kind, where, extra)
+        self._pre = b'{"type":"%b",%b%b,"sequence_number":' % (delta_kind, where, extra)
+        if not self.ws:
+            self._pre = b"event: %b\ndata: " % delta_kind + self._pre
         return out
 
     def _delta(self, text: str) -> bytes:
@@ -668,7 +685,7 @@ class ResponsesEncoder:
         self.seq = seq + 1
         if seq <= self.skip or not self.sse:
             return b""
-        return self._pre + b'%d,"delta":%b}\n\n' % (seq, _dumps(text))
+        return self._pre + self._tail % (seq, _dumps(text))
 
     def encode(self, rest: bytes, kind: int, value: Any) -> bytes | None:
         if kind == TOKEN:  # the hot path

@@ -28,7 +28,7 @@ from .http_api import chat_completions, list_models
 from .liveness import Liveness
 from .metrics_http import access_log_middleware, metrics_handler
 from .poll import POLLS, poll_events, poll_start
-from .responses_api import cancel_response, create_response, get_response
+from .responses_api import cancel_response, create_response, get_response, responses_websocket
 from .ws import CLOSE_DRAIN, websocket_handler
 
 __all__ = ["build_gateway", "create_app", "run_server"]
@@ -153,6 +153,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/v1/models", list_models)
     for base in ("/v1/responses", "/responses"):
         app.router.add_post(base, create_response)
+        app.router.add_get(base, responses_websocket)
         app.router.add_get(base + "/{rid}", get_response)
         app.router.add_post(base + "/{rid}/cancel", cancel_response)
     app.router.add_get("/healthz", healthz)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
     from ..runtime.relay import Run
 
-__all__ = ["cancel_response", "create_response", "get_response"]
+__all__ = ["cancel_response", "create_response", "get_response", "responses_websocket"]
 
 #: the role of the stored Response object among a stored response's messages
 _RECORD = "x-response"
@@ -209,34 +209,42 @@ async def _find_run(gw: Gateway, principal: Any, response_id: str) -> Any | None
         raise
 
 
+async def _begin(
+    gw: Gateway, principal: Any, body: dict[str, Any]
+) -> tuple[dialect.ResponsesRequest, Run, list[dict[str, Any]], str]:
+    """Decode a create request, load what it continues, start its run: ``(request, run, context, response id)``."""
+    req = dialect.parse_request(body, gw.limits)
+    history: list[dict[str, Any]] = []
+    if req.previous_response_id is not None:
+        history, prev = await _load(gw, principal, req.previous_response_id)
+        if prev is None:
+            raise GatewayError(
+                "not_found",
+                f"\"previous_response_id\": no response with id '{req.previous_response_id}' was found",
+                extra={"param": "previous_response_id"},
+            )
+        if prev.get("status") in _PENDING:
+            raise GatewayError(
+                "bad_request",
+                f"Previous response '{req.previous_response_id}' is still {prev['status']}; wait for its end",
+                extra={"param": "previous_response_id"},
+            )
+    context = [*history, *req.input_messages]
+    chat = req.chat
+    chat.messages = [{"role": "system", "content": req.instructions}, *context] if req.instructions else context
+    validate_messages(chat.messages, gw.limits)
+    response_id = dialect.new_response_id()
+    chat.stream_id = response_id
+    run = await gw.start_chat(principal, chat, resumable=req.background)
+    return req, run, context, response_id
+
+
 async def create_response(request: web.Request) -> web.StreamResponse:
     gw: Gateway = request.app["gateway"]
     try:
         principal = await gw.access.authenticate_http(request)
         body = await read_json_body(request, gw.settings.max_frame_bytes)
-        req = dialect.parse_request(body, gw.limits)
-        history: list[dict[str, Any]] = []
-        if req.previous_response_id is not None:
-            history, prev = await _load(gw, principal, req.previous_response_id)
-            if prev is None:
-                raise GatewayError(
-                    "not_found",
-                    f"\"previous_response_id\": no response with id '{req.previous_response_id}' was found",
-                    extra={"param": "previous_response_id"},
-                )
-            if prev.get("status") in _PENDING:
-                raise GatewayError(
-                    "bad_request",
-                    f"Previous response '{req.previous_response_id}' is still {prev['status']}; wait for its end",
-                    extra={"param": "previous_response_id"},
-                )
-        context = [*history, *req.input_messages]
-        chat = req.chat
-        chat.messages = [{"role": "system", "content": req.instructions}, *context] if req.instructions else context
-        validate_messages(chat.messages, gw.limits)
-        response_id = dialect.new_response_id()
-        chat.stream_id = response_id
-        run = await gw.start_chat(principal, chat, resumable=req.background)
+        req, run, context, response_id = await _begin(gw, principal, body)
     except GatewayError as err:
         return _fail(err)
     echo = {**req.echo, "model": run.route.model, "background": req.background, "store": req.store}
@@ -352,3 +360,95 @@ async def cancel_response(request: web.Request) -> web.Response:
     except GatewayError as err:
         return _fail(err)
     return web.Response(body=orjson.dumps(record), content_type="application/json")
+
+
+# -- WebSocket mode ---------------------------------------------------------------------
+
+
+class _WSWriter:
+    """A run's events as WebSocket text frames, one per event (the encoder's lines)."""
+
+    __slots__ = ("encode", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, encoder: dialect.ResponsesEncoder) -> None:
+        self.ws = ws
+        self.encode = encoder.encode
+
+    def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
+        data = self.encode(rest, kind, value)
+        if not data:
+            return None
+        if self.ws.closed:
+            raise ConnectionResetError("the WebSocket is closed")
+        return self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        for line in data.split(b"\n")[:-1]:  # orjson escapes newlines inside strings: a line is one event
+            await self.ws.send_str(line.decode())
+
+
+def _ws_error(err: GatewayError) -> str:
+    body = dialect.error_body(err)["error"]
+    return orjson.dumps(
+        {
+            "type": "error",
+            "status": err.http_status,
+            "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": body["param"]},
+        }
+    ).decode()
+
+
+async def responses_websocket(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/responses`` upgraded: ``response.create`` frames in, each response's events out, one at a time.
+
+    Frames are read all the time, so a client that closes the socket mid-response is seen at
+    once and its response cancelled (the upstream request closed); a ``response.create`` sent
+    while one is still running is refused with an error frame.
+    """
+    gw: Gateway = request.app["gateway"]
+    try:
+        principal = await gw.access.authenticate_http(request)
+    except GatewayError as err:
+        return _fail(err)
+    ws = web.WebSocketResponse(max_msg_size=max(4 * gw.settings.max_frame_bytes, 4 * 1024 * 1024))
+    if not ws.can_prepare(request).ok:
+        return _fail(GatewayError("bad_request", "GET /v1/responses is the WebSocket mode: upgrade the connection"))
+    await ws.prepare(request)
+    current: Run | None = None
+    try:
+        async for msg in ws:
+            if msg.type is not web.WSMsgType.TEXT:
+                continue
+            try:
+                body = orjson.loads(msg.data)
+                if type(body) is not dict or body.get("type") != "response.create":
+                    raise GatewayError("bad_request", 'expected a "response.create" event', extra={"param": "type"})
+                if current is not None and not current.gen.ended:
+                    raise GatewayError(
+                        "conversation_busy",
+                        f"response {current.gen.stream_id} is still in progress on this socket; wait for its end",
+                    )
+                body = {k: v for k, v in body.items() if k not in ("type", "generate", "stream")}
+                if body.get("background"):
+                    raise GatewayError(
+                        "bad_request", '"background" is not supported over WebSocket', extra={"param": "background"}
+                    )
+                req, run, context, response_id = await _begin(gw, principal, body)
+            except orjson.JSONDecodeError:
+                await ws.send_str(_ws_error(GatewayError("invalid_json", "the frame is not valid JSON")))
+                continue
+            except GatewayError as err:
+                await ws.send_str(_ws_error(err))
+                continue
+            echo = {**req.echo, "model": run.route.model, "background": False, "store": req.store}
+            encoder = dialect.ResponsesEncoder(response_id, echo, ws=True)
+            if req.store:
+                run.on_end = _store_on_end(gw, _key(response_id, principal), context, encoder)
+            run.subscribe(_WSWriter(ws, encoder))
+            current = run
+    finally:
+        if current is not None and not current.gen.ended:
+            current.cancel("client_gone")  # the socket is gone: nobody reads the rest
+        if not ws.closed:
+            await ws.close()
+    return ws
