@@ -1,72 +1,89 @@
-"""CPU per token of each client dialect's encoder, against protocol v1's.
+"""CPU per token of each client dialect's encoder alone, against protocol v1's.
 
-A run encodes each event once in v1 (``rest``); a subscriber's encoder turns it into its
-client's bytes. This measures only that last step, in-process and single-threaded, for
-the same tokens (the seed reply's words) in every dialect:
+In-process and single-threaded: the run's log is built once (``Generation.token``, the
+relay's own cost, is not counted), then every encoder turns the same N token events into
+bytes, best of R rounds:
 
-    python bench/dialect_cpu.py [N]
+    python bench/dialect_cpu.py [--tokens 20000] [--rounds 7]
 
-v1 is one concatenation per token; the SSE dialects serialise the token again
-(``orjson.dumps``) inside their own envelope. The figure that matters is each dialect's
-µs/token minus v1's.
+The target for a new dialect: within 2 µs/token of v1. "replay" is a resumed Responses
+stream (``GET /v1/responses/{id}?stream=true``), which decodes each logged event first.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from collections.abc import Callable
+from typing import Any
 
-from tokenwire.dialects import anthropic_messages, openai_chat
+from tokenwire.dialects import anthropic_messages, openai_chat, openai_responses
 from tokenwire.dialects.v1 import V1Encoder
-from tokenwire.protocol.events import END, START, TOKEN
+from tokenwire.protocol.events import START, TOKEN
+from tokenwire.protocol.frames import Limits
 from tokenwire.protocol.stream import Generation
-from tokenwire.simulate.reply import reply_tokens
 
-END_FIELDS = {"finish_reason": "stop", "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9}}
-ENCODERS: dict[str, Callable[[], object]] = {
-    "v1 (WebSocket frame)": lambda: V1Encoder("c1"),
-    "openai chunk (socket)": lambda: openai_chat.ChunkEncoder("s_bench", "gpt-4.1", created=0),
-    "openai chat SSE": lambda: openai_chat.SSEChunkEncoder("s_bench", "gpt-4.1"),
-    "anthropic messages SSE": lambda: anthropic_messages.SSEEncoder("s_bench", "claude-sonnet-4.5", 8),
-}
+TOKENS = [" capital", " of", " France", " is", " Paris", ".", ' "quoted"', " naïve"]
 
 
-def tokens(n: int) -> list[tuple[bytes, str]]:
-    """``n`` tokens with their v1 encodings (made once: the run's cost, not the encoder's)."""
-    words: list[str] = []
-    while len(words) < n:
-        words += reply_tokens([{"role": "user", "content": "benchmark"}], 500)
-    gen = Generation("s_bench")
-    gen.start({"model": "m"})
-    return [(gen.token(w), w) for w in words[:n]]
+def events(n: int) -> list[tuple[bytes, int, Any]]:
+    gen = Generation("resp_6b0000000123456789abcdef01234567")
+    out: list[tuple[bytes, int, Any]] = [(gen.start({"model": "m"}), START, {"model": "m"})]
+    for i in range(n):
+        tok = TOKENS[i % len(TOKENS)]
+        out.append((gen.token(tok), TOKEN, tok))
+    return out
 
 
-def best_of(make: Callable[[], object], events: list[tuple[bytes, str]], repeats: int) -> float:
+class _Replay:
+    """A resumed Responses stream: each event decoded from its logged bytes first (another instance's run)."""
+
+    def __init__(self, enc: openai_responses.ResponsesEncoder) -> None:
+        self.enc = enc
+
+    def encode(self, rest: bytes, kind: int, value: Any) -> bytes | None:
+        kind, value = openai_responses.decode_rest(rest)
+        return self.enc.encode(rest, kind, value)
+
+
+def encoders() -> dict[str, Callable[[], Any]]:
+    rid = "resp_6b0000000123456789abcdef01234567"
+    echo = openai_responses.parse_request({"model": "m", "input": "x"}, Limits()).echo
+    return {
+        "v1": lambda: V1Encoder("c1"),
+        "openai_chat (socket)": lambda: openai_chat.ChunkEncoder("s_1", "m", created=0),
+        "openai_chat (SSE)": lambda: openai_chat.SSEChunkEncoder("s_1", "m"),
+        "anthropic_messages (SSE)": lambda: anthropic_messages.SSEEncoder("s_1", "m", 8),
+        "openai_responses (SSE)": lambda: openai_responses.ResponsesEncoder(rid, {**echo, "model": "m"}),
+        "openai_responses replay": lambda: _Replay(openai_responses.ResponsesEncoder(rid, {**echo, "model": "m"})),
+    }
+
+
+def best_of(make: Callable[[], Any], evs: list[tuple[bytes, int, Any]], rounds: int) -> float:
     best = float("inf")
-    for _ in range(repeats):
-        enc = make()
-        encode = enc.encode  # type: ignore[attr-defined]
-        encode(b"", START, {})
+    n = len(evs) - 1
+    for _ in range(rounds):
+        encode = make().encode
+        encode(*evs[0])
+        encode(*evs[1])  # the first token opens the message (one-off events): not the per-token cost
         t = time.process_time()
-        for rest, word in events:
-            encode(rest, TOKEN, word)
-        elapsed = time.process_time() - t
-        encode(b"", END, END_FIELDS)
-        best = min(best, elapsed / len(events) * 1e6)
+        for rest, kind, value in evs[2:]:
+            encode(rest, kind, value)
+        best = min(best, (time.process_time() - t) / (n - 1) * 1e6)
     return best
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    events = tokens(n)
-    results = {name: best_of(make, events, 7) for name, make in ENCODERS.items()}
-    base = "v1 (WebSocket frame)"
-    v1 = results[base]
-    print(f"{n} tokens, best of 7, process CPU time")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    evs = events(args.tokens)
+    results = {name: best_of(make, evs, args.rounds) for name, make in encoders().items()}
+    base = results["v1"]
+    print(f"encoder CPU per token, best of {args.rounds} x {args.tokens:,} tokens")
     for name, us in results.items():
-        extra = "" if name == base else f"  (+{us - v1:.2f} us vs v1)"
-        print(f"  {name:<24} {us:6.3f} us/token{extra}")
+        print(f"  {name:<24} {us:6.3f} µs/token   ({us - base:+.3f} vs v1)")
 
 
 if __name__ == "__main__":

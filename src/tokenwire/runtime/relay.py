@@ -85,6 +85,7 @@ class Run:
         "finishing",
         "gate",
         "gen",
+        "on_end",
         "paused_by_socket",
         "paused_self",
         "reads",
@@ -134,6 +135,9 @@ class Run:
         self.finishing = False
         #: how it ended (set once, before ``end`` goes out): what every ``on_finish`` hook reads
         self.summary: RunSummary | None = None
+        #: awaited with the run once its summary is set and before ``end`` goes out (an entry
+        #: point's own bookkeeping, e.g. a stored Responses API object); errors are logged
+        self.on_end: Callable[[Run], Awaitable[None]] | None = None
 
     @property
     def owner_key(self) -> str | None:
@@ -442,6 +446,11 @@ class Run:
         # The reply is in the history, and the conversation free, before anyone sees
         # ``end``: a client may send its next turn the moment it does.
         await registry.commit_reply(self, status)
+        if self.on_end is not None:
+            try:
+                await self.on_end(self)
+            except Exception:
+                log.exception("the end hook of %s failed", gen.stream_id)
         try:
             if error is not None:
                 wait = self._emit(gen.error(error), ERROR, error)

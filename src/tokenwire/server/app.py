@@ -31,6 +31,7 @@ from .http_api import DISCONNECTS, chat_completions
 from .liveness import Liveness
 from .metrics_http import access_log_middleware, metrics_handler
 from .poll import POLLS, poll_events, poll_start
+from .responses_api import cancel_response, create_response, get_response, responses_websocket
 from .ws import CLOSE_DRAIN, websocket_handler
 
 __all__ = ["build_gateway", "create_app", "run_server"]
@@ -157,6 +158,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_post("/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", list_models)
+    for base in ("/v1/responses", "/responses"):
+        app.router.add_post(base, create_response)
+        app.router.add_get(base, responses_websocket)
+        app.router.add_get(base + "/{rid}", get_response)
+        app.router.add_post(base + "/{rid}/cancel", cancel_response)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/v1/poll/start", poll_start)
