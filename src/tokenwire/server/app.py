@@ -23,6 +23,7 @@ from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key
 from ..version import __version__
 from .access import handshake_middleware
+from .aisdk_http import chat_post, chat_stop, chat_stream
 from .errors import error_response
 from .http_api import chat_completions, list_models
 from .liveness import Liveness
@@ -150,6 +151,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/api/chat", chat_post)  # the Vercel AI SDK (docs/compatibility.md)
+    app.router.add_get("/api/chat/{id}/stream", chat_stream)
+    app.router.add_post("/api/chat/{id}/stop", chat_stop)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/v1/poll/start", poll_start)
