@@ -111,7 +111,7 @@ def test_a_reply_continuing_the_assistant_message_keeps_its_id() -> None:
     [
         (
             {"messages": [{"id": "u", "role": "user", "parts": [{"type": "file", "url": "x", "mediaType": "a/b"}]}]},
-            "fil",
+            "file",
         ),
         ({"messages": [{"id": "u", "role": "user", "content": "old v4 shape"}]}, "parts"),
         ({"messages": []}, "empty"),
