@@ -18,7 +18,7 @@ const transports = new Map();
 const monotonic = () => Number(process.hrtime.bigint()) / 1e9;
 
 function transportFor(step) {
-  const key = `${step.transport ?? "http"} ${step.url}`;
+  const key = `${step.transport ?? "http"} ${step.url} ${step.key ?? ""}`;
   if (!transports.has(key)) {
     const headers = step.key ? { authorization: `Bearer ${step.key}` } : undefined;
     transports.set(

@@ -33,6 +33,7 @@ __all__ = [
     "SSEEncoder",
     "UIChunks",
     "error_body",
+    "error_text",
     "from_v1",
     "parse_request",
     "to_openai_messages",
@@ -260,9 +261,10 @@ def _assistant(parts: list[Any], where: str, out: list[dict[str, Any]]) -> None:
     flush()
 
 
-def error_body(err: GatewayError) -> dict[str, Any]:
-    """An HTTP refusal's body: ``DefaultChatTransport`` shows the response text as the error message."""
-    return err.to_openai()
+def error_body(err: GatewayError) -> bytes:
+    """An HTTP refusal's body, plain text: ``DefaultChatTransport`` makes the response text the
+    error's message (``useChat``'s ``error.message``), so it is the sentence itself and its code."""
+    return error_text(err).encode()
 
 
 def from_v1(rest: bytes) -> tuple[int, Any]:
@@ -412,8 +414,9 @@ class UIChunks:
 
 
 def error_text(err: Any) -> str:
+    """An error as one sentence with its code (redacted like every client-bound message)."""
     if isinstance(err, GatewayError):
-        return f"{err.message} ({err.code})"
+        return f"{err.to_event(None)['message']} ({err.code})"
     return str(err)
 
 

@@ -30,7 +30,7 @@ from aiohttp import web
 from ..dialects import aisdk
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach
-from .errors import error_response
+from .errors import error_headers
 from .http_api import read_json_body
 from .streaming import SSE_HEADERS, SSEResponder
 
@@ -46,6 +46,15 @@ _RUNNING_TTL = 3600
 #: set the entry's expiry only if it still names this stream (a newer reply may have replaced it)
 _EXPIRE_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
 _GONE = ("stream_expired", "forbidden", "not_found", "unknown_stream")
+
+
+def error_response(err: GatewayError) -> web.Response:
+    """A refusal as the AI SDK shows it: the status, and the message as plain text (code in a header)."""
+    headers = error_headers(err)
+    headers["X-Tokenwire-Error-Code"] = err.code
+    return web.Response(
+        body=aisdk.error_body(err), status=err.http_status, content_type="text/plain", charset="utf-8", headers=headers
+    )
 
 
 def new_message_id() -> str:
@@ -190,7 +199,7 @@ async def chat_post(request: web.Request) -> web.StreamResponse:
         chat.stream_id = "s_" + uuid.uuid4().hex
         run = await gw.start_chat(principal, chat, resumable=True)
     except GatewayError as err:
-        return error_response(err, aisdk.error_body(err))
+        return error_response(err)
     message_id = req.message_id or new_message_id()
     encoder = aisdk.SSEEncoder(message_id)
     sse = UIStreamResponder(request, encoder)
@@ -204,7 +213,7 @@ async def chat_post(request: web.Request) -> web.StreamResponse:
         if sse.gone.is_set():
             return web.Response(status=499)
         err = sse.error or GatewayError("internal_error", "no reply")
-        return error_response(err, aisdk.error_body(err))
+        return error_response(err)
     if not sse.gone.is_set():
         with contextlib.suppress(ConnectionError, RuntimeError):
             await sse.write(encoder.finish())
@@ -220,7 +229,7 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
         principal = await gw.access.authenticate_http(request)
         found = await chat_streams(gw).find(principal, chat_id)
     except GatewayError as err:
-        return error_response(err, aisdk.error_body(err))
+        return error_response(err)
     if found is None:
         return web.Response(status=204)
     run, message_id = found
@@ -268,7 +277,7 @@ async def chat_stop(request: web.Request) -> web.Response:
         if found is None:
             raise GatewayError("not_found", f"no reply is running or retained for chat {chat_id[:128]}")
     except GatewayError as err:
-        return error_response(err, aisdk.error_body(err))
+        return error_response(err)
     run, _ = found
     stopped = not run.gen.ended
     if stopped:
