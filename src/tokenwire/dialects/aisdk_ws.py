@@ -142,16 +142,23 @@ class ChunkFramer:
             return None
         return self.head + b"%d" % self.seq + b',"chunk":' + chunk + b"}"
 
+    def token(self, value: str) -> bytes | None:
+        """The hot path: a token in an open text part as its one frame (None: not that case)."""
+        head = self.ui.delta_head
+        if head is None:
+            return None
+        self.seq = seq = self.seq + 1
+        if seq <= self.skip:
+            return b""
+        return b'%b%d,"chunk":%b%b}}' % (self.head, seq, head, _dumps(value))
+
     def encode(self, rest: bytes, kind: int, value: Any) -> list[bytes]:
         if value is None:
             kind, value = from_v1(rest)
         if kind == TOKEN:
-            head = self.ui.delta_head
-            if head is not None:  # the hot path
-                self.seq += 1
-                if self.seq > self.skip:
-                    return [self.head + b"%d" % self.seq + b',"chunk":' + head + _dumps(value) + b"}}"]
-                return []
+            frame = self.token(value)
+            if frame is not None:
+                return [frame] if frame else []
         elif kind == START:
             return []
         out = []

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..dialects import aisdk_ws as proto
 from ..protocol.errors import GatewayError
+from ..protocol.events import TOKEN
 from .aisdk_http import chat_streams, new_message_id
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ class ChunkSubscriber:
         if self.pending is not None:
             self.pending.append((rest, kind, value))
             return None
+        if kind == TOKEN and value is not None:  # the hot path: one frame, no list
+            frame = self.framer.token(value)
+            if frame is not None:
+                return self.writer.write(frame) if frame else None
         wait = None
         for frame in self.framer.encode(rest, kind, value):
             w = self.writer.write(frame)
