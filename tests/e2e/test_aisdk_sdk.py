@@ -381,3 +381,73 @@ def test_the_sdk_under_test_is_the_pinned_one(node) -> None:
     pinned = json.loads((JS / "package.json").read_text())["dependencies"]["ai"]
     assert installed_ai_version() == pinned == lock["packages"]["node_modules/ai"]["version"]
     assert os.path.exists(SCRIPT)
+
+
+# -- the WebSocket frames as the transport's protocol defines them (lastSequence, no-active) --
+def ws_send(rid: str, chat_id: str, prompt: str, body: dict[str, Any]) -> str:
+    frame = {
+        "type": "send",
+        "requestId": rid,
+        "id": chat_id,
+        "trigger": "submit-message",
+        "messageId": None,
+        "messages": user(prompt),
+        "headers": {},
+        "body": body,
+        "metadata": None,
+    }
+    return json.dumps(frame)
+
+
+def ws_resume(rid: str, chat_id: str, last: int | None = None) -> str:
+    frame = {"type": "resume", "requestId": rid, "id": chat_id, "headers": {}, "body": {}, "metadata": None}
+    if last is not None:
+        frame["lastSequence"] = last
+    return json.dumps(frame)
+
+
+async def frames_until(ws: aiohttp.ClientWebSocketResponse, rid: str, stop: Callable[[dict], bool]) -> list[dict]:
+    out = []
+    async with asyncio.timeout(20):
+        while True:
+            frame = json.loads((await ws.receive()).data)
+            assert frame["requestId"] == rid, frame
+            out.append(frame)
+            if stop(frame):
+                return out
+
+
+async def test_ws_resume_with_last_sequence_sends_only_the_rest(relay) -> None:
+    n = 50
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(relay.ws) as ws:
+            await ws.send_str(ws_send("r1", "c-seq", "sequence", {"model": "gpt-4.1@tps=100", "maxOutputTokens": n}))
+            first = await frames_until(ws, "r1", lambda f: f["type"] == "chunk" and f["sequence"] >= 7)
+        # the socket is gone mid-reply; the reply goes on, and a new socket picks it up
+        assert first[0] == {"type": "start", "requestId": "r1"}
+        seen = [f for f in first if f["type"] == "chunk"]
+        assert [f["sequence"] for f in seen] == list(range(8))
+        async with s.ws_connect(relay.ws) as ws:
+            await ws.send_str(ws_resume("r2", "c-seq", last=7))
+            rest = await frames_until(ws, "r2", lambda f: f["type"] in ("end", "error"))
+            assert rest[0] == {"type": "start", "requestId": "r2"} and rest[-1] == {"type": "end", "requestId": "r2"}
+            more = rest[1:-1]
+            assert [f["sequence"] for f in more] == list(range(8, 8 + len(more)))
+            chunks = [f["chunk"] for f in seen + more]
+            assert "".join(c["delta"] for c in chunks if c["type"] == "text-delta") == expected("sequence", n)
+            assert chunks[-1]["type"] == "finish" and [c["type"] for c in chunks].count("start") == 1
+
+            await ws.send_str(ws_resume("r3", "never-ran"))
+            assert await frames_until(ws, "r3", lambda f: True) == [{"type": "no-active", "requestId": "r3"}]
+            await ws.send_str(ws_send("r4", "c-bad", "x", {"maxOutputTokens": 0}))
+            (err,) = await frames_until(ws, "r4", lambda f: True)
+            assert err["type"] == "error" and "max_tokens" in err["errorText"]
+            # protocol v1 still works on the same socket path
+        async with s.ws_connect(relay.ws) as ws:
+            await ws.send_str(
+                json.dumps({"type": "chat", "id": "v", "content": "v1 still", "params": {"max_tokens": 3}})
+            )
+            async with asyncio.timeout(20):
+                while (event := json.loads((await ws.receive()).data))["type"] != "end":
+                    pass
+            assert event["status"] == "completed"

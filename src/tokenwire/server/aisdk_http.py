@@ -97,15 +97,19 @@ class ChatStreams:
         task.add_done_callback(self._tasks.discard)
 
     async def _expire(self, key: str, entry: tuple[str, str], value: bytes, run: Any, retention: int) -> None:
+        """Once the reply has ended, the entry lives ``resume_retention`` seconds more (as the run's log)."""
         await run.ended.wait()
         cluster = self.gw.cluster
         if cluster is not None:
             link = cluster.link
             with contextlib.suppress(GatewayError):
                 await link.call(link.redis.eval(_EXPIRE_IF, 1, self._redis_key(key), value, retention), "expiring")
-        await asyncio.sleep(retention)
-        if self.local.get(key) == entry:
-            del self.local[key]
+
+        def forget() -> None:
+            if self.local.get(key) == entry:
+                del self.local[key]
+
+        asyncio.get_running_loop().call_later(retention, forget)
 
     async def lookup(self, principal: Any, chat_id: str) -> tuple[str, str] | None:
         key = self.key(principal, chat_id)
