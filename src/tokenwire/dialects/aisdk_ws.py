@@ -62,11 +62,10 @@ class Abort:
 
 def is_aisdk_frame(text: str | bytes) -> bool:
     """Whether a client frame is the AI SDK's (cheap: a substring test, then a parse)."""
-    raw = text.encode() if isinstance(text, str) else text
-    if b'"requestId"' not in raw:
+    if ('"requestId"' if isinstance(text, str) else b'"requestId"') not in text:  # type: ignore[operator]
         return False
     try:
-        obj = orjson.loads(raw)
+        obj = orjson.loads(text)
     except orjson.JSONDecodeError:
         return False
     return type(obj) is dict and obj.get("type") in ("send", "resume", "abort") and "requestId" in obj
