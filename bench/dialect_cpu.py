@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tokenwire.dialects import anthropic_messages, openai_chat, openai_responses
+from tokenwire.dialects import aisdk, aisdk_ws, anthropic_messages, openai_chat, openai_responses
 from tokenwire.dialects.v1 import V1Encoder
 from tokenwire.protocol.events import START, TOKEN
 from tokenwire.protocol.frames import Limits
@@ -46,6 +46,20 @@ class _Replay:
         return self.enc.encode(rest, kind, value)
 
 
+class _AISDKSocket:
+    """As server.aisdk_ws's subscriber calls the framer: ``token`` for a token, ``encode`` otherwise."""
+
+    def __init__(self) -> None:
+        self.framer = aisdk_ws.ChunkFramer("req_bench", "msg_bench")
+
+    def encode(self, rest: bytes, kind: int, value: Any) -> Any:
+        if kind == TOKEN and value is not None:
+            frame = self.framer.token(value)
+            if frame is not None:
+                return frame
+        return self.framer.encode(rest, kind, value)
+
+
 def encoders() -> dict[str, Callable[[], Any]]:
     rid = "resp_6b0000000123456789abcdef01234567"
     echo = openai_responses.parse_request({"model": "m", "input": "x"}, Limits()).echo
@@ -55,6 +69,8 @@ def encoders() -> dict[str, Callable[[], Any]]:
         "openai_chat (SSE)": lambda: openai_chat.SSEChunkEncoder("s_1", "m"),
         "anthropic_messages (SSE)": lambda: anthropic_messages.SSEEncoder("s_1", "m", 8),
         "openai_responses (SSE)": lambda: openai_responses.ResponsesEncoder(rid, {**echo, "model": "m"}),
+        "aisdk (SSE)": lambda: aisdk.SSEEncoder("msg_bench"),
+        "aisdk (WebSocket)": lambda: _AISDKSocket(),
         "openai_responses replay": lambda: _Replay(openai_responses.ResponsesEncoder(rid, {**echo, "model": "m"})),
     }
 

@@ -24,6 +24,7 @@ from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key
 from ..version import __version__
 from .access import handshake_middleware, host_middleware
+from .aisdk_http import chat_post, chat_stop, chat_stream
 from .anthropic_api import count_tokens, list_models, messages
 from .disconnects import DisconnectWatch
 from .errors import error_response
@@ -163,6 +164,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
         app.router.add_get(base, responses_websocket)
         app.router.add_get(base + "/{rid}", get_response)
         app.router.add_post(base + "/{rid}/cancel", cancel_response)
+    app.router.add_post("/api/chat", chat_post)  # the Vercel AI SDK (docs/compatibility.md)
+    app.router.add_get("/api/chat/{id}/stream", chat_stream)
+    app.router.add_post("/api/chat/{id}/stop", chat_stop)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/v1/poll/start", poll_start)

@@ -10,7 +10,7 @@ that goes away ends the subscription (the relay then cancels the run).
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
@@ -29,6 +29,8 @@ SSE_HEADERS = {
 
 class SSEResponder:
     __slots__ = ("encode", "error", "request", "resp", "writes")
+    #: the response headers (a dialect's subclass adds its own, e.g. the AI SDK's stream marker)
+    HEADERS: ClassVar[dict[str, str]] = SSE_HEADERS
 
     def __init__(self, request: web.Request, encoder: Encoder) -> None:
         self.request = request
@@ -54,7 +56,7 @@ class SSEResponder:
         self.writes += 1
         resp = self.resp
         if resp is None:
-            resp = web.StreamResponse(headers=SSE_HEADERS)
+            resp = web.StreamResponse(headers=self.HEADERS)
             await resp.prepare(self.request)
             self.resp = resp
         await resp.write(data)

@@ -18,6 +18,7 @@ from ..protocol import frames as fr
 from ..protocol.errors import GatewayError
 from ..protocol.stream import id_prefix
 from ..runtime.relay import Run
+from . import aisdk_ws
 from .errors import error_response
 from .wsframe import FrameWriter
 
@@ -205,6 +206,11 @@ class Session:
         self.runs.clear()
 
     async def handle(self, text: str) -> None:
+        # --- the AI SDK's WebSocketChatTransport (server/aisdk_ws.py): told by its frames' "requestId" ---
+        aisdk = aisdk_ws.claim(self, text)
+        if aisdk is not None:
+            return await aisdk.handle(text)
+        # --- end of the AI SDK hook ---
         gw = self.gw
         try:
             req = fr.parse_frame(text, gw.limits, self.next_id)
