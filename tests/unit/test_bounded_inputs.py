@@ -84,3 +84,31 @@ def test_an_sse_event_that_never_ends_is_an_error_not_a_leak() -> None:
     # a normal stream, read in pieces, is untouched by the check
     ok = SSEDecoder(max_event=1000)
     assert ok.feed(b"data: a\n") == [] and ok.feed(b"data: b\n\n") == [("message", b"a\nb")]
+
+
+def test_a_logged_event_decodes_to_what_a_run_hands_its_subscribers() -> None:
+    from tokenwire.protocol.errors import GatewayError
+    from tokenwire.protocol.events import END, ERROR, REASONING, START, TOKEN, TOOL_CALL
+    from tokenwire.protocol.stream import Generation, decode_event
+
+    gen = Generation("s_decode_1")
+    err = GatewayError("upstream_error", "cut", retryable=True, status=502, extra={"provider": "p"})
+    logged = [
+        gen.start({"model": "m"}),
+        gen.token("hi"),
+        gen.reasoning("hmm"),
+        gen.tool_call({"index": 0, "name": "f"}),
+        gen.error(err),
+        gen.end("failed", {"finish_reason": "error"}),
+    ]
+    kinds = [decode_event(rest) for rest in logged]
+    assert [k for k, _ in kinds] == [START, TOKEN, REASONING, TOOL_CALL, ERROR, END]
+    assert kinds[1][1] == "hi" and kinds[2][1] == "hmm" and kinds[3][1] == {"index": 0, "name": "f"}
+    back = kinds[4][1]
+    assert isinstance(back, GatewayError) and (back.code, back.message, back.retryable, back.status) == (
+        "upstream_error",
+        "cut",
+        True,
+        502,
+    )
+    assert back.extra == {"provider": "p"} and kinds[5][1]["status"] == "failed"

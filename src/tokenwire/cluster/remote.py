@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..protocol.errors import GatewayError
-from ..protocol.events import END, ERROR, TOKEN
-from ..protocol.stream import Generation, StreamExpired
+from ..protocol.events import ERROR
+from ..protocol.stream import Generation, StreamExpired, decode_event
 from ..store.redis import FAULTS, raise_if_cancelled
 
 if TYPE_CHECKING:
@@ -37,16 +37,6 @@ FOLLOW_GRACE = 15.0
 #: with no new event for this long, check that the owning instance is still alive
 OWNER_CHECK = 10.0
 _PAGE = 1000
-
-
-def _kind(rest: bytes) -> int:
-    if rest.startswith(b'"type":"token"'):
-        return TOKEN
-    if rest.startswith(b'"type":"end"'):
-        return END
-    if rest.startswith(b'"type":"error"'):
-        return ERROR
-    return 0
 
 
 class RemoteRun:
@@ -248,8 +238,7 @@ class RemoteRun:
         return None
 
     async def _deliver(self, rest: bytes) -> None:
-        kind = _kind(rest)
-        value = orjson.loads(b"{" + rest) if kind == END else None
+        kind, value = decode_event(rest)  # what a local run would hand them, for every dialect
         for sub in tuple(self.subs):
             try:
                 wait: Awaitable[None] | None = sub.send(rest, kind, value)

@@ -25,6 +25,7 @@ import orjson
 from ..protocol.errors import GatewayError
 from ..protocol.events import END, ERROR, REASONING, START, TOKEN, TOOL_CALL
 from ..protocol.frames import Chat, Limits, validate_messages, validate_params
+from ..protocol.stream import decode_event
 
 __all__ = [
     "ResponsesEncoder",
@@ -456,23 +457,8 @@ def _error_fields(err: Any) -> dict[str, Any]:
     return {"code": kind, "message": message, "type": code}
 
 
-def decode_rest(rest: bytes) -> tuple[int, Any]:
-    """A logged v1 event back into ``(kind, value)`` (for replays and another instance's runs)."""
-    obj = orjson.loads(b"{" + rest)
-    kind = obj.get("type")
-    if kind == "token":
-        return TOKEN, obj["content"]
-    if kind == "reasoning":
-        return REASONING, obj["content"]
-    if kind == "tool_call":
-        return TOOL_CALL, obj["delta"]
-    if kind == "start":
-        return START, obj
-    if kind == "end":
-        return END, obj
-    if kind == "error":
-        return ERROR, obj
-    return -1, obj
+#: a logged v1 event back into ``(kind, value)`` (replays, another instance's runs)
+decode_rest = decode_event
 
 
 _MESSAGE, _REASONING, _FUNCTION = 1, 2, 3

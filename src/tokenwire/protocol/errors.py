@@ -112,5 +112,21 @@ class GatewayError(Exception):
             }
         }
 
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> GatewayError:
+        """The error an ``error`` event (as logged or sent) describes: the inverse of :meth:`to_event`."""
+        extra = {k: v for k, v in event.items() if k not in _EVENT_FIELDS}
+        status = event.get("upstream_status")
+        return cls(
+            str(event.get("code") or "internal_error"),
+            str(event.get("message") or ""),
+            retryable=bool(event.get("retryable")),
+            status=status if isinstance(status, int) else None,
+            extra=extra,
+        )
+
     def __repr__(self) -> str:
         return f"GatewayError({self.code!r}, {self.message!r}, retryable={self.retryable})"
+
+
+_EVENT_FIELDS = frozenset({"type", "id", "seq", "code", "message", "retryable", "upstream_status"})

@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from .errors import GatewayError
+from .events import END, ERROR, REASONING, START, TOKEN, TOOL_CALL
 
-__all__ = ["Generation", "StreamExpired", "id_prefix"]
+__all__ = ["Generation", "StreamExpired", "decode_event", "id_prefix"]
 
 _dumps = orjson.dumps
 
@@ -34,6 +35,34 @@ class StreamExpired(GatewayError):
 def id_prefix(id: str) -> bytes:
     """The start of every frame sent for generation ``id`` on one socket."""
     return b'{"id":' + _dumps(id) + b","
+
+
+_KINDS = {
+    "token": (TOKEN, "content"),
+    "reasoning": (REASONING, "content"),
+    "tool_call": (TOOL_CALL, "delta"),
+}
+
+
+def decode_event(rest: bytes) -> tuple[int, Any]:
+    """A logged event back into the ``(kind, value)`` a run hands its subscribers.
+
+    For a replay that another dialect re-encodes, and for another instance's run followed
+    through Redis (whose subscribers see what a local run's would: the text, the tool-call
+    delta, a GatewayError, the start/end fields).
+    """
+    obj = orjson.loads(b"{" + rest)
+    kind = obj.get("type")
+    known = _KINDS.get(kind)
+    if known is not None:
+        return known[0], obj.get(known[1])
+    if kind == "start":
+        return START, obj
+    if kind == "end":
+        return END, obj
+    if kind == "error":
+        return ERROR, GatewayError.from_event(obj)
+    return -1, obj
 
 
 class Generation:
