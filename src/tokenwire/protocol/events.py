@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["ERROR", "FINISH", "KIND_NAMES", "MODEL", "REASONING", "TOKEN", "TOOL_CALL", "USAGE"]
+__all__ = [
+    "CLOSE_DRAIN",
+    "CLOSE_IDLE",
+    "ERROR",
+    "FINISH",
+    "KIND_NAMES",
+    "MODEL",
+    "REASONING",
+    "SUBPROTOCOL",
+    "TOKEN",
+    "TOOL_CALL",
+    "USAGE",
+]
 
 TOKEN: Final = 0  #: value: str, answer text
 REASONING: Final = 1  #: value: str, reasoning/thinking text, kept apart from the answer
@@ -21,3 +33,8 @@ MODEL: Final = 6  #: value: str, the model id the provider says answered
 KIND_NAMES: Final = ("token", "reasoning", "tool_call", "finish", "usage", "error", "model")
 
 Event = tuple[int, Any]
+
+# -- the WebSocket protocol v1 (server.ws, client) ------------------------------------------
+SUBPROTOCOL: Final = "tokenwire.v1"
+CLOSE_IDLE: Final = 4000  #: closed after idle_timeout with no application frame and no generation
+CLOSE_DRAIN: Final = 4001  #: the instance is restarting: reconnect (elsewhere) and resume
