@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..protocol.errors import GatewayError
+from ..protocol.events import CLOSE_DRAIN
 from ..protocol.frames import Attach, Chat
 from ..router import Route
 from ..server.relay import Registry, Run, conversation_key
@@ -319,8 +320,6 @@ class Cluster:
     # -- graceful drain -----------------------------------------------------------
     async def drain(self, gw: Gateway, deadline: float) -> None:
         """Send resumable clients elsewhere at once (4001); let every generation finish here."""
-        from ..server.ws import CLOSE_DRAIN
-
         gw.draining = True
         t_end = time.monotonic() + deadline
 
@@ -331,7 +330,7 @@ class Cluster:
                     [asyncio.ensure_future(w) for w in waits], timeout=max(0.0, t_end - time.monotonic())
                 )
             with contextlib.suppress(Exception):
-                await session.ws.close(code=CLOSE_DRAIN, message=b"restarting: reconnect and resume")
+                await session.close(CLOSE_DRAIN, b"restarting: reconnect and resume")
 
         await asyncio.gather(*(close(s) for s in list(gw.sessions)), return_exceptions=True)
         await gw.registry.shutdown(max(0.0, t_end - time.monotonic()))

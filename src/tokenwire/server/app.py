@@ -17,11 +17,12 @@ from .. import __version__
 from ..config import ConfigError, Settings
 from ..metrics import access_log_middleware, metrics_handler, setup_event_log
 from ..protocol.errors import GatewayError
+from ..protocol.events import CLOSE_DRAIN
 from .gateway import Gateway
 from .http_api import chat_completions, error_response, list_models
 from .poll import poll_events, poll_start
 from .relay import conversation_key
-from .ws import CLOSE_DRAIN, websocket_handler
+from .ws import websocket_handler
 
 __all__ = ["create_app", "run_server"]
 
@@ -162,7 +163,7 @@ async def drain(gw: Gateway, deadline: float) -> None:
     await gw.registry.shutdown(deadline)
     for session in list(gw.sessions):
         try:
-            await session.ws.close(code=CLOSE_DRAIN, message=b"restarting: reconnect and resume")
+            await session.close(CLOSE_DRAIN, b"restarting: reconnect and resume")
         except Exception:
             pass
 
