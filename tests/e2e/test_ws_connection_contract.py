@@ -11,6 +11,7 @@ assertions then fail, which is what an aiohttp upgrade that moved it would look 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
@@ -81,8 +82,8 @@ class Server:
         return raw, await self.accept()
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
+@contextlib.asynccontextmanager
+async def running_server() -> AsyncIterator[Server]:
     srv = Server()
     app = web.Application()
     app.router.add_get("/ws", srv.handler)
@@ -91,10 +92,18 @@ async def server() -> AsyncIterator[Server]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     srv.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield srv
-    for peer in srv.peers:
-        peer.done.set()
-    await runner.cleanup()
+    try:
+        yield srv
+    finally:
+        for peer in srv.peers:
+            peer.done.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with running_server() as srv:
+        yield srv
 
 
 def force(server: Server, path: str) -> None:
@@ -280,7 +289,7 @@ async def test_no_frame_can_follow_our_close(server: Server, path: str) -> None:
 
 
 @pytest.mark.parametrize("path", PATHS)
-async def test_no_frame_can_follow_the_close_aiohttp_sends_for_a_client(server: Server, path: str) -> None:
+async def test_no_frame_can_follow_aiohttp_s_answer_to_a_client_close(server: Server, path: str) -> None:
     force(server, path)
     raw, peer = await server.raw()
     conn = peer.connection()
@@ -354,3 +363,29 @@ async def test_slow_consumer_is_cut_by_a_real_cancel_on_either_path(server: Serv
     tail = seen[seen.rindex(b'"code":"slow_consumer"') :]
     assert b"t" * 1000 not in tail, "a generation frame followed the cut"
     raw.close()
+
+
+# -- the same contract on uvloop (the gateway's loop when installed: other transports) ---------------
+UVLOOP_CASES = {
+    "fast-path": (test_the_fast_path_is_on_for_a_real_websocket_response, {}),
+    **{f"frames-{p}": (test_frames_of_every_length_arrive_intact_at_a_real_client, {"path": p}) for p in PATHS},
+    **{f"headers-{p}": (test_frames_have_the_right_header_for_each_length, {"path": p}) for p in PATHS},
+    "uncork-backpressure": (test_uncork_reports_backpressure_like_write, {}),
+    **{f"our-close-{p}": (test_no_frame_can_follow_our_close, {"path": p}) for p in PATHS},
+    **{f"client-close-{p}": (test_no_frame_can_follow_aiohttp_s_answer_to_a_client_close, {"path": p}) for p in PATHS},
+    "drop": (test_drop_aborts_and_refuses_writes, {}),
+    **{f"slow-consumer-{p}": (test_slow_consumer_is_cut_by_a_real_cancel_on_either_path, {"path": p}) for p in PATHS},
+}
+
+
+@pytest.mark.parametrize("case", UVLOOP_CASES)
+def test_the_contract_holds_on_uvloop(case: str) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    test, kwargs = UVLOOP_CASES[case]
+
+    async def main() -> None:
+        async with running_server() as srv:
+            await test(srv, **kwargs)  # type: ignore[operator]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
