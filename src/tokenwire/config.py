@@ -145,7 +145,7 @@ class Settings:
     key_cache_ttl: float = 1.0
     #: concurrent sockets per key (0 = no limit)
     max_sockets_per_key: int = 256
-    #: replies in flight at once per key (or per IP without keys); 0 = no limit
+    #: replies in flight at once per key; 0 = no limit
     max_inflight_per_key: int = 64
     #: output tokens a reply without max_tokens holds of a key's budget or TPM (and may use)
     reserve_tokens: int = 16_384
@@ -153,6 +153,7 @@ class Settings:
     ip_rpm: int = 0
     ip_tpm: int = 0
     ip_max_sockets: int = 0
+    ip_max_inflight: int = 0
     #: frames a client may send per second on one socket (a burst of this many is allowed)
     max_frames_per_second: int = 200
     #: serve /metrics without a key even when keys exist (only where the scraper alone can reach it)

@@ -115,6 +115,8 @@ models = ["fast-*"]
             break
         seen = seen[-4096:] + chunk
     assert b'"code":"slow_consumer"' in seen and b'"reason":"slow_consumer"' in seen
+    # the cut is a real cancel that lands where the generation waited: not one token after the error
+    assert b'"type":"token"' not in seen[seen.rindex(b'"code":"slow_consumer"') :]
     assert time.monotonic() - t_stall < 25
     stalled.close()
     assert "Traceback" not in gw.text() and "sk-fast-upstream-key" not in gw.text()

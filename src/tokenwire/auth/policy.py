@@ -284,11 +284,12 @@ class AccessPolicy:
             rpm, tpm = record.rpm, record.tpm
         else:
             rpm, tpm = self.settings.ip_rpm, self.settings.ip_tpm
-        limit = self.settings.max_inflight_per_key
+        limit = self.settings.max_inflight_per_key if record is not None else self.settings.ip_max_inflight
         if limit and len(p.in_flight) >= limit:
+            setting = "max_inflight_per_key" if record is not None else "ip_max_inflight"
             raise GatewayError(
                 "rate_limited",
-                f"{p.label} already has {limit} replies in flight (max_inflight_per_key)",
+                f"{p.label} already has {limit} replies in flight ({setting})",
                 retryable=True,
                 extra={"id": chat.id, "retry_after": 1, "limit": "inflight"},
             )

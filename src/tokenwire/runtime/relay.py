@@ -156,17 +156,24 @@ class Run:
         else:
             self.gate.set()
 
-    def cancel(self, reason: str = "cancelled") -> None:
+    def cancel(self, reason: str = "cancelled") -> bool:
         """Stop now: the task is cancelled, which closes the upstream response at once.
 
         Once the generation is finishing (its reply being stored, ``end`` going out) there is
-        nothing left to stop, and a cancel then must not cut the bookkeeping short.
+        nothing left to stop, and a cancel then must not cut the bookkeeping short. True if
+        this call cancelled it (its ``end`` will give ``reason``).
+
+        It may be called from inside the run's own task (a socket writer cutting a slow
+        consumer while this task waits on its drain): the cancel then lands at the task's
+        next suspension, which the writer makes the wait it is in (server.connection).
         """
         if self.task is not None and not self.task.done() and self.cancel_reason is None and not self.finishing:
             self.cancel_reason = reason
             if self.upstream is not None:
                 self.upstream.close()
             self.task.cancel()
+            return True
+        return False
 
     def subscribe(self, sub: Subscriber) -> None:
         self.subs.append(sub)
@@ -213,7 +220,7 @@ class Run:
         return waits[0] if len(waits) == 1 else asyncio.gather(*waits)
 
     def _cork(self) -> list[Any] | None:
-        """Cork every subscriber's socket writer (see FrameWriter.cork); the corked ones."""
+        """Cork every subscriber's socket connection (see WSConnection.cork); the corked ones."""
         corked = None
         for sub in self.subs:
             writer = getattr(sub, "writer", None)

@@ -42,7 +42,7 @@ def claim(session: Any, text: str) -> AISDKSocket | None:
     if handler is None:
         if not proto.is_aisdk_frame(text):
             return None
-        handler = session.aisdk = AISDKSocket(session.gw, session.principal, session.writer, session.runs)
+        handler = session.aisdk = AISDKSocket(session.gw, session.principal, session.conn, session.runs)
     return handler
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from ..auth.policy import AccessPolicy
 from ..config import ConfigError, Settings
 from ..protocol.errors import GatewayError
+from ..protocol.events import CLOSE_DRAIN
 from ..runtime.gateway import Gateway, make_store
 from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key
@@ -33,7 +34,7 @@ from .liveness import Liveness
 from .metrics_http import access_log_middleware, metrics_handler
 from .poll import POLLS, poll_events, poll_start
 from .responses_api import cancel_response, create_response, get_response, responses_websocket
-from .ws import CLOSE_DRAIN, websocket_handler
+from .ws import websocket_handler
 
 __all__ = ["build_gateway", "create_app", "run_server"]
 
@@ -222,7 +223,7 @@ async def drain(gw: Gateway, deadline: float) -> None:
         if waits:
             await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=max(0.0, t_end - time.monotonic()))
         with contextlib.suppress(Exception):
-            await session.ws.close(code=CLOSE_DRAIN, message=b"restarting: reconnect and resume")
+            await session.close(CLOSE_DRAIN, b"restarting: reconnect and resume")
 
     await asyncio.gather(*(close(s) for s in list(gw.sessions)), return_exceptions=True)
     if gw.cluster is not None:

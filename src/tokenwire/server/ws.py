@@ -1,12 +1,17 @@
-"""The WebSocket endpoint: one :class:`Session` per socket, many generations per session."""
+"""The WebSocket endpoint: one :class:`Session` per socket, many generations per session.
+
+This is the I/O layer only: it reads frames from aiohttp, feeds them to the protocol v1
+machine (protocol.session.V1Session), carries out the actions it returns (starting
+generations through the gateway, writing through the socket's WSConnection), and tells
+the machine how they went. Everything written to the socket goes through
+``Session.conn`` (server.connection).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-import uuid
-from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
@@ -15,17 +20,19 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..dialects.openai_chat import ChunkEncoder
 from ..protocol import frames as fr
+from ..protocol import session as v1
 from ..protocol.errors import GatewayError
+from ..protocol.events import CLOSE_DRAIN, CLOSE_IDLE, SUBPROTOCOL
 from ..protocol.stream import id_prefix
 from ..runtime.relay import Run
 from . import aisdk_ws
+from .connection import WSConnection
 from .errors import error_response
-from .wsframe import FrameWriter
 
 if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
 
-__all__ = ["CLOSE_DRAIN", "CLOSE_IDLE", "Session", "websocket_handler"]
+__all__ = ["CLOSE_DRAIN", "CLOSE_IDLE", "SUBPROTOCOL", "Session", "websocket_handler"]
 
 log = logging.getLogger("tokenwire.ws")
 
@@ -33,10 +40,6 @@ TEXT = WSMsgType.TEXT
 BINARY = WSMsgType.BINARY
 PING = WSMsgType.PING
 PONG = WSMsgType.PONG
-CLOSE_IDLE = 4000  #: closed after idle_timeout with no application frame and no generation
-CLOSE_DRAIN = 4001  #: the instance is restarting: reconnect (elsewhere) and resume
-SUBPROTOCOL = "tokenwire.v1"
-_PONG = b'{"type":"pong"}'
 
 
 class SocketSubscriber:
@@ -44,11 +47,11 @@ class SocketSubscriber:
 
     __slots__ = ("pending", "prefix", "writer")
 
-    def __init__(self, writer: FrameWriter, id: str) -> None:
+    def __init__(self, writer: WSConnection, id: str) -> None:
         self.writer = writer
         self.prefix = id_prefix(id)
-        #: while an attach replays the log, live events wait here
-        self.pending: list[bytes] | None = None
+        #: while an attach replays the log, live events wait here (protocol.session.Replay)
+        self.pending: v1.Replay | None = None
 
     def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
         if self.pending is not None:
@@ -62,8 +65,8 @@ class OpenAISocketSubscriber:
 
     __slots__ = ("encode", "writer")
 
-    def __init__(self, writer: FrameWriter, stream_id: str, model: str) -> None:
-        self.writer = writer
+    def __init__(self, writer: WSConnection, stream_id: str, model: str) -> None:
+        self.writer = writer  # the relay corks it for bursts
         self.encode = ChunkEncoder(stream_id, model).encode
 
     def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
@@ -71,8 +74,11 @@ class OpenAISocketSubscriber:
         return None if data is None else self.writer.write(data)
 
 
+Handle = tuple[Run, Any]  #: what the machine holds for each generation: its run and this socket's subscriber
+
+
 class Session:
-    """One client socket: parses frames, starts and routes generations."""
+    """One client socket: reads its frames, carries out what the v1 machine decides."""
 
     def __init__(
         self,
@@ -82,68 +88,64 @@ class Session:
         transport: asyncio.Transport | None = None,
     ) -> None:
         self.gw = gw
-        self.ws = ws
-        self.transport = transport
+        self.ws = ws  #: read from only; every write goes through ``conn``
         self.last_seen = self.last_frame = time.monotonic()
         self.pinged = False
         self.closing = False
         self._closer: asyncio.Task[None] | None = None
         self.principal = principal
-        self.runs: dict[str, tuple[Run, Any]] = {}  # generation id -> (run, subscriber)
-        self.ended_ids: deque[str] = deque(maxlen=256)
-        self.paused = False
-        self.next_id = 0
-        self.conversation_id: str | None = None  # the socket's own, for "content" frames
-        self.writer = FrameWriter(ws, gw.settings.slow_consumer_timeout, self._slow_consumer)
+        settings = gw.settings
+        self.v1: v1.V1Session[Handle] = v1.V1Session(gw.limits, settings.max_generations_per_socket)
+        self.conn = WSConnection(
+            ws, transport, slow_consumer_timeout=settings.slow_consumer_timeout, on_slow_consumer=self._slow_consumer
+        )
 
-    def _slow_consumer(self) -> bool:
+    @property
+    def runs(self) -> dict[str, Handle]:
+        """Generation id -> (run, subscriber), while it runs on this socket."""
+        return self.v1.runs
+
+    def _slow_consumer(self) -> None:
         """The client stopped reading: cut its generations (others' sockets are not touched).
 
-        Returns True if the calling task is one of them (the writer then cancels it in place).
+        Each one is really cancelled (``Run.cancel``); its ``end`` then says ``slow_consumer``,
+        after the error frame written here.
         """
-        log.info("cutting %d generation(s): client not reading (slow_consumer)", len(self.runs))
+        cut = self.v1.cut("slow_consumer")
+        log.info("cutting %d generation(s): client not reading (slow_consumer)", len(cut))
         stall = self.gw.settings.slow_consumer_timeout
-        current = asyncio.current_task()
-        in_place = False
-        for id, (run, _) in list(self.runs.items()):
+        for action in cut:
+            run, _ = action.handle
+            if not run.cancel(action.reason):
+                continue  # finishing already: its end is on its way
             err = GatewayError(
                 "slow_consumer",
                 f"the client read nothing for {stall:g} s while its send buffer was full; generation cancelled",
             )
             try:
-                self.writer.write(orjson.dumps(err.to_event(id)))
+                self.conn.post(orjson.dumps(err.to_event(action.id)))
             except (ConnectionError, RuntimeError):
                 pass
-            if run.task is current and run.cancel_reason is None:
-                run.cancel_reason = "slow_consumer"
-                in_place = True
-            else:
-                run.cancel("slow_consumer")
-        return in_place
 
-    async def send_json(self, obj: dict[str, Any]) -> None:
-        if not self.ws.closed:
-            await self.ws.send_frame(orjson.dumps(obj), TEXT)
-
-    async def send_error(self, err: GatewayError, id: str | None = None) -> None:
+    async def send_error(self, err: GatewayError, id: str | None = None, limit: str | None = None) -> None:
+        if limit is not None:
+            self.gw.metrics.reject(limit)
         self.gw.metrics.client_error(err.code)
-        event = err.to_event(id)
         try:
-            await self.send_json(event)
+            await self.conn.send(orjson.dumps(err.to_event(id)))
         except (ConnectionError, RuntimeError):
             pass
 
     # -- liveness (driven by server.liveness.Liveness, one task for every socket) --
     def busy(self) -> bool:
-        return bool(self.runs)
+        return self.v1.busy()
 
     def ping(self) -> None:
-        self.writer.ping()
+        self.conn.ping()
 
     def drop(self) -> None:
         log.info("dropping a socket silent for two ping intervals")
-        if self.transport is not None:
-            self.transport.abort()
+        self.conn.drop()
 
     def close_idle(self) -> None:
         if not self.closing:
@@ -153,11 +155,16 @@ class Session:
 
     async def _close_idle(self, decided: float) -> None:
         await asyncio.sleep(0)  # a frame read in the same loop pass as the sweep wins
-        if self.runs or self.last_frame > decided - self.gw.settings.idle_timeout:
+        if self.v1.busy() or self.last_frame > decided - self.gw.settings.idle_timeout:
             self.closing = False
             return
-        await self.ws.close(code=CLOSE_IDLE, message=b"idle timeout")
+        await self.conn.close(CLOSE_IDLE, b"idle timeout")
 
+    async def close(self, code: int, message: bytes = b"") -> None:
+        """The close handshake (a drain's 4001): nothing is written after it."""
+        await self.conn.close(code, message)
+
+    # -- reading --------------------------------------------------------------
     async def serve(self) -> None:
         ws = self.ws
         gw = self.gw
@@ -179,16 +186,13 @@ class Session:
                 if mtype is TEXT:
                     await self.handle(msg.data)
                 elif mtype is PING:
-                    await ws.pong(msg.data)
+                    wait = self.conn.pong(msg.data)
+                    if wait is not None:
+                        await wait
                 elif mtype is PONG:
                     continue
                 elif mtype is BINARY:
-                    await self.send_error(
-                        GatewayError(
-                            "unsupported_frame",
-                            "binary frames are not supported; send JSON in text frames",
-                        )
-                    )
+                    await self.execute(self.v1.binary())
                 elif mtype in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                     break
                 elif mtype is WSMsgType.ERROR:
@@ -201,9 +205,8 @@ class Session:
             self.detach_all()
 
     def detach_all(self) -> None:
-        for run, sub in list(self.runs.values()):
+        for run, sub in self.v1.clear():
             run.unsubscribe(sub)
-        self.runs.clear()
 
     async def handle(self, text: str) -> None:
         # --- the AI SDK's WebSocketChatTransport (server/aisdk_ws.py): told by its frames' "requestId" ---
@@ -211,24 +214,8 @@ class Session:
         if aisdk is not None:
             return await aisdk.handle(text)
         # --- end of the AI SDK hook ---
-        gw = self.gw
         try:
-            req = fr.parse_frame(text, gw.limits, self.next_id)
-            if isinstance(req, fr.Chat):
-                self.next_id += 1
-                await self.chat(req)
-            elif isinstance(req, fr.Ping):
-                await self.ws.send_frame(
-                    _PONG if req.data is None else orjson.dumps({"type": "pong", "data": req.data}),
-                    TEXT,
-                )
-            elif isinstance(req, fr.Cancel):
-                self.cancel(req.id)
-            elif isinstance(req, fr.Pause | fr.Resume):
-                self.pause(req.id, isinstance(req, fr.Pause))
-            elif isinstance(req, fr.Attach):
-                self.next_id += 1
-                await self.attach(req)
+            await self.execute(self.v1.receive(text))
         except GatewayError as err:
             await self.send_error(err, err.extra.pop("id", None))
         except (ConnectionError, RuntimeError):
@@ -237,48 +224,50 @@ class Session:
             log.exception("frame handling failed")
             await self.send_error(GatewayError("internal_error", f"internal error ({type(exc).__name__})"))
 
-    async def chat(self, chat: fr.Chat) -> None:
-        gw = self.gw
-        if chat.id in self.runs:
-            raise GatewayError(
-                "duplicate_id",
-                f'generation "{chat.id}" is still running on this socket; use a new id',
-                extra={"id": chat.id},
-            )
-        limit = gw.settings.max_generations_per_socket
-        if len(self.runs) >= limit:
-            gw.metrics.reject("generations_per_socket")
-            raise GatewayError(
-                "rate_limited",
-                f"{limit} generations are already running on this socket",
-                retryable=True,
-                extra={"id": chat.id, "retry_after": 1},
-            )
-        conversation_id = chat.conversation_id
-        if conversation_id is None and chat.content is not None:
-            if self.conversation_id is None:
-                self.conversation_id = "c_" + uuid.uuid4().hex
-            conversation_id = self.conversation_id
-        resumable = chat.dialect == "v1" and bool(chat.stream_id)
-        run = await gw.start_chat(self.principal, chat, conversation_id=conversation_id, resumable=resumable)
+    # -- carrying out the machine's actions --------------------------------------
+    async def execute(self, actions: list[v1.Action]) -> None:
+        for action in actions:
+            if isinstance(action, v1.StartChat):
+                await self.start_chat(action)
+            elif isinstance(action, v1.SendError):
+                await self.send_error(action.err, action.id, action.limit)
+            elif isinstance(action, v1.SendPong):
+                await self.conn.send(action.payload)
+            elif isinstance(action, v1.Cancel):
+                action.handle[0].cancel(action.reason)
+            elif isinstance(action, v1.SetPause):
+                _set_pause(action)
+            elif isinstance(action, v1.Attach):
+                await self.attach(action.req)
+
+    async def begin(self, chat: fr.Chat, conversation_id: str | None, resumable: bool) -> Run:
+        """The one chat path: the gateway resolves, admits and starts the run."""
+        return await self.gw.start_chat(self.principal, chat, conversation_id=conversation_id, resumable=resumable)
+
+    async def start_chat(self, action: v1.StartChat) -> None:
+        chat = action.chat
+        try:
+            run = await self.begin(chat, action.conversation_id, action.resumable)
+        except BaseException:
+            self.v1.failed(chat.id)
+            raise
         sub: Any
         if chat.dialect == "openai":
-            sub = OpenAISocketSubscriber(self.writer, run.gen.stream_id, run.route.model)
+            sub = OpenAISocketSubscriber(self.conn, run.gen.stream_id, run.route.model)
         else:
-            sub = SocketSubscriber(self.writer, chat.id)
-        self._track(chat.id, run, sub)
+            sub = SocketSubscriber(self.conn, chat.id)
+        handle = (run, sub)
+        self._track(chat.id, handle, self.v1.started(chat.id, handle))
 
-    def _track(self, id: str, run: Run, sub: Any) -> None:
+    def _track(self, id: str, handle: Handle, actions: list[v1.Action]) -> None:
+        run, sub = handle
         run.subscribe(sub)
-        self.runs[id] = (run, sub)
-        if self.paused:
-            run.set_paused(by_socket=True)
+        for action in actions:  # the socket-wide pause
+            if isinstance(action, v1.SetPause):
+                _set_pause(action)
 
         def done(_: Any) -> None:
-            entry = self.runs.get(id)
-            if entry is not None and entry[0] is run:
-                del self.runs[id]
-                self.ended_ids.append(id)
+            if self.v1.ended(id, handle):
                 self.last_frame = time.monotonic()  # idle counts from the end of the last reply
 
         asyncio.get_running_loop().create_task(self._wait_end(run, done))
@@ -288,56 +277,49 @@ class Session:
         await run.ended.wait()
         done(None)
 
-    def cancel(self, id: str) -> None:
-        entry = self.runs.get(id)
-        if entry is None:
-            if id in self.ended_ids:
-                return  # raced with its end: nothing to do
-            raise GatewayError("not_found", f'no generation "{id}" on this socket', extra={"id": id})
-        entry[0].cancel("cancelled")
-
-    def pause(self, id: str | None, paused: bool) -> None:
-        if id is None:
-            self.paused = paused
-            for run, _ in self.runs.values():
-                run.set_paused(by_socket=paused)
-            return
-        entry = self.runs.get(id)
-        if entry is None:
-            if id in self.ended_ids:
-                return
-            raise GatewayError("not_found", f'no generation "{id}" on this socket', extra={"id": id})
-        entry[0].set_paused(self_=paused)
-
     async def attach(self, req: fr.Attach) -> None:
-        gw = self.gw
-        if req.id in self.runs:
-            raise GatewayError("duplicate_id", f'generation "{req.id}" is already attached', extra={"id": req.id})
-        run = await gw.find_stream(self.principal, req)
         try:
-            replay = run.gen.after(req.last_seq)
+            run, log_ = await self._find(req)
+        except BaseException:
+            self.v1.failed(req.id)
+            raise
+        sub = SocketSubscriber(self.conn, req.id)
+        self.gw.registry.stats["resumes"] += 1
+        if run.gen.ended:
+            self.v1.failed(req.id)  # nothing runs on this socket: the log is all there is
+            await self._write_all(sub.prefix, log_)
+            return
+        handle = (run, sub)
+        replay, actions = self.v1.attached(req.id, handle, log_)
+        sub.pending = replay  # live events wait behind the log
+        self._track(req.id, handle, actions)
+        while batch := replay.take():
+            await self._write_all(sub.prefix, batch)
+        sub.pending = None  # in the same step as the empty take(): live from here
+
+    async def _find(self, req: fr.Attach) -> tuple[Run, list[bytes]]:
+        """The stream to attach to, if this client may, and its events after ``last_seq``."""
+        run = await self.gw.find_stream(self.principal, req)
+        try:
+            return run, run.gen.after(req.last_seq)
         except GatewayError as err:
             err.extra["id"] = req.id
             raise
-        sub = SocketSubscriber(self.writer, req.id)
-        gw.registry.stats["resumes"] += 1
-        if run.gen.ended:
-            await self._write_all(sub.prefix, replay)
-            return
-        sub.pending = []
-        self._track(req.id, run, sub)
-        await self._write_all(sub.prefix, replay)
-        while sub.pending:
-            batch, sub.pending = sub.pending, []
-            await self._write_all(sub.prefix, batch)
-        sub.pending = None
 
     async def _write_all(self, prefix: bytes, rests: list[bytes]) -> None:
-        write = self.writer.write
+        write = self.conn.write
         for rest in rests:
             wait = write(prefix + rest)
             if wait is not None:
                 await wait
+
+
+def _set_pause(action: v1.SetPause) -> None:
+    run = action.handle[0]
+    if action.by_socket:
+        run.set_paused(by_socket=action.paused)
+    else:
+        run.set_paused(self_=action.paused)
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -364,6 +346,5 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await session.serve()
     finally:
         gw.sessions.discard(session)
-        if not ws.closed:
-            await ws.close(code=WSCloseCode.OK)
+        await session.conn.close(WSCloseCode.OK)
     return ws
