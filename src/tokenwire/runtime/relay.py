@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..catalog import price
-from ..protocol import events as ev
 from ..protocol.errors import GatewayError
+from ..protocol.events import END, ERROR, FINISH, MODEL, REASONING, START, TOKEN, TOOL_CALL, USAGE
 from ..protocol.frames import Chat
 from ..protocol.stream import CANCELLED, COMPLETED, FAILED, Generation
 from ..simulate.reply import estimate_tokens
@@ -29,21 +29,12 @@ from .routing import Route
 from .routing.plan import open_stream
 from .summary import RunSummary
 
-__all__ = ["END", "START", "Registry", "Run", "Subscriber", "conversation_key", "sane_usage"]
+__all__ = ["Registry", "Run", "Subscriber", "conversation_key", "sane_usage"]
 
 log = logging.getLogger("tokenwire.relay")
 
 READ_TIMEOUT = "upstream_timeout"  #: the cancel reason the read watchdog gives
 
-START = ev.START
-END = ev.END
-TOKEN = ev.TOKEN
-REASONING = ev.REASONING
-TOOL_CALL = ev.TOOL_CALL
-FINISH = ev.FINISH
-USAGE = ev.USAGE
-ERROR = ev.ERROR
-MODEL = ev.MODEL
 
 
 def conversation_key(conversation_id: str | None, owner: Any) -> str | None:
