@@ -36,7 +36,6 @@ log = logging.getLogger("tokenwire.relay")
 READ_TIMEOUT = "upstream_timeout"  #: the cancel reason the read watchdog gives
 
 
-
 def conversation_key(conversation_id: str | None, owner: Any) -> str | None:
     """Where a conversation is stored: under the id of the API key that uses it.
 

@@ -176,6 +176,9 @@ class UIStreamResponder(SSEResponder):
             self.gone.set()
             raise
 
+    def _lost(self) -> None:
+        self.gone.set()
+
     async def write(self, data: bytes | None) -> None:
         if data:
             await self._write(data)
