@@ -29,7 +29,7 @@ from .routing import Route
 from .routing.plan import open_stream
 from .summary import RunSummary
 
-__all__ = ["END", "START", "Registry", "Run", "Subscriber", "conversation_key", "sane_usage"]
+__all__ = ["END", "START", "Registry", "Run", "Subscriber", "conversation_key", "sane_usage", "stream_key"]
 
 log = logging.getLogger("tokenwire.relay")
 
@@ -59,6 +59,17 @@ def conversation_key(conversation_id: str | None, owner: Any) -> str | None:
     return f"k/{key_id}/{conversation_id}" if key_id else conversation_id
 
 
+def stream_key(stream_id: str, owner: Any) -> str:
+    """Where a generation is registered (locally and in Redis): under the id of its API key.
+
+    So one key's stream ids never collide with, block or reveal another key's: the same
+    ``stream_id`` chosen by two keys names two generations. The client only ever sees its own
+    id. Without keys (open mode) the id is used as given.
+    """
+    key_id = getattr(owner, "key_id", None)
+    return f"k/{key_id}/{stream_id}" if key_id else stream_id
+
+
 class Subscriber(Protocol):
     """Something that watches a generation: a socket, an SSE response, a collector."""
 
@@ -85,6 +96,7 @@ class Run:
         "finishing",
         "gate",
         "gen",
+        "key",
         "on_end",
         "paused_by_socket",
         "paused_self",
@@ -113,6 +125,8 @@ class Run:
         self.chat = chat
         self.route = route
         self.gen = Generation(stream_id)
+        #: where it is registered: the stream id scoped by its API key (see stream_key)
+        self.key = stream_key(stream_id, chat.owner)
         self.conversation_id = conversation_id
         self.resumable = resumable
         self.subs: list[Subscriber] = []
@@ -527,7 +541,7 @@ class _ReplyCapped(Exception):
 
 
 class Registry:
-    """Every generation this process runs or retains for resume, by stream id."""
+    """Every generation this process runs or retains for resume, by key-scoped stream id (stream_key)."""
 
     #: a reply is cut here when the request named no max_tokens (Settings.max_output_tokens)
     max_output_tokens = 1_000_000
@@ -555,7 +569,7 @@ class Registry:
     async def begin(self, chat: Chat, route: Route, conversation_id: str | None, resumable: bool) -> Run:
         """Prepare the prompt (loading and storing history) and start the task."""
         stream_id = chat.stream_id or self.new_stream_id()
-        if stream_id in self.runs:
+        if stream_key(stream_id, chat.owner) in self.runs:
             raise GatewayError("duplicate_id", f"stream_id {stream_id} is already in use", extra={"id": chat.id})
         public_id, conversation_id = conversation_id, conversation_key(conversation_id, chat.owner)
         if conversation_id is not None and conversation_id in self.busy_conversations:
@@ -566,7 +580,7 @@ class Registry:
                 extra={"id": chat.id},
             )
         run = Run(self, chat, route, stream_id, conversation_id, resumable)
-        self.runs[stream_id] = run
+        self.runs[run.key] = run
         if conversation_id is not None:
             self.busy_conversations.add(conversation_id)
         try:
@@ -680,8 +694,8 @@ class Registry:
             self._forget(run)
 
     def _forget(self, run: Run) -> None:
-        if self.runs.get(run.gen.stream_id) is run:
-            del self.runs[run.gen.stream_id]
+        if self.runs.get(run.key) is run:
+            del self.runs[run.key]
         if run.conversation_id is not None and not run.ended.is_set():
             self.busy_conversations.discard(run.conversation_id)
 
@@ -694,8 +708,12 @@ class Registry:
 
         asyncio.get_running_loop().call_later(self.retention, check)
 
-    def get(self, stream_id: str) -> Run | None:
-        return self.runs.get(stream_id)
+    def get(self, stream_id: str, principal: Any = None) -> Run | None:
+        """``principal``'s generation ``stream_id`` (or an open-mode one, which anyone may follow)."""
+        run = self.runs.get(stream_key(stream_id, principal))
+        if run is None and getattr(principal, "key_id", None):
+            run = self.runs.get(stream_id)  # started before keys existed
+        return run
 
     async def shutdown(self, deadline: float) -> None:
         """Let generations finish until ``deadline`` seconds, then cancel the rest."""
