@@ -129,6 +129,8 @@ class Gateway:
             registry if registry is not None else Registry(self.store, settings.resume_retention, settings.read_timeout)
         )
         self.registry.max_output_tokens = settings.max_output_tokens
+        self.registry.max_history_messages = settings.max_history_messages
+        self.registry.max_history_bytes = settings.max_history_bytes
         self.access: Admission = access if access is not None else OpenAdmission()
         #: with ``redis_url``: shared conversations, cross-instance resume, cancel routing
         self.cluster = cluster

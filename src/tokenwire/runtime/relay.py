@@ -25,6 +25,7 @@ from ..protocol.stream import CANCELLED, COMPLETED, FAILED, Generation
 from ..simulate.reply import estimate_tokens
 from ..store.base import ConversationStore
 from ..upstream.base import ChatCall, UpstreamStream
+from .history import fit_history
 from .routing import Route
 from .routing.plan import open_stream
 from .summary import RunSummary
@@ -545,6 +546,9 @@ class Registry:
 
     #: a reply is cut here when the request named no max_tokens (Settings.max_output_tokens)
     max_output_tokens = 1_000_000
+    #: Settings.max_history_messages / max_history_bytes (runtime.history.fit_history)
+    max_history_messages = 0
+    max_history_bytes = 0
 
     def __init__(
         self,
@@ -584,7 +588,7 @@ class Registry:
         if conversation_id is not None:
             self.busy_conversations.add(conversation_id)
         try:
-            messages, run.turn = await self._prompt(chat, conversation_id)
+            messages, run.turn = await self._prompt(chat, conversation_id, route)
         except BaseException:
             self._forget(run)
             raise
@@ -628,7 +632,7 @@ class Registry:
                 run.cancel(READ_TIMEOUT)
 
     async def _prompt(
-        self, chat: Chat, conversation_id: str | None
+        self, chat: Chat, conversation_id: str | None, route: Route | None = None
     ) -> tuple[list[dict[str, Any]], tuple[list[dict[str, Any]], str | None] | None]:
         """The messages to send upstream, and what to store once the reply has ended."""
         new = chat.messages if chat.messages is not None else [{"role": "user", "content": chat.content}]
@@ -655,7 +659,23 @@ class Registry:
         if system is not None:
             past = [m for m in past if m["role"] != "system"]
             past.insert(0, {"role": "system", "content": system})
-        return past + list(new), (list(new), system)
+        window = 0
+        info = route.info if route is not None else None
+        if info is not None and info.context_window:
+            asked = chat.params.get("max_tokens") or chat.params.get("max_completion_tokens") or 0
+            window = max(1, info.context_window - int(asked))
+        try:
+            messages = fit_history(
+                past,
+                list(new),
+                max_messages=self.max_history_messages,
+                max_bytes=self.max_history_bytes,
+                max_tokens=window,
+            )
+        except GatewayError as err:
+            err.extra.setdefault("id", chat.id)
+            raise
+        return messages, (list(new), system)
 
     async def commit_reply(self, run: Run, status: str) -> None:
         """Store the turn with its reply, then free the conversation (before ``end`` goes out).
