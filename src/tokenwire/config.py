@@ -103,6 +103,10 @@ class Settings:
     redis_flush_ms: float = 10.0
     max_frame_bytes: int = 1024 * 1024
     max_messages: int = 1000
+    #: a stored conversation sends at most its newest turns that fit in these (and in the model's
+    #: context window); the oldest go first, never the system prompt (0: no cap)
+    max_history_messages: int = 200
+    max_history_bytes: int = 1_000_000
     #: the largest max_tokens a request may ask for; a reply is also cut there if a provider ignores it
     max_output_tokens: int = 1_000_000
     max_generations_per_socket: int = 32

@@ -222,7 +222,11 @@ async def test_only_the_key_that_started_a_stream_may_resume_it(keyed) -> None:
     async with await WS.connect(keyed.ws, headers=bob) as other:
         await other.send({"type": "attach", "id": "x", "stream_id": "s_resume_me_1", "last_seq": 0})
         err = await other.recv()
-        assert err["type"] == "error" and err["code"] == "forbidden" and err["id"] == "x"
+        # exactly the answer for an id that does not exist: nothing tells bob the id is taken
+        assert err["type"] == "error" and err["code"] == "stream_expired" and err["id"] == "x"
+        await other.send({"type": "attach", "id": "y", "stream_id": "s_never_started", "last_seq": 0})
+        unknown = await other.recv()
+        assert err["message"] == unknown["message"].replace("s_never_started", "s_resume_me_1"), (err, unknown)
     async with await WS.connect(keyed.ws, headers=alice) as same:
         await same.send({"type": "attach", "id": "x", "stream_id": "s_resume_me_1", "last_seq": 0})
         events = await same.until_end("x")

@@ -48,6 +48,24 @@ def _open(args: argparse.Namespace) -> KeyStore:
     return open_key_store(settings.db_path)
 
 
+def _note_unpriced(args: argparse.Namespace) -> None:
+    """One line on stderr naming the served models a budgeted key will be refused (no price)."""
+    from ..runtime.routing import Router
+    from ..upstream.http import SharedSession
+    from .policy import unpriced_models
+
+    try:
+        settings = load_settings(getattr(args, "config", None), overrides={"db_path": getattr(args, "db", None)})
+        names = unpriced_models(Router(settings, SharedSession(settings.connect_timeout)).models())
+    except Exception:
+        return
+    if names:
+        print(
+            f"note: these served models have no price, so this budgeted key is refused them: {', '.join(names[:20])}",
+            file=sys.stderr,
+        )
+
+
 def _positive(name: str, value: float | None) -> None:
     if value is not None and value <= 0:
         print(f"tokenwire: --{name} must be positive", file=sys.stderr)
@@ -88,6 +106,8 @@ async def _keys(args: argparse.Namespace) -> int:
                     f"created key {record.id} ({args.name}); this is the only time it is shown — store it now",
                     file=sys.stderr,
                 )
+            if args.budget_usd is not None:
+                _note_unpriced(args)
             return 0
         if args.keys_command == "list":
             records = await store.list()

@@ -244,6 +244,12 @@ class SQLiteKeyStore:
             r.revoked = now
         return found
 
+    def _budgeted(self) -> int:
+        """How many active keys have a budget."""
+        assert self._db is not None
+        sql = "SELECT COUNT(*) FROM api_keys WHERE budget_usd IS NOT NULL AND revoked IS NULL"
+        return int(self._db.execute(sql).fetchone()[0])
+
     def _has_keys(self) -> bool:
         assert self._db is not None
         return self._db.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None

@@ -451,6 +451,30 @@ class AccessPolicy:
         await self.ledger.aclose()
 
 
+def unpriced_models(models: list[dict[str, Any]]) -> list[str]:
+    """The served models (``Router.models()`` entries) with no price: a budgeted key is refused them."""
+    return [m["id"] for m in models if "pricing" not in m and not str(m["id"]).endswith("*")]
+
+
+def warn_unpriced(gw: Any) -> None:
+    """One start-up log line when keys with budgets exist and some served models have no price."""
+    access = gw.access
+    if not isinstance(access, AccessPolicy) or not isinstance(access.store, SQLiteKeyStore):
+        return
+    try:
+        budgeted = access.store.call(access.store._budgeted)
+    except Exception:
+        return
+    names = unpriced_models(gw.router.models()) if budgeted else []
+    if names:
+        log.warning(
+            "%d key(s) have a budget, and these served models have no price, so those keys are refused them: %s "
+            "(set [models.NAME] input_per_mtok and output_per_mtok)",
+            budgeted,
+            ", ".join(names[:20]),
+        )
+
+
 def _limited(chat: Chat, why: str, wait: float, limit: str = "rpm") -> GatewayError:
     return GatewayError(
         "rate_limited",

@@ -31,7 +31,7 @@ import orjson
 
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach, Chat
-from ..runtime.relay import Registry, Run, conversation_key
+from ..runtime.relay import Registry, Run, conversation_key, stream_key
 from ..runtime.routing import Route
 from ..store.redis import FAULTS, RedisConversationStore, raise_if_cancelled, stop_tasks
 from .remote import RemoteRun
@@ -92,14 +92,14 @@ class ClusterRegistry(Registry):
                 # the API key that started it: only that key may attach, on any instance
                 key_id = getattr(getattr(chat, "owner", None), "key_id", None)
                 meta_value = orjson.dumps({"epoch": epoch.decode(), "owner": c.instance, "key_id": key_id})
-                meta_key = c.shipper.key(stream_id) + ":m"
+                meta_key = c.shipper.key(stream_key(stream_id, chat.owner)) + ":m"  # scoped per API key
                 fresh = await link.call(r.set(meta_key, meta_value, nx=True, ex=600), "reserving the stream id")
                 if not fresh:
                     raise GatewayError("duplicate_id", f"stream_id {stream_id} is already in use")
                 meta = (meta_key, epoch, meta_value)
             if conversation_id is not None:
                 lock_key = f"{c.prefix}:busy:{conversation_key(conversation_id, chat.owner)}"
-                token = f"{c.instance}:{stream_id}"
+                token = f"{c.instance}:{stream_key(stream_id, chat.owner)}"
                 got = await link.call(r.set(lock_key, token, nx=True, px=LOCK_MS), "locking the conversation")
                 if not got:
                     raise GatewayError(
@@ -119,7 +119,7 @@ class ClusterRegistry(Registry):
                 exc.extra["id"] = chat.id
             raise
         if lock is not None:
-            self.locks[run.gen.stream_id] = lock
+            self.locks[run.key] = lock
         if meta is not None:
             c.shipper.add(run, meta[1], meta[2])
         return run
@@ -134,12 +134,12 @@ class ClusterRegistry(Registry):
     async def commit_reply(self, run: Run, status: str) -> None:
         """The reply is stored; free the conversation on every instance before ``end`` goes out."""
         await super().commit_reply(run, status)
-        lock = self.locks.pop(run.gen.stream_id, None)
+        lock = self.locks.pop(run.key, None)
         if lock is not None:
             await self._release(*lock)
 
     async def finished(self, run: Run) -> None:
-        lock = self.locks.pop(run.gen.stream_id, None)
+        lock = self.locks.pop(run.key, None)
         if lock is not None:
             await self._release(*lock)
         await super().finished(run)
@@ -207,9 +207,10 @@ class Cluster:
         return f"{self.prefix}:ctl:{instance}"
 
     def send_control(
-        self, op: str, stream_id: str, owner: str, *, settled: Callable[[], bool] | None = None, **args: Any
+        self, op: str, key: str, owner: str, *, settled: Callable[[], bool] | None = None, **args: Any
     ) -> None:
-        """Publish a control message for ``owner``, the instance running ``stream_id``.
+        """Publish a control message for ``owner``, the instance running the generation ``key``
+        (its registry key, relay.stream_key).
 
         A ``cancel`` is retried (backing off, for up to CANCEL_RETRY_S) while Redis is
         unreachable or no instance is subscribed yet (the owner re-subscribing after a Redis
@@ -217,8 +218,8 @@ class Cluster:
         generation run, and bill, to its end. Pause and resume are sent once: retrying them
         could reorder them.
         """
-        msg = orjson.dumps({"op": op, "sid": stream_id, **args})
-        run = self.registry.get(stream_id)
+        msg = orjson.dumps({"op": op, "sid": key, **args})
+        run = self.registry.runs.get(key)
         if run is not None:  # it is ours after all
             self._apply(orjson.loads(msg))
             return
@@ -231,7 +232,7 @@ class Cluster:
                     n = await self.link.call(self.link.redis.publish(self.control_channel(owner), msg), f"sending {op}")
                     if n:
                         return
-                    problem = f"{op} for stream {stream_id} did not reach instance {owner}"
+                    problem = f"{op} for stream {key} did not reach instance {owner}"
                 except GatewayError as err:
                     problem = err.message
                 if (settled is not None and settled()) or time.monotonic() + delay > give_up:
@@ -272,7 +273,7 @@ class Cluster:
             delay = min(1.0, delay * 2)
 
     def _apply(self, msg: dict[str, Any]) -> None:
-        run = self.registry.get(msg.get("sid", ""))
+        run = self.registry.runs.get(msg.get("sid", ""))
         if run is None:
             return
         op = msg.get("op")
@@ -282,30 +283,31 @@ class Cluster:
         elif op == "pause":
             run.set_paused(by_socket=msg.get("by_socket"), self_=msg.get("self_"))
         elif op == "watch":
-            watcher = self.watchers.get(run.gen.stream_id)
+            watcher = self.watchers.get(run.key)
             if watcher is None:
-                watcher = self.watchers[run.gen.stream_id] = _RemoteWatcher()
+                watcher = self.watchers[run.key] = _RemoteWatcher()
                 run.subscribe(watcher)
             watcher.count += 1
         elif op == "unwatch":
-            watcher = self.watchers.get(run.gen.stream_id)
+            watcher = self.watchers.get(run.key)
             if watcher is not None:
                 watcher.count -= 1
                 if watcher.count <= 0:
-                    del self.watchers[run.gen.stream_id]
+                    del self.watchers[run.key]
                     run.unsubscribe(watcher)
 
     # -- attach to another instance's generation ---------------------------------------
-    async def attach_remote(self, req: Attach) -> RemoteRun | None:
+    async def attach_remote(self, req: Attach, key: str) -> RemoteRun | None:
+        """Another instance's generation registered as ``key`` (relay.stream_key), or None."""
         link = self.link
-        meta_key = self.shipper.key(req.stream_id) + ":m"
+        meta_key = self.shipper.key(key) + ":m"
         try:
             raw = await link.call(link.redis.get(meta_key), f"looking up stream {req.stream_id}")
             if raw is None:
                 return None
             meta = orjson.loads(raw)
             remote = RemoteRun(
-                self, req.stream_id, meta["epoch"].encode(), meta["owner"], req.last_seq, meta.get("end")
+                self, req.stream_id, meta["epoch"].encode(), meta["owner"], req.last_seq, meta.get("end"), key
             )
             remote.owner_key = meta.get("key_id")
             await remote.load(req.last_seq)

@@ -46,11 +46,21 @@ class RemoteRun:
     conversation_id = None
 
     def __init__(
-        self, cluster: Cluster, stream_id: str, epoch: bytes, owner: str, last_seq: int, end: int | None = None
+        self,
+        cluster: Cluster,
+        stream_id: str,
+        epoch: bytes,
+        owner: str,
+        last_seq: int,
+        end: int | None = None,
+        rkey: str | None = None,
     ) -> None:
         self.cluster = cluster
         self.end = end  #: the end's seq, if the owner had shipped it when we looked
-        self.key = cluster.shipper.key(stream_id)
+        #: the registry key of the generation (its stream id scoped by its API key, relay.stream_key):
+        #: what its Redis keys and the control messages to its owner name
+        self.rkey = rkey or stream_id
+        self.key = cluster.shipper.key(self.rkey)
         self.epoch = epoch
         self.owner = owner
         self.owner_key: str | None = None  #: the id of the API key that started the generation, if any
@@ -134,7 +144,7 @@ class RemoteRun:
             self.task = asyncio.get_running_loop().create_task(self._follow())
         if not self.watching:
             self.watching = True
-            self.cluster.send_control("watch", self.gen.stream_id, self.owner)
+            self.cluster.send_control("watch", self.rkey, self.owner)
 
     def unsubscribe(self, sub: Any) -> None:
         with contextlib.suppress(ValueError):
@@ -145,16 +155,16 @@ class RemoteRun:
     def _stop(self) -> None:
         if self.watching:
             self.watching = False
-            self.cluster.send_control("unwatch", self.gen.stream_id, self.owner)
+            self.cluster.send_control("unwatch", self.rkey, self.owner)
         if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
             self.task.cancel()
 
     def cancel(self, reason: str = "cancelled") -> None:
         gen = self.gen
-        self.cluster.send_control("cancel", gen.stream_id, self.owner, settled=lambda: gen.ended, reason=reason)
+        self.cluster.send_control("cancel", self.rkey, self.owner, settled=lambda: gen.ended, reason=reason)
 
     def set_paused(self, *, by_socket: bool | None = None, self_: bool | None = None) -> None:
-        self.cluster.send_control("pause", self.gen.stream_id, self.owner, by_socket=by_socket, self_=self_)
+        self.cluster.send_control("pause", self.rkey, self.owner, by_socket=by_socket, self_=self_)
 
     # -- the live tail ----------------------------------------------------------
     async def _follow(self) -> None:

@@ -151,7 +151,7 @@ class StreamShipper:
         return f"{self.prefix}:s:{stream_id}"
 
     def add(self, run: Run, epoch: bytes, meta_value: bytes) -> None:
-        sid = run.gen.stream_id
+        sid = run.key  # the stream id scoped by its API key (relay.stream_key)
         self.ships[sid] = _Ship(run, self.key(sid), epoch, meta_value)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -239,7 +239,7 @@ class StreamShipper:
             ship.sent = upto
             ship.resync = False
             if done:
-                self.ships.pop(ship.run.gen.stream_id, None)
+                self.ships.pop(ship.run.key, None)
 
     async def aclose(self, timeout: float) -> None:
         """Ship what is left (the ends of drained generations), then stop."""

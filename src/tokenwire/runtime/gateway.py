@@ -22,7 +22,7 @@ from ..store.base import ConversationStore
 from ..upstream.http import SharedSession
 from .metrics import Metrics
 from .ownership import owns
-from .relay import Registry, Run
+from .relay import Registry, Run, stream_key
 from .routing import Route, Router
 
 __all__ = ["Admission", "Gateway", "OpenAdmission", "RemoteStreams", "make_store"]
@@ -84,8 +84,8 @@ class OpenAdmission:
 class RemoteStreams(Protocol):
     """Generations that other instances run (tokenwire.cluster.Cluster is the real one)."""
 
-    async def attach_remote(self, req: Attach) -> Any:
-        """A run-like follower of another instance's generation, or None if there is none."""
+    async def attach_remote(self, req: Attach, key: str) -> Any:
+        """A follower of another instance's generation registered as ``key`` (relay.stream_key), or None."""
         ...
 
     async def start(self) -> None: ...
@@ -129,6 +129,8 @@ class Gateway:
             registry if registry is not None else Registry(self.store, settings.resume_retention, settings.read_timeout)
         )
         self.registry.max_output_tokens = settings.max_output_tokens
+        self.registry.max_history_messages = settings.max_history_messages
+        self.registry.max_history_bytes = settings.max_history_bytes
         self.access: Admission = access if access is not None else OpenAdmission()
         #: with ``redis_url``: shared conversations, cross-instance resume, cancel routing
         self.cluster = cluster
@@ -177,19 +179,21 @@ class Gateway:
     async def find_stream(self, principal: Any, req: Attach) -> Any:
         """The generation an ``attach`` names, here or on another instance, if ``principal`` owns it.
 
-        Raises ``stream_expired`` when there is none, ``forbidden`` when it is another key's.
+        Raises ``stream_expired`` when there is none. Another key's generation gets exactly the
+        same answer (stream ids are scoped per key, see relay.stream_key): an answer that
+        differed would tell a caller which ids exist.
         """
-        run: Any = self.registry.get(req.stream_id)
+        run: Any = self.registry.get(req.stream_id, principal)
         if run is None and self.cluster is not None:
-            run = await self.cluster.attach_remote(req)
-        if run is None:
+            run = await self.cluster.attach_remote(req, stream_key(req.stream_id, principal))
+            if run is None and getattr(principal, "key_id", None):
+                run = await self.cluster.attach_remote(req, req.stream_id)  # started before keys existed
+        if run is None or not owns(principal, run):
             raise GatewayError(
                 "stream_expired",
                 f"stream {req.stream_id} is unknown or past its retention window; it cannot be resumed",
                 extra={"id": req.id, "stream_id": req.stream_id},
             )
-        if not owns(principal, run):
-            raise GatewayError("forbidden", "that stream belongs to another API key", extra={"id": req.id})
         return run
 
     async def aclose(self) -> None:

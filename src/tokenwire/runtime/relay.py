@@ -25,11 +25,12 @@ from ..protocol.stream import CANCELLED, COMPLETED, FAILED, Generation
 from ..simulate.reply import estimate_tokens
 from ..store.base import ConversationStore
 from ..upstream.base import ChatCall, UpstreamStream
+from .history import fit_history
 from .routing import Route
 from .routing.plan import open_stream
 from .summary import RunSummary
 
-__all__ = ["Registry", "Run", "Subscriber", "conversation_key", "sane_usage"]
+__all__ = ["Registry", "Run", "Subscriber", "conversation_key", "sane_usage", "stream_key"]
 
 log = logging.getLogger("tokenwire.relay")
 
@@ -47,6 +48,17 @@ def conversation_key(conversation_id: str | None, owner: Any) -> str | None:
         return None
     key_id = getattr(owner, "key_id", None)
     return f"k/{key_id}/{conversation_id}" if key_id else conversation_id
+
+
+def stream_key(stream_id: str, owner: Any) -> str:
+    """Where a generation is registered (locally and in Redis): under the id of its API key.
+
+    So one key's stream ids never collide with, block or reveal another key's: the same
+    ``stream_id`` chosen by two keys names two generations. The client only ever sees its own
+    id. Without keys (open mode) the id is used as given.
+    """
+    key_id = getattr(owner, "key_id", None)
+    return f"k/{key_id}/{stream_id}" if key_id else stream_id
 
 
 class Subscriber(Protocol):
@@ -75,6 +87,7 @@ class Run:
         "finishing",
         "gate",
         "gen",
+        "key",
         "on_end",
         "paused_by_socket",
         "paused_self",
@@ -103,6 +116,8 @@ class Run:
         self.chat = chat
         self.route = route
         self.gen = Generation(stream_id)
+        #: where it is registered: the stream id scoped by its API key (see stream_key)
+        self.key = stream_key(stream_id, chat.owner)
         self.conversation_id = conversation_id
         self.resumable = resumable
         self.subs: list[Subscriber] = []
@@ -517,10 +532,13 @@ class _ReplyCapped(Exception):
 
 
 class Registry:
-    """Every generation this process runs or retains for resume, by stream id."""
+    """Every generation this process runs or retains for resume, by key-scoped stream id (stream_key)."""
 
     #: a reply is cut here when the request named no max_tokens (Settings.max_output_tokens)
     max_output_tokens = 1_000_000
+    #: Settings.max_history_messages / max_history_bytes (runtime.history.fit_history)
+    max_history_messages = 0
+    max_history_bytes = 0
 
     def __init__(
         self,
@@ -545,7 +563,7 @@ class Registry:
     async def begin(self, chat: Chat, route: Route, conversation_id: str | None, resumable: bool) -> Run:
         """Prepare the prompt (loading and storing history) and start the task."""
         stream_id = chat.stream_id or self.new_stream_id()
-        if stream_id in self.runs:
+        if stream_key(stream_id, chat.owner) in self.runs:
             raise GatewayError("duplicate_id", f"stream_id {stream_id} is already in use", extra={"id": chat.id})
         public_id, conversation_id = conversation_id, conversation_key(conversation_id, chat.owner)
         if conversation_id is not None and conversation_id in self.busy_conversations:
@@ -556,11 +574,11 @@ class Registry:
                 extra={"id": chat.id},
             )
         run = Run(self, chat, route, stream_id, conversation_id, resumable)
-        self.runs[stream_id] = run
+        self.runs[run.key] = run
         if conversation_id is not None:
             self.busy_conversations.add(conversation_id)
         try:
-            messages, run.turn = await self._prompt(chat, conversation_id)
+            messages, run.turn = await self._prompt(chat, conversation_id, route)
         except BaseException:
             self._forget(run)
             raise
@@ -604,7 +622,7 @@ class Registry:
                 run.cancel(READ_TIMEOUT)
 
     async def _prompt(
-        self, chat: Chat, conversation_id: str | None
+        self, chat: Chat, conversation_id: str | None, route: Route | None = None
     ) -> tuple[list[dict[str, Any]], tuple[list[dict[str, Any]], str | None] | None]:
         """The messages to send upstream, and what to store once the reply has ended."""
         new = chat.messages if chat.messages is not None else [{"role": "user", "content": chat.content}]
@@ -631,7 +649,23 @@ class Registry:
         if system is not None:
             past = [m for m in past if m["role"] != "system"]
             past.insert(0, {"role": "system", "content": system})
-        return past + list(new), (list(new), system)
+        window = 0
+        info = route.info if route is not None else None
+        if info is not None and info.context_window:
+            asked = chat.params.get("max_tokens") or chat.params.get("max_completion_tokens") or 0
+            window = max(1, info.context_window - int(asked))
+        try:
+            messages = fit_history(
+                past,
+                list(new),
+                max_messages=self.max_history_messages,
+                max_bytes=self.max_history_bytes,
+                max_tokens=window,
+            )
+        except GatewayError as err:
+            err.extra.setdefault("id", chat.id)
+            raise
+        return messages, (list(new), system)
 
     async def commit_reply(self, run: Run, status: str) -> None:
         """Store the turn with its reply, then free the conversation (before ``end`` goes out).
@@ -670,8 +704,8 @@ class Registry:
             self._forget(run)
 
     def _forget(self, run: Run) -> None:
-        if self.runs.get(run.gen.stream_id) is run:
-            del self.runs[run.gen.stream_id]
+        if self.runs.get(run.key) is run:
+            del self.runs[run.key]
         if run.conversation_id is not None and not run.ended.is_set():
             self.busy_conversations.discard(run.conversation_id)
 
@@ -684,8 +718,12 @@ class Registry:
 
         asyncio.get_running_loop().call_later(self.retention, check)
 
-    def get(self, stream_id: str) -> Run | None:
-        return self.runs.get(stream_id)
+    def get(self, stream_id: str, principal: Any = None) -> Run | None:
+        """``principal``'s generation ``stream_id`` (or an open-mode one, which anyone may follow)."""
+        run = self.runs.get(stream_key(stream_id, principal))
+        if run is None and getattr(principal, "key_id", None):
+            run = self.runs.get(stream_id)  # started before keys existed
+        return run
 
     async def shutdown(self, deadline: float) -> None:
         """Let generations finish until ``deadline`` seconds, then cancel the rest."""

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..auth.policy import AccessPolicy
+from ..auth.policy import AccessPolicy, warn_unpriced
 from ..config import ConfigError, Settings
 from ..protocol.errors import GatewayError
 from ..protocol.events import CLOSE_DRAIN
@@ -58,6 +58,7 @@ def build_gateway(settings: Settings) -> Gateway:
     access = AccessPolicy(settings)
     gw = Gateway(settings, store=store, registry=registry, access=access, cluster=cluster)
     registry.on_finish.append(access.on_finish)  # after the metrics' hook, which Gateway adds
+    warn_unpriced(gw)  # one line if budgeted keys exist and some served models have no price
     return gw
 
 

@@ -24,7 +24,7 @@ from aiohttp import web
 from ..dialects import openai_chat
 from ..protocol.errors import GatewayError
 from ..runtime.ownership import owns
-from ..runtime.relay import Run
+from ..runtime.relay import Run, stream_key
 from .errors import error_response
 from .http_api import read_json_body
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["POLLS", "poll_events", "poll_start"]
 
-POLLS = "tokenwire.polls"  #: app key of the polled generations, by stream id
+POLLS = "tokenwire.polls"  #: app key of the polled generations, by key-scoped stream id (relay.stream_key)
 
 MAX_WAIT = 30.0
 
@@ -76,7 +76,8 @@ async def poll_start(request: web.Request) -> web.Response:
     run.subscribe(watch)
     polls: Polls = request.app[POLLS]
     sid = run.gen.stream_id
-    polls[sid] = (run, watch)
+    key = run.key  # scoped per API key: two keys may choose the same stream id
+    polls[key] = (run, watch)
     loop = asyncio.get_running_loop()
     idle = gw.settings.idle_timeout
     if idle > 0:
@@ -87,7 +88,7 @@ async def poll_start(request: web.Request) -> web.Response:
             watch.idle.cancel()
             watch.idle = None
         watch.send(b"", 0, None)  # wake long polls still waiting
-        loop.call_later(max(gw.settings.resume_retention, 30.0), polls.pop, sid, None)
+        loop.call_later(max(gw.settings.resume_retention, 30.0), polls.pop, key, None)
 
     assert run.task is not None
     run.task.add_done_callback(forget)
@@ -107,7 +108,7 @@ async def poll_events(request: web.Request) -> web.Response:
             wait = min(float(request.query.get("wait", "0")), MAX_WAIT)
         except ValueError:
             raise GatewayError("bad_request", '"after" must be an integer and "wait" a number of seconds') from None
-        entry = request.app[POLLS].get(request.match_info["sid"])
+        entry = request.app[POLLS].get(stream_key(request.match_info["sid"], principal))
         # another key's generation: as if it did not exist (its id must have leaked)
         if entry is None or not owns(principal, entry[0]):
             raise GatewayError("not_found", _UNKNOWN)
