@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tokenwire.dialects.openai_chat import parse_request
 from tokenwire.protocol import frames as fr
 from tokenwire.protocol.errors import GatewayError
-from tokenwire.server.http_api import _json_body, _parse_chat
+from tokenwire.server.http_api import read_json_body
 
 N = int(os.environ.get("TOKENWIRE_FUZZ_EXAMPLES", "2000"))
 LIMITS = fr.Limits(max_frame_bytes=64 * 1024, max_messages=50)
@@ -141,13 +142,9 @@ def test_fuzz_frame_mutated(junk: bytes, at: int) -> None:
     check_parse(b"[" * (at + 1) + b"]" * (at + 1))
 
 
-def _gw() -> Any:
-    return SimpleNamespace(limits=LIMITS)
-
-
 def check_http(body: Any) -> None:
     try:
-        chat, stream, include_usage = _parse_chat(body, _gw())
+        chat, stream, include_usage = parse_request(body, LIMITS)
     except GatewayError as err:
         orjson.dumps(err.to_openai())
         assert 400 <= err.http_status < 500, err
@@ -182,11 +179,14 @@ def test_fuzz_http_chat_bodies(body: dict[str, Any]) -> None:
 
 
 class _Content:
+    """A request body already received whole (read in as many calls as the reader makes)."""
+
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
 
     async def read(self, n: int) -> bytes:
-        return self.raw[:n]
+        chunk, self.raw = self.raw[:n], self.raw[n:]
+        return chunk
 
 
 @FUZZ
@@ -195,10 +195,10 @@ def test_fuzz_http_raw_bodies(raw: bytes) -> None:
     """The body reader and parser together, as a request delivers them."""
     count("HTTP raw bodies")
     request = SimpleNamespace(content_length=len(raw), content=_Content(raw))
-    coro = _json_body(request, 1024)  # type: ignore[arg-type]
+    coro = read_json_body(request, 1024)  # type: ignore[arg-type]
     try:
         coro.send(None)  # the fake content never suspends: one step runs it to the end
-        raise AssertionError("_json_body suspended")
+        raise AssertionError("read_json_body suspended")
     except StopIteration as done:
         body = done.value
     except GatewayError as err:
