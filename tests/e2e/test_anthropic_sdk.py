@@ -19,6 +19,7 @@ import anthropic
 import pytest
 from procs import Proc, start
 from secutil import create_key
+from test_providers_http import native_config
 
 from tokenwire.simulate.reply import estimate_tokens, reasoning_tokens, reply_tokens
 
@@ -43,31 +44,7 @@ def fleet(tmp_path_factory) -> Iterator[tuple[Proc, Proc]]:
     tmp = tmp_path_factory.mktemp("anthropic_sdk")
     sim = start(["simulate", "--port", "0", "--fixtures", str(FIXTURES)], cwd=tmp)
     config = tmp / "gw.toml"
-    config.write_text(
-        f"""
-[routing]
-max_retries = 1
-retry_backoff = 0.05
-
-[providers.claude]
-preset = "anthropic"
-base_url = "{sim.http}/v1"
-api_key = "sk-ant-test"
-models = ["claude-*"]
-
-[providers.gem]
-preset = "gemini"
-base_url = "{sim.http}/v1beta"
-api_key = "gm-test"
-models = ["gemini-*"]
-
-[providers.oai]
-preset = "openai"
-base_url = "{sim.http}/v1"
-api_key = "sk-test"
-models = ["gpt-*", "deepseek-*"]
-"""
-    )
+    config.write_text(native_config(sim))
     gw = start(["serve", "--port", "0", "--config", str(config)], env={"TOKENWIRE_DB": ":memory:"}, cwd=tmp)
     try:
         yield sim, gw
