@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from .config import ConfigError, load_settings
+from .config import ConfigError, StartupError, load_settings
 from .version import __version__
 
 __all__ = ["main"]
@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
+    except StartupError as exc:
+        print(f"tokenwire: cannot start: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
         return 2

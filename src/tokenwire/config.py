@@ -15,11 +15,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PRESETS", "ConfigError", "Preset", "ProviderConfig", "Settings", "load_settings"]
+__all__ = ["PRESETS", "ConfigError", "Preset", "ProviderConfig", "Settings", "StartupError", "load_settings"]
 
 
 class ConfigError(Exception):
     """A configuration mistake; the message is one line saying what to fix."""
+
+
+class StartupError(ConfigError):
+    """Something outside the settings stops start-up (port taken, Redis unreachable…); one line, what to do."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -17,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from ..auth.policy import AccessPolicy
-from ..config import ConfigError, Settings
+from ..config import ConfigError, Settings, StartupError
 from ..protocol.errors import GatewayError
 from ..protocol.events import CLOSE_DRAIN
 from ..runtime.gateway import Gateway, make_store
@@ -255,13 +257,19 @@ def run_server(
         gw = build_gateway(settings)
         gw.worker = worker
         gw.worker_sockets = list(worker_sockets or [])
+        if gw.cluster is not None:
+            await gw.cluster.check_reachable()
         app = create_app(settings, gw)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await runner.setup()
         site = web.TCPSite(
             runner, settings.host, settings.port, backlog=4096, reuse_address=True, reuse_port=worker is not None
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise bind_error(settings.host, settings.port, exc) from None
         if worker is not None and gw.worker_sockets:  # siblings read our /metrics here
             await web.UnixSite(runner, gw.worker_sockets[worker[0]]).start()
         providers = ", ".join(f"{cfg.name}{' (simulated)' if p.simulated else ''}" for cfg, p in gw.router.providers)
@@ -286,6 +294,26 @@ def run_server(
 
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(main())
+
+
+def bind_error(host: str, port: int, exc: OSError) -> StartupError:
+    """Why the listening socket could not be opened, and what to do, in one line."""
+    if isinstance(exc, socket.gaierror):
+        return StartupError(
+            f"cannot resolve host {host!r} ({exc.strerror}); use an address such as 127.0.0.1 or 0.0.0.0, "
+            "or a name this machine resolves (--host, TOKENWIRE_HOST)"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"port {port} on {host} is already in use (another tokenwire?); stop it, or choose another "
+            "with --port (TOKENWIRE_PORT; 0 = any free port)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return StartupError(f"{host} is not an address of this machine; bind to 127.0.0.1, 0.0.0.0 or one of its own")
+    if exc.errno == errno.EACCES:
+        return StartupError(f"no permission to listen on {host}:{port} (ports below 1024 need privileges); use --port")
+    reason = exc.strerror or str(exc)
+    return StartupError(f"cannot listen on {host}:{port} ({reason}); check --host and --port")
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
