@@ -230,9 +230,13 @@ def _provider_from_table(name: str, table: Any, path: str) -> ProviderConfig:
     if kind != "simulated" and not str(base_url).startswith(("http://", "https://")):
         raise ConfigError(f"{where}: base_url must start with http:// or https://")
     key = table.get("api_key")
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise ConfigError(f"{where}: api_key is empty; put the key in it, or remove the line")
     key_env = table.get("api_key_env") or preset.key_env
     if not key and key_env:
-        key = os.environ.get(key_env) or None
+        key = os.environ.get(key_env)
+        if key is not None and not key.strip():
+            raise ConfigError(f"{where}: {key_env} is set but empty; put the key in it, or unset it")
     if not key and preset.needs_key and kind != "simulated" and "api_key_env" not in table:
         hint = f"set {key_env} or " if key_env else ""
         raise ConfigError(f'{where}: no API key; {hint}add api_key = "…" to the table')
@@ -264,15 +268,21 @@ def _env_providers(env: dict[str, str]) -> list[ProviderConfig]:
     for name in ENV_PRESETS:
         preset = PRESETS[name]
         key = env.get(preset.key_env or "")
-        if not key:
+        if key is not None and not key.strip():
+            raise ConfigError(f"{preset.key_env} is set but empty; put the provider's key in it, or unset it")
+        env_url = env.get(preset.base_url_env or "") or None
+        if not key and not (env_url and preset.kind == "openai"):
+            # OPENAI_BASE_URL alone is a local OpenAI-compatible server without a key (llama.cpp, vLLM, Ollama)
             continue
-        base_url = (preset.base_url_env and env.get(preset.base_url_env)) or preset.base_url
+        if env_url and not env_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{preset.base_url_env} must start with http:// or https:// (not {env_url[:80]!r})")
+        base_url = env_url or preset.base_url
         found.append(
             ProviderConfig(
                 name=name,
                 kind=preset.kind,
                 base_url=base_url,
-                api_key=key,
+                api_key=key or None,
                 models=list(preset.patterns),
                 from_env=True,
             )
