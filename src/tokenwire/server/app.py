@@ -272,13 +272,14 @@ def run_server(
             raise bind_error(settings.host, settings.port, exc) from None
         if worker is not None and gw.worker_sockets:  # siblings read our /metrics here
             await web.UnixSite(runner, gw.worker_sockets[worker[0]]).start()
-        providers = ", ".join(f"{cfg.name}{' (simulated)' if p.simulated else ''}" for cfg, p in gw.router.providers)
         port = site._server.sockets[0].getsockname()[1] if site._server else settings.port  # type: ignore[union-attr]
         loop_name = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
         if worker is None:
+            await gw.router.discover()  # the providers' own model lists (a dead one: MODELS_TIMEOUT, then the config's)
             print(
                 f"tokenwire listening on http://{settings.host}:{port}  "
-                f"(WebSocket ws://{settings.host}:{port}/ws/chat; providers: {providers}; event loop: {loop_name})",
+                f"(WebSocket ws://{settings.host}:{port}/ws/chat; "
+                f"{'; '.join(startup_summary(gw, settings))}; event loop: {loop_name})",
                 flush=True,
             )
         else:
@@ -294,6 +295,39 @@ def run_server(
 
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(main())
+
+
+_MAX_LISTED = 8  #: model names per provider in the start-up summary
+
+
+def startup_summary(gw: Gateway, settings: Settings) -> list[str]:
+    """What a person starting the gateway needs to know, as parts of the one start-up line: the
+    models and who serves them, the default model, where conversations are kept, whether
+    clients need a key."""
+    router = gw.router
+    parts = []
+    for cfg, provider in router.providers:
+        names = [m["id"] for m in router.models() if m["provider"] == cfg.name]
+        more = len(names) - _MAX_LISTED
+        shown = ", ".join(names[:_MAX_LISTED]) + (f", … ({more} more: GET /v1/models)" if more > 0 else "")
+        patterns = [m for m in cfg.models if "*" in m or "?" in m]
+        if patterns and cfg.name not in router.listed:
+            rule = "any model name" if "*" in patterns else "names matching " + ", ".join(patterns)
+            shown = f"{shown} and {rule}" if shown else rule
+        where = "built-in simulator, no network" if provider.simulated else f"{cfg.kind} API at {cfg.base_url}"
+        parts.append(f"models from {cfg.name} ({where}): {shown or 'none listed'}")
+    parts.append(f"default model: {router.default_model or 'none (requests must name one)'}")
+    if gw.cluster is not None:
+        parts.append(f"conversations: Redis at {gw.cluster.link.url}")
+    else:
+        parts.append(f"conversations: {'memory only' if settings.db_path == ':memory:' else settings.db_path}")
+    if getattr(gw.access, "keys_exist", False):
+        parts.append("API keys: required")
+    elif settings.insecure_open:
+        parts.append("API keys: not required (--insecure-open)")
+    else:
+        parts.append("API keys: not required (loopback only)")
+    return parts
 
 
 def bind_error(host: str, port: int, exc: OSError) -> StartupError:
