@@ -62,7 +62,7 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100, help="port (default 8100; 0 = any free port)")
     p.add_argument("--tokens", type=int, help="reply length in tokens (default: max_tokens, else 100)")
-    p.add_argument("--tps", type=float, help="tokens per second (default: the model's seed speed)")
+    p.add_argument("--tps", type=float, help="tokens per second (default: the model's measured speed)")
     p.add_argument("--fast", action="store_true", help="as fast as possible (no pacing, no TTFT)")
     p.add_argument("--ttft-ms", type=float, help="time to first token in ms")
     p.add_argument("--split", type=int, default=0, help="write each SSE event in N-byte pieces")
