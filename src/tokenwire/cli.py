@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 
@@ -49,7 +48,9 @@ def _serve(args: argparse.Namespace) -> int:
             "workers": args.workers,
         },
     )
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .runtime.metrics import setup_logging
+
+    setup_logging(settings.log_level)
     if settings.workers > 1:
         from .server.workers import serve_workers
 

@@ -360,6 +360,8 @@ def load_settings(
         raise ConfigError("max_frame_bytes must be at least 1024")
     if settings.workers < 1:
         raise ConfigError(f"workers must be at least 1 (not {settings.workers})")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error (not {settings.log_level!r})")
     if settings.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError(f"event_loop must be auto, uvloop or asyncio (not {settings.event_loop!r})")
     _check_routes(settings, path or "config")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from eventually import aeventually
 from procs import start
@@ -183,3 +184,43 @@ async def test_start_up_names_the_provider_of_each_model(spawn, sim, with_key) -
     line = next(li for li in gw.text().splitlines() if "listening on" in li)
     models = line.split(f"; models from openai (openai API at {sim.http}/v1): ", 1)[1].split(";", 1)[0]
     assert "gpt-4.1" in models.split(", ") and "*" not in models, line
+
+
+async def test_every_log_line_is_json_redis_included(spawn, tmp_path) -> None:
+    """Auth's, Redis's and the request log: one format (JSON lines), whoever logs."""
+    from redisutil import RedisServer, new_prefix
+
+    redis = RedisServer().start()
+    try:
+        gw = spawn(
+            "serve",
+            "--port",
+            "0",
+            env={
+                "TOKENWIRE_REDIS_URL": redis.url,
+                "TOKENWIRE_REDIS_PREFIX": new_prefix(),
+                "TOKENWIRE_DB": str(tmp_path / "keys.db"),  # no keys: open on loopback
+            },
+        )
+        async with aiohttp.ClientSession() as s:
+            async with s.get(gw.http + "/v1/models", headers={"Host": "evil.example"}) as r:
+                assert r.status == 403  # logged by tokenwire.auth
+            redis.kill()
+
+            async def degraded() -> bool:
+                async with s.get(gw.http + "/healthz") as r:
+                    return (await r.json())["status"] == "degraded"
+
+            await aeventually(degraded, timeout=15, interval=0.05)
+        await aeventually(lambda: '"logger":"tokenwire.redis"' in gw.text(), timeout=10)
+        gw.stop()
+    finally:
+        redis.stop()
+    records = []
+    for line in gw.text().splitlines():
+        if line.startswith("tokenwire listening on ") or line == "tokenwire: draining…":
+            continue  # what the command prints for a person on stdout
+        records.append(orjson.loads(line))  # anything else is a JSON log line
+    loggers = {r.get("logger") for r in records}
+    assert {"tokenwire.auth", "tokenwire.redis"} <= loggers, records
+    assert all(isinstance(r["ts"], float) and r["event"] for r in records), records
