@@ -119,3 +119,16 @@ def test_redis_url_without_the_redis_extra(tmp_path) -> None:
         tmp_path, ["--port", "0"], {"TOKENWIRE_REDIS_URL": "redis://127.0.0.1:6379/0", "PYTHONPATH": pythonpath}
     )
     one_line(proc, "redis package is not installed", "pip install 'tokenwire[redis]'")
+
+
+def test_unreachable_redis_with_workers(tmp_path) -> None:
+    """`serve --workers 2`: the worker's one line, the supervisor's one line, exit code 2."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = serve(tmp_path, ["--port", "0", "--workers", "2"], {"TOKENWIRE_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("tokenwire: ") for line in lines) and len(lines) <= 2, lines
+    assert f"cannot reach Redis at redis://127.0.0.1:{port}/0" in lines[0]
