@@ -204,10 +204,15 @@ class Router:
         async def one(cfg: ProviderConfig, provider: Any) -> None:
             try:
                 ids = await asyncio.wait_for(provider.list_models(timeout), timeout + 0.5)
-            except (GatewayError, TimeoutError) as exc:
+            except Exception as exc:  # a best-effort list: any failure means the configured names
                 self._next_ask[cfg.name] = time.monotonic() + MODELS_RETRY
                 if cfg.name not in self.listed:
-                    reason = exc.message if isinstance(exc, GatewayError) else f"no answer within {timeout:g} s"
+                    if isinstance(exc, GatewayError):
+                        reason = exc.message
+                    elif isinstance(exc, TimeoutError):
+                        reason = f"no answer within {timeout:g} s"
+                    else:
+                        reason = f"{type(exc).__name__}: {exc}"
                     log.warning("%s: cannot list its models (%s); listing the configured names", cfg.name, reason)
                 return
             self.listed[cfg.name] = ids
