@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 
-from .config import ConfigError, load_settings
+from .config import ConfigError, StartupError, load_settings
 from .version import __version__
 
 __all__ = ["main"]
@@ -49,7 +48,9 @@ def _serve(args: argparse.Namespace) -> int:
             "workers": args.workers,
         },
     )
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .runtime.metrics import setup_logging
+
+    setup_logging(settings.log_level)
     if settings.workers > 1:
         from .server.workers import serve_workers
 
@@ -62,7 +63,7 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100, help="port (default 8100; 0 = any free port)")
     p.add_argument("--tokens", type=int, help="reply length in tokens (default: max_tokens, else 100)")
-    p.add_argument("--tps", type=float, help="tokens per second (default: the model's seed speed)")
+    p.add_argument("--tps", type=float, help="tokens per second (default: the model's measured speed)")
     p.add_argument("--fast", action="store_true", help="as fast as possible (no pacing, no TTFT)")
     p.add_argument("--ttft-ms", type=float, help="time to first token in ms")
     p.add_argument("--split", type=int, default=0, help="write each SSE event in N-byte pieces")
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
+    except StartupError as exc:
+        print(f"tokenwire: cannot start: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PRESETS", "ConfigError", "Preset", "ProviderConfig", "Settings", "load_settings"]
+__all__ = ["PRESETS", "ConfigError", "Preset", "ProviderConfig", "Settings", "StartupError", "load_settings"]
 
 
 class ConfigError(Exception):
     """A configuration mistake; the message is one line saying what to fix."""
+
+
+class StartupError(ConfigError):
+    """Something outside the settings stops start-up (port taken, Redis unreachable…); one line, what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +234,13 @@ def _provider_from_table(name: str, table: Any, path: str) -> ProviderConfig:
     if kind != "simulated" and not str(base_url).startswith(("http://", "https://")):
         raise ConfigError(f"{where}: base_url must start with http:// or https://")
     key = table.get("api_key")
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise ConfigError(f"{where}: api_key is empty; put the key in it, or remove the line")
     key_env = table.get("api_key_env") or preset.key_env
     if not key and key_env:
-        key = os.environ.get(key_env) or None
+        key = os.environ.get(key_env)
+        if key is not None and not key.strip():
+            raise ConfigError(f"{where}: {key_env} is set but empty; put the key in it, or unset it")
     if not key and preset.needs_key and kind != "simulated" and "api_key_env" not in table:
         hint = f"set {key_env} or " if key_env else ""
         raise ConfigError(f'{where}: no API key; {hint}add api_key = "…" to the table')
@@ -264,15 +272,21 @@ def _env_providers(env: dict[str, str]) -> list[ProviderConfig]:
     for name in ENV_PRESETS:
         preset = PRESETS[name]
         key = env.get(preset.key_env or "")
-        if not key:
+        if key is not None and not key.strip():
+            raise ConfigError(f"{preset.key_env} is set but empty; put the provider's key in it, or unset it")
+        env_url = env.get(preset.base_url_env or "") or None
+        if not key and not (env_url and preset.kind == "openai"):
+            # OPENAI_BASE_URL alone is a local OpenAI-compatible server without a key (llama.cpp, vLLM, Ollama)
             continue
-        base_url = (preset.base_url_env and env.get(preset.base_url_env)) or preset.base_url
+        if env_url and not env_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{preset.base_url_env} must start with http:// or https:// (not {env_url[:80]!r})")
+        base_url = env_url or preset.base_url
         found.append(
             ProviderConfig(
                 name=name,
                 kind=preset.kind,
                 base_url=base_url,
-                api_key=key,
+                api_key=key or None,
                 models=list(preset.patterns),
                 from_env=True,
             )
@@ -350,6 +364,8 @@ def load_settings(
         raise ConfigError("max_frame_bytes must be at least 1024")
     if settings.workers < 1:
         raise ConfigError(f"workers must be at least 1 (not {settings.workers})")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error (not {settings.log_level!r})")
     if settings.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError(f"event_loop must be auto, uvloop or asyncio (not {settings.event_loop!r})")
     _check_routes(settings, path or "config")

@@ -50,7 +50,7 @@ def test_bench_compares_ws_sse_and_poll(gateway: Proc, tmp_path: Path) -> None:
     ]
     assert all(x["ok"] == 2 and x["tokens"]["p50"] == 100 for x in report["results"])
     assert {c["versus"] for c in report["comparison"]} == {"sse", "poll"}
-    assert "Seed claim" in r.stdout and "verdict" in r.stdout
+    assert "Often claimed" in r.stdout and "verdict" in r.stdout
     data = chart.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" in data[-12:]
 

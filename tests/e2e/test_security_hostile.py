@@ -107,8 +107,12 @@ async def test_malformed_frames_get_clear_errors(gw) -> None:
         # 100,000 messages within the frame limit of another gateway are refused by count
         await raw.send(text({"type": "ping", "data": "still here"}))
         assert (await answers(raw))[0] == {"type": "pong", "data": "still here"}
-        # unknown top-level fields are ignored (forward compatible); the chat runs
+        # an unknown top-level field of a v1 chat is refused by name (a typo must not be dropped silently) …
         await raw.send(text({"type": "chat", "id": "u", "content": "x", "params": {"max_tokens": 2}, "zzz": [1]}))
+        (event,) = await answers(raw)
+        assert event["type"] == "error" and event["code"] == "bad_request" and '"zzz"' in event["message"], event
+        # … and the same chat without it runs
+        await raw.send(text({"type": "chat", "id": "u", "content": "x", "params": {"max_tokens": 2}}))
         assert (await answers(raw))[0]["type"] == "start"
         raw.close()
         await witness.check()

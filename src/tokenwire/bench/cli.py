@@ -42,5 +42,5 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 HELP: dict[str, str] = {}
 COMMANDS["bench"] = (_bench_args, _bench)
 COMMANDS["loadtest"] = (_loadtest_args, _loadtest)
-HELP["bench"] = "the seed's benchmark table (TTFT, tokens/s, 100-token latency, price) against a gateway"
+HELP["bench"] = "a benchmark table (TTFT, tokens/s, 100-token latency, price) against a gateway"
 HELP["loadtest"] = "many concurrent streams (or idle sockets) against a gateway in front of a fake upstream"

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..config import StartupError
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach, Chat
 from ..runtime.relay import Registry, Run, conversation_key, stream_key
@@ -163,6 +164,18 @@ class Cluster:
         self.control_ok = False
 
     # -- life cycle -------------------------------------------------------------
+    async def check_reachable(self) -> None:
+        """At start-up: one PING, so a wrong or unreachable redis_url stops the start with one line."""
+        try:
+            async with asyncio.timeout(self.link.deadline):
+                await self.link.redis.ping()
+        except (*FAULTS, ValueError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise StartupError(
+                f"cannot reach Redis at {self.link.url} ({reason}); start Redis, fix redis_url "
+                "(TOKENWIRE_REDIS_URL), or unset it to run one instance without Redis"
+            ) from None
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._control())]

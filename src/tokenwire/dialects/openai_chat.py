@@ -60,7 +60,7 @@ def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool, boo
                 raise GatewayError("bad_request", '"n" other than 1 is not supported')
             continue
         params[key] = value
-    params = validate_params(params, None, limits)
+    params = validate_params(params, None, limits, fields=(*sorted(_OWN), *sorted(_IGNORED)))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise GatewayError("bad_request", '"stream" must be true or false')

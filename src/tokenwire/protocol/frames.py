@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from typing import Any, Literal
 
 import orjson
@@ -200,7 +201,38 @@ def _auto_id(raw: Any, next_id: int) -> str:
     return _check_id(raw)
 
 
+#: the fields of a v1 ``chat`` frame; anything else is refused (a typo must not be dropped silently)
+V1_CHAT_FIELDS = ("type", "id", "model", "messages", "content", "system", "conversation_id", "stream_id", "params")
+
+
+def closest(name: str, known: Any) -> str | None:
+    """The known name closest to ``name`` (a likely typo), or None."""
+    close = get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known: Any) -> str:
+    """`` (did you mean "model"?)`` when a known name is close to ``name``, else ``""``."""
+    near = closest(name, known)
+    return f' (did you mean "{near}"?)' if near else ""
+
+
+def _check_v1_fields(obj: dict[str, Any], id: str) -> None:
+    for key in obj:
+        if key in V1_CHAT_FIELDS:
+            continue
+        name = str(key)[:40]
+        if key in _PARAMS:
+            raise _bad(f'"{name}" goes inside "params" in a chat frame: "params": {{"{name}": …}}', id)
+        hint = did_you_mean(name, V1_CHAT_FIELDS)
+        if not hint and (param := closest(name, _PARAMS)):
+            hint = f' (did you mean "params": {{"{param}": …}}?)'
+        raise _bad(f'unknown field "{name}" in a chat frame{hint} (fields: {", ".join(V1_CHAT_FIELDS)})', id)
+
+
 def _chat(obj: dict[str, Any], limits: Limits, dialect: Dialect, id: str) -> Chat:
+    if dialect == "v1":
+        _check_v1_fields(obj, id)
     model = obj.get("model")
     if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 200):
         raise _bad('"model" must be a non-empty string', id)
@@ -273,14 +305,20 @@ def validate_messages(messages: Any, limits: Limits, id: str | None = None) -> l
     return messages
 
 
-def validate_params(params: dict[str, Any], id: str | None = None, limits: Limits | None = None) -> dict[str, Any]:
-    """Check sampling parameters' names, types and sizes; return the ones to send upstream."""
+def validate_params(
+    params: dict[str, Any], id: str | None = None, limits: Limits | None = None, fields: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Check sampling parameters' names, types and sizes; return the ones to send upstream.
+
+    ``fields``: the request's other field names, suggested too when an unknown name is close to one.
+    """
     max_output = (limits or _DEFAULT_LIMITS).max_output_tokens
     out: dict[str, Any] = {}
     for key, value in params.items():
         types = _PARAMS.get(key)
         if types is None:
-            raise _bad(f'unknown parameter "{key[:40]}" (allowed: {", ".join(sorted(_PARAMS))})', id)
+            hint = did_you_mean(str(key)[:40], [*fields, *_PARAMS])
+            raise _bad(f'unknown parameter "{key[:40]}"{hint} (allowed: {", ".join(sorted(_PARAMS))})', id)
         if value is None:
             continue
         if isinstance(value, bool) and bool not in types:

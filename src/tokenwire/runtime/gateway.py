@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from ..config import Settings
+from ..config import ConfigError, Settings, StartupError
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach, Chat, Limits
 from ..store.base import ConversationStore
@@ -98,16 +98,41 @@ class RemoteStreams(Protocol):
 def make_store(settings: Settings) -> ConversationStore:
     """The conversation store the settings ask for: Redis, memory or SQLite (the default)."""
     if settings.redis_url:
+        require_redis()
         from ..store.redis import RedisConversationStore
 
-        return RedisConversationStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout)
+        try:
+            return RedisConversationStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout)
+        except ValueError as exc:  # redis-py's "Redis URL must specify one of the following schemes…"
+            raise ConfigError(
+                f"redis_url is not a Redis URL ({exc}); use redis://HOST:6379/0, rediss://… or unix:///PATH"
+            ) from None
     if settings.db_path == ":memory:":
         from ..store.memory import MemoryConversationStore
 
         return MemoryConversationStore()
+    import sqlite3
+
     from ..store.sqlite import SQLiteConversationStore
 
-    return SQLiteConversationStore(settings.db_path)
+    try:
+        return SQLiteConversationStore(settings.db_path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StartupError(
+            f"cannot open the conversation database {settings.db_path} ({reason}); "
+            'point db_path (--db, TOKENWIRE_DB) at a writable folder, or use ":memory:" to keep nothing'
+        ) from None
+
+
+def require_redis() -> None:
+    """redis_url needs the redis package (the ``redis`` extra): say so in one line if it is missing."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "redis_url is set, but the redis package is not installed: pip install 'tokenwire[redis]'"
+        ) from None
 
 
 class Gateway:

@@ -258,6 +258,34 @@ def _num(value: float) -> str:
 
 
 # -- structured logs -------------------------------------------------------------
+class JSONLineFormatter(logging.Formatter):
+    """Every other log record (auth, Redis, aiohttp…) as the same kind of JSON line as the events:
+    ``{"ts", "event": "log", "level", "logger", "message"}``; an exception adds its last line
+    (``error``), and its whole traceback only at log level debug."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "event": "log",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            obj["error"] = f"{type(exc).__name__}: {exc}"
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                obj["traceback"] = self.formatException(record.exc_info)
+        return orjson.dumps(obj, default=str).decode()
+
+
+def setup_logging(level: str) -> None:
+    """The process's log: JSON lines on stderr, one per record, in one format with the event log."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONLineFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
 def setup_event_log(stream: Any = None) -> None:
     """JSON lines on stderr, one object per line, apart from the human-readable log."""
     if events_log.handlers:

@@ -89,4 +89,5 @@ async def list_models(request: web.Request) -> web.Response:
         await gw.access.authenticate_http(request)
     except GatewayError as err:
         return _error(err)
+    await gw.router.discover()
     return web.Response(body=orjson.dumps(am.model_list(gw.router.models())), content_type="application/json")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -17,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from ..auth.policy import AccessPolicy, warn_unpriced
-from ..config import ConfigError, Settings
+from ..config import ConfigError, Settings, StartupError
 from ..protocol.errors import GatewayError
 from ..protocol.events import CLOSE_DRAIN
 from ..runtime.gateway import Gateway, make_store
@@ -256,22 +258,29 @@ def run_server(
         gw = build_gateway(settings)
         gw.worker = worker
         gw.worker_sockets = list(worker_sockets or [])
+        if gw.cluster is not None:
+            await gw.cluster.check_reachable()
         app = create_app(settings, gw)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await runner.setup()
         site = web.TCPSite(
             runner, settings.host, settings.port, backlog=4096, reuse_address=True, reuse_port=worker is not None
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise bind_error(settings.host, settings.port, exc) from None
         if worker is not None and gw.worker_sockets:  # siblings read our /metrics here
             await web.UnixSite(runner, gw.worker_sockets[worker[0]]).start()
-        providers = ", ".join(f"{cfg.name}{' (simulated)' if p.simulated else ''}" for cfg, p in gw.router.providers)
         port = site._server.sockets[0].getsockname()[1] if site._server else settings.port  # type: ignore[union-attr]
         loop_name = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
         if worker is None:
+            await gw.router.discover()  # the providers' own model lists (a dead one: MODELS_TIMEOUT, then the config's)
             print(
                 f"tokenwire listening on http://{settings.host}:{port}  "
-                f"(WebSocket ws://{settings.host}:{port}/ws/chat; providers: {providers}; event loop: {loop_name})",
+                f"(WebSocket ws://{settings.host}:{port}/ws/chat; "
+                f"{'; '.join(startup_summary(gw, settings))}; event loop: {loop_name})",
                 flush=True,
             )
         else:
@@ -287,6 +296,59 @@ def run_server(
 
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(main())
+
+
+_MAX_LISTED = 8  #: model names per provider in the start-up summary
+
+
+def startup_summary(gw: Gateway, settings: Settings) -> list[str]:
+    """What a person starting the gateway needs to know, as parts of the one start-up line: the
+    models and who serves them, the default model, where conversations are kept, whether
+    clients need a key."""
+    router = gw.router
+    parts = []
+    for cfg, provider in router.providers:
+        names = [m["id"] for m in router.models() if m["provider"] == cfg.name]
+        more = len(names) - _MAX_LISTED
+        shown = ", ".join(names[:_MAX_LISTED]) + (f", … ({more} more: GET /v1/models)" if more > 0 else "")
+        patterns = [m for m in cfg.models if "*" in m or "?" in m]
+        if patterns and cfg.name not in router.listed:
+            rule = "any model name" if "*" in patterns else "names matching " + ", ".join(patterns)
+            shown = f"{shown} and {rule}" if shown else rule
+        where = "built-in simulator, no network" if provider.simulated else f"{cfg.kind} API at {cfg.base_url}"
+        parts.append(f"models from {cfg.name} ({where}): {shown or 'none listed'}")
+    parts.append(f"default model: {router.default_model or 'none (requests must name one)'}")
+    if gw.cluster is not None:
+        parts.append(f"conversations: Redis at {gw.cluster.link.url}")
+    else:
+        parts.append(f"conversations: {'memory only' if settings.db_path == ':memory:' else settings.db_path}")
+    if getattr(gw.access, "keys_exist", False):
+        parts.append("API keys: required")
+    elif settings.insecure_open:
+        parts.append("API keys: not required (--insecure-open)")
+    else:
+        parts.append("API keys: not required (loopback only)")
+    return parts
+
+
+def bind_error(host: str, port: int, exc: OSError) -> StartupError:
+    """Why the listening socket could not be opened, and what to do, in one line."""
+    if isinstance(exc, socket.gaierror):
+        return StartupError(
+            f"cannot resolve host {host!r} ({exc.strerror}); use an address such as 127.0.0.1 or 0.0.0.0, "
+            "or a name this machine resolves (--host, TOKENWIRE_HOST)"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"port {port} on {host} is already in use (another tokenwire?); stop it, or choose another "
+            "with --port (TOKENWIRE_PORT; 0 = any free port)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return StartupError(f"{host} is not an address of this machine; bind to 127.0.0.1, 0.0.0.0 or one of its own")
+    if exc.errno == errno.EACCES:
+        return StartupError(f"no permission to listen on {host}:{port} (ports below 1024 need privileges); use --port")
+    reason = exc.strerror or str(exc)
+    return StartupError(f"cannot listen on {host}:{port} ({reason}); check --host and --port")
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -91,6 +91,7 @@ async def list_models(request: web.Request) -> web.Response:
         await gw.access.authenticate_http(request)
     except GatewayError as err:
         return error_response(err)
+    await gw.router.discover()  # the providers' own lists, cached (a dead one costs MODELS_TIMEOUT once a while)
     return web.Response(
         body=orjson.dumps({"object": "list", "data": gw.router.models(), "aliases": gw.router.alias_map()}),
         content_type="application/json",

@@ -42,6 +42,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
     )
 
 
+#: the page and its files: served, counted in /metrics, but not one log line each
+_STATIC_ROUTES = frozenset({"/", "/tokenwire.js", "/static/{name}"})
+
+
 def access_log_middleware(gw: Gateway, enabled: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
     """One JSON line per HTTP request (a WebSocket logs when it closes).
 
@@ -66,7 +70,7 @@ def access_log_middleware(gw: Gateway, enabled: bool) -> Callable[..., Awaitable
             route = resource.canonical if resource is not None else "unmatched"
             key = (request.method, route, status)
             gw.metrics.http[key] = gw.metrics.http.get(key, 0) + 1
-            if enabled and route != "/metrics":
+            if enabled and route != "/metrics" and not (route in _STATIC_ROUTES and status < 400):
                 write_event(
                     {
                         "ts": round(time.time(), 3),

@@ -137,7 +137,8 @@ class _Supervisor:
             print(f"tokenwire: {exc}", file=sys.stderr, flush=True)
             self.stopping = True
             self._shutdown()
-            return 1
+            # a worker refused to start (its one line is above): the same exit code as one process
+            return 2 if any(p is not None and p.exitcode == 2 for p in self.procs) else 1
         print(
             f"tokenwire listening on http://{s.host}:{self.port}  (WebSocket ws://{s.host}:{self.port}/ws/chat; "
             f"{self.count} workers, pids {' '.join(str(p.pid) for p in self.procs)}; streams shared over Redis)",

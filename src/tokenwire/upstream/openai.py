@@ -284,6 +284,44 @@ class OpenAIProvider(HTTPUpstream):
     async def _error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         return await error_from_response(self, resp)
 
+    async def list_models(self, timeout: float) -> list[str]:
+        """The model ids the server lists at ``GET /models`` (OpenAI's ``{"data": [{"id": …}]}``).
+
+        Raises :class:`GatewayError` when it has no such list, does not answer within
+        ``timeout`` seconds, or answers with something else.
+        """
+        url = self.base_url + "/models"
+        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        headers["Accept"] = "application/json"
+        try:
+            async with self._session.get().get(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                if resp.status != 200:
+                    raise GatewayError("upstream_error", f"{self.name} answered GET /models with {resp.status}")
+                raw = await resp.content.read(_MAX_MODEL_LIST)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self.redact(
+                GatewayError("upstream_unavailable", f"{self.name}: GET /models failed ({exc or 'timeout'})")
+            ) from None
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise GatewayError("upstream_error", f"{self.name}: GET /models is not JSON") from None
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise GatewayError("upstream_error", f"{self.name}: GET /models has no data list")
+        ids: list[str] = []
+        for item in data[:_MAX_MODELS]:
+            mid = item.get("id") if isinstance(item, dict) else None
+            if isinstance(mid, str) and 0 < len(mid) <= 200 and mid not in ids:
+                ids.append(mid)
+        return ids
+
+
+_MAX_MODEL_LIST = 4 * 1024 * 1024  #: bytes of a /models answer read at most
+_MAX_MODELS = 2000  #: model ids kept from one provider's list
+
 
 async def error_from_response(upstream: HTTPUpstream, resp: aiohttp.ClientResponse) -> GatewayError:
     """A provider's HTTP error response as a gateway error: status, message, Retry-After kept,

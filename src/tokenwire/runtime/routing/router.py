@@ -9,12 +9,16 @@ is a :class:`Route` for the preferred deployment carrying the whole
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from fnmatch import fnmatchcase
 from typing import Any
 
 from ...catalog import build_catalog
-from ...config import ProviderConfig, Settings
+from ...config import ConfigError, ProviderConfig, Settings
 from ...protocol.errors import GatewayError
+from ...protocol.frames import did_you_mean
 from ...simulate.reply import PROFILES
 from ...upstream.base import Provider
 from ...upstream.http import SharedSession
@@ -36,6 +40,16 @@ _DEFAULT_MODEL = {
 ALIASES = {"fast": "gemini-2.5-flash", "cheap": "deepseek-v3.2", "best": "claude-sonnet-4.5"}
 
 _MAX_DEPLOYMENTS = 4096  #: breaker/latency state kept for at most this many (provider, model) pairs
+
+MODELS_TTL = 300.0  #: seconds a provider's own model list (GET /models) is kept
+MODELS_RETRY = 30.0  #: after a failed GET /models, seconds before asking again (the configured names meanwhile)
+MODELS_TIMEOUT = 3.0  #: seconds a GET /models may take (start-up waits at most this long for a dead provider)
+
+log = logging.getLogger("tokenwire.routing")
+
+
+def _is_pattern(name: str) -> bool:
+    return "*" in name or "?" in name or "[" in name
 
 
 def build_provider(cfg: ProviderConfig, session: SharedSession, speed: float) -> Provider:
@@ -67,6 +81,20 @@ class Router:
         self.policy = Policy.from_settings(settings)
         self.by_name = {cfg.name: (cfg, provider) for cfg, provider in self.providers}
         self.deployments: dict[tuple[str, str], Deployment] = {}
+        #: provider name -> the model ids its own GET /models listed (providers routed by a pattern)
+        self.listed: dict[str, list[str]] = {}
+        self._next_ask: dict[str, float] = {}
+        self._discovery: asyncio.Future[None] | None = None
+        self._default_given = bool(settings.default_model)
+        if settings.default_model:
+            try:
+                self.resolve(settings.default_model)
+            except GatewayError:
+                known = self.model_names()
+                raise ConfigError(
+                    f"default_model {settings.default_model[:80]!r} is not served by any provider"
+                    f"{did_you_mean(settings.default_model, known)}; served: {', '.join(known) or 'none'}"
+                ) from None
 
     def _guess_default(self) -> str | None:
         for cfg, _ in self.providers:
@@ -150,14 +178,79 @@ class Router:
             dep = self.deployments[key] = Deployment(provider, upstream, self.policy)
         return Route(name, upstream, provider, dep, None, info)
 
+    # -- the providers' own model lists -------------------------------------------------
+    async def discover(self, timeout: float = MODELS_TIMEOUT) -> None:
+        """Ask providers routed by a pattern ("*", "gpt-*") for their models (cached for MODELS_TTL).
+
+        A provider without a list, or one that fails or does not answer within ``timeout``,
+        keeps its configured names (asked again after MODELS_RETRY). Concurrent callers share
+        one round of requests.
+        """
+        now = time.monotonic()
+        due = [
+            (cfg, p)
+            for cfg, p in self.providers
+            if hasattr(p, "list_models")
+            and any(_is_pattern(m) for m in cfg.models)
+            and now >= self._next_ask.get(cfg.name, 0.0)
+        ]
+        if not due:
+            return
+        if self._discovery is None or self._discovery.done():
+            self._discovery = asyncio.ensure_future(self._ask(due, timeout))
+        await asyncio.shield(self._discovery)
+
+    async def _ask(self, due: list[tuple[ProviderConfig, Provider]], timeout: float) -> None:
+        async def one(cfg: ProviderConfig, provider: Any) -> None:
+            try:
+                ids = await asyncio.wait_for(provider.list_models(timeout), timeout + 0.5)
+            except Exception as exc:  # a best-effort list: any failure means the configured names
+                self._next_ask[cfg.name] = time.monotonic() + MODELS_RETRY
+                if cfg.name not in self.listed:
+                    if isinstance(exc, GatewayError):
+                        reason = exc.message
+                    elif isinstance(exc, TimeoutError):
+                        reason = f"no answer within {timeout:g} s"
+                    else:
+                        reason = f"{type(exc).__name__}: {exc}"
+                    log.warning("%s: cannot list its models (%s); listing the configured names", cfg.name, reason)
+                return
+            self.listed[cfg.name] = ids
+            self._next_ask[cfg.name] = time.monotonic() + MODELS_TTL
+
+        await asyncio.gather(*(one(cfg, p) for cfg, p in due))
+        if not self._default_given:
+            ids = [i for cfg, _ in self.providers for i in self.listed.get(cfg.name, [])]
+            if ids and self.default_model not in ids and not self._exact(self.default_model or ""):
+                self.default_model = ids[0]
+
+    def _pattern_owner(self, name: str) -> ProviderConfig | None:
+        """The provider a name no one lists by name goes to (the first whose pattern matches)."""
+        for cfg in self.configs:
+            if any(fnmatchcase(name, pat) for pat in cfg.models if _is_pattern(pat)):
+                return cfg
+        return None
+
+    def _exact(self, name: str) -> bool:
+        """Is ``name`` routed by name (a route, a provider's list, the catalog), not by a pattern?"""
+        if not name:
+            return False
+        if name in self.routes or any(name in cfg.models or name in cfg.model_map for cfg in self.configs):
+            return True
+        info = self.catalog.get(name)
+        return info is not None and info.provider in self.by_name
+
     def health(self) -> list[dict[str, Any]]:
         """Circuit-breaker state and observed latency of every deployment used so far."""
         return [dep.snapshot() for dep in self.deployments.values()]
 
     def model_names(self) -> list[str]:
+        """Names a client can ask for by name (patterns are routing rules, not models)."""
         names: list[str] = []
         for cfg, _ in self.providers:
-            names += [m for m in [*cfg.models, *cfg.model_map] if m not in names]
+            for m in [*cfg.models, *cfg.model_map, *self.listed.get(cfg.name, [])]:
+                if m not in names and not _is_pattern(m):
+                    names.append(m)
         return names
 
     def models(self) -> list[dict[str, Any]]:
@@ -191,7 +284,11 @@ class Router:
 
         for cfg, provider in self.providers:
             for name in [*cfg.models, *cfg.model_map]:
-                if name not in seen:
+                if name not in seen and not _is_pattern(name):
+                    add(name, cfg, provider)
+        for cfg, provider in self.providers:
+            for name in self.listed.get(cfg.name, []):
+                if name not in seen and not self._exact(name) and self._pattern_owner(name) is cfg:
                     add(name, cfg, provider)
         for name in [*self.routes, *self.catalog]:
             if name in seen:
@@ -201,6 +298,8 @@ class Router:
             except GatewayError:
                 continue
             cfg = self.by_name[route.provider.name][0]
+            if cfg.name in self.listed and not self._exact(name):
+                continue  # matched only by a pattern, and the provider's own list does not have it
             extra: dict[str, Any] = {"upstream_model": route.upstream_model}
             if route.plan is not None:
                 extra["deployments"] = [t.deployment.key for g in route.plan.groups for t in g.targets if t.deployment]
