@@ -22,7 +22,8 @@ from ..protocol.errors import GatewayError
 from ..protocol.events import CLOSE_DRAIN
 from ..runtime.gateway import Gateway, make_store
 from ..runtime.metrics import setup_event_log
-from ..runtime.relay import Registry, conversation_key
+from ..runtime.relay import Registry, conversation_key, conversation_owner
+from ..store.base import MAX_TITLE
 from ..version import __version__
 from .access import handshake_middleware, host_middleware
 from .aisdk_http import chat_post, chat_stop, chat_stream
@@ -114,6 +115,50 @@ async def delete_conversation(request: web.Request) -> web.Response:
     return _json({"deleted": found}, 200 if found else 404)
 
 
+async def list_conversations(request: web.Request) -> web.Response:
+    """This key's conversations, most recent first: ``{"data": [{"id", "title", "updated"}]}``."""
+    gw: Gateway = request.app["gateway"]
+    try:
+        principal = await gw.access.authenticate_http(request)
+    except GatewayError as err:
+        return error_response(err)
+    owner = conversation_owner(principal)
+    try:
+        limit = min(max(int(request.query.get("limit", "100")), 1), 500)
+    except ValueError:
+        return error_response(GatewayError("bad_request", "limit must be a number"))
+    try:
+        rows = await gw.store.list(owner, limit)
+    except GatewayError as err:
+        return error_response(err)
+    return _json({"data": [{**row, "id": row["id"][len(owner) :]} for row in rows]})
+
+
+async def rename_conversation(request: web.Request) -> web.Response:
+    """``PATCH /v1/conversations/{cid}`` with ``{"title": "…"}``."""
+    gw: Gateway = request.app["gateway"]
+    try:
+        principal = await gw.access.authenticate_http(request)
+    except GatewayError as err:
+        return error_response(err)
+    cid = request.match_info["cid"]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return error_response(GatewayError("invalid_json", 'the body must be JSON: {"title": "…"}'))
+    title = body.get("title") if isinstance(body, dict) else None
+    if not isinstance(title, str) or not title.strip():
+        return error_response(GatewayError("bad_request", "title must be a non-empty string"))
+    title = " ".join(title.split())[:MAX_TITLE]
+    try:
+        found = await gw.store.set_title(conversation_key(cid, principal), title)
+    except GatewayError as err:
+        return error_response(err)
+    if not found:
+        return error_response(GatewayError("not_found", f"no conversation {cid[:128]}"))
+    return _json({"id": cid, "title": title})
+
+
 def _static(name: str, content_type: str, cors: bool = False):
     """A file of tokenwire.web; ``cors``: importable from pages of other origins (a public module)."""
     headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
@@ -172,7 +217,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/v1/poll/start", poll_start)
     app.router.add_get("/v1/poll/{sid}", poll_events)
+    app.router.add_get("/v1/conversations", list_conversations)
     app.router.add_get("/v1/conversations/{cid}", get_conversation)
+    app.router.add_patch("/v1/conversations/{cid}", rename_conversation)
     app.router.add_delete("/v1/conversations/{cid}", delete_conversation)
     app.router.add_get("/", _static("index.html", "text/html"))
     app.router.add_get("/tokenwire.js", _static("tokenwire.js", "text/javascript", cors=True))
