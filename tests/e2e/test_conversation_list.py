@@ -62,6 +62,18 @@ async def test_store_lists_one_owners_conversations_newest_first(store) -> None:
     assert {r["id"]: r["title"] for r in await store.list("k/a/")}["k/a/one"] == "again"
 
 
+async def test_store_truncates_to_the_first_turns(store) -> None:
+    turns = [{"role": r, "content": f"{r} {i}"} for i in range(3) for r in ("user", "assistant")]
+    await store.append("k/a/t", turns, system="be brief")
+    assert await store.truncate("k/a/t", 3) is True
+    assert await store.history("k/a/t") == [{"role": "system", "content": "be brief"}, *turns[:3]]
+    await store.append("k/a/t", [{"role": "assistant", "content": "new"}])  # goes on after the cut
+    assert [m["content"] for m in await store.history("k/a/t")][-2:] == ["user 1", "new"]
+    assert await store.truncate("k/a/t", 0) is True
+    assert await store.history("k/a/t") == [{"role": "system", "content": "be brief"}]
+    assert await store.truncate("k/a/none", 1) is False
+
+
 async def test_the_api_is_per_key(spawn: Callable[..., Proc], tmp_path: Path) -> None:
     db = tmp_path / "keys.db"
     ann, bob = create_key(db, "ann"), create_key(db, "bob")
@@ -104,6 +116,17 @@ async def test_the_api_is_per_key(spawn: Callable[..., Proc], tmp_path: Path) ->
                 assert r.status == 400, bad
         async with s.patch(gw.http + "/v1/conversations/c1", data=b"{", headers=h(ann)) as r:
             assert r.status == 400
+        for bad in ({"truncate": -1}, {"truncate": "1"}, {"truncate": True}, {}):
+            async with s.patch(gw.http + "/v1/conversations/c1", json=bad, headers=h(ann)) as r:
+                assert r.status == 400, bad
+
+        await chat(ann, "c1", "Ann's next")
+        async with s.patch(gw.http + "/v1/conversations/c1", json={"truncate": 2}, headers=h(ann)) as r:
+            assert r.status == 200 and await r.json() == {"id": "c1", "truncate": 2}
+        async with s.get(gw.http + "/v1/conversations/c1", headers=h(ann)) as r:
+            assert [m["role"] for m in (await r.json())["messages"]] == ["user", "assistant"]
+        async with s.get(gw.http + "/v1/conversations/c1", headers=h(bob)) as r:
+            assert len((await r.json())["messages"]) == 2  # Bob's c1 untouched
 
         async with s.delete(gw.http + "/v1/conversations/c2", headers=h(ann)) as r:
             assert r.status == 200

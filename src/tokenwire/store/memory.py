@@ -44,6 +44,13 @@ class MemoryConversationStore:
             out.append(summary(cid, self._titles.get(cid), first, self._updated[cid]))
         return out
 
+    async def truncate(self, conversation_id: str, keep: int) -> bool:
+        if conversation_id not in self._updated:
+            return False
+        del self._turns.setdefault(conversation_id, [])[max(0, keep) :]
+        self._updated[conversation_id] = time.time()
+        return True
+
     async def set_title(self, conversation_id: str, title: str) -> bool:
         if conversation_id not in self._updated:
             return False

@@ -220,6 +220,20 @@ class RedisConversationStore:
             out.append(summary(cid.decode(), title.decode() if title else None, first, score))
         return out
 
+    async def truncate(self, conversation_id: str, keep: int) -> bool:
+        r = self.link.redis
+        turns_key, sys_key = self._keys(conversation_id)
+        if not await self.link.call(r.exists(turns_key, sys_key), "editing the conversation"):
+            return False
+        pipe = r.pipeline(transaction=True)
+        if keep > 0:
+            pipe.ltrim(turns_key, 0, keep - 1)
+        else:
+            pipe.delete(turns_key)
+        pipe.zadd(self._index(conversation_id), {conversation_id.encode(): time.time()})
+        await self.link.call(pipe.execute(), "editing the conversation")
+        return True
+
     async def set_title(self, conversation_id: str, title: str) -> bool:
         r = self.link.redis
         base = self._keys(conversation_id)[0]

@@ -149,6 +149,25 @@ class SQLiteConversationStore:
         cur = self._db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title[:MAX_TITLE], conversation_id))
         return cur.rowcount > 0
 
+    def _truncate(self, conversation_id: str, keep: int) -> bool:
+        assert self._db is not None
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), conversation_id))
+            if cur.rowcount:  # the turns are numbered 0, 1, … in order (_append)
+                db.execute(
+                    "DELETE FROM messages WHERE conversation_id = ? AND idx >= ?", (conversation_id, max(0, keep))
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return cur.rowcount > 0
+
+    async def truncate(self, conversation_id: str, keep: int) -> bool:
+        return await self._run(self._truncate, conversation_id, keep)
+
     async def list(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
         return await self._run(self._list, owner, limit)
 
