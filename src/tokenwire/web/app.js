@@ -522,7 +522,7 @@ function renderConversations() {
       if (!c.local) {
         li.append(
           button("✎", "conv-rename", () => startRename(li, c), "Rename"),
-          button("🗑", "conv-delete", (ev) => deleteConversation(ev.currentTarget, c), "Delete"),
+          button("✕", "conv-delete", (ev) => deleteConversation(ev.currentTarget, c), "Delete"),
         );
         li.querySelector(".conv-rename").setAttribute("aria-label", `Rename “${c.title || c.id}”`);
         li.querySelector(".conv-delete").setAttribute("aria-label", `Delete “${c.title || c.id}”`);
@@ -575,7 +575,7 @@ async function deleteConversation(btn, c) {
     setTimeout(() => {
       if (btn.isConnected) {
         delete btn.dataset.confirm;
-        btn.textContent = "🗑";
+        btn.textContent = "✕";
       }
     }, 4000);
     return;
