@@ -179,7 +179,9 @@ def test_copy_regenerate_edit_and_resend(open_page, gateway: Proc) -> None:
     # Regenerate: only on the last reply; the stored conversation has the question once, with one reply
     hidden = page.eval_on_selector_all(".msg.assistant .regen", "bs => bs.map(b => b.hidden)")
     assert hidden == [True, False]
+    page.evaluate("document.querySelectorAll('.msg.assistant')[1].dataset.old = '1'")
     page.click(".msg.assistant >> nth=1 >> .regen")
+    poll(page, "() => !document.querySelectorAll('.msg.assistant')[1]?.dataset.old")  # the old reply is gone
     wait_end(page, 2)
     assert raws(page) == [
         ("user", "first question"),
