@@ -1,4 +1,5 @@
-"""tokenwire.js and markdown.js tested inside headless Chromium against a real gateway."""
+"""tokenwire.js and markdown.js (markdown-it + highlight.js, vendored) tested inside headless Chromium against a
+real gateway."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ MARKDOWN_CASES = [
     ("[x](javascript:alert(1))", "<p>[x](javascript:alert(1))</p>"),
     (
         '[x](https://e.example/?a="b")',
-        '<p><a href="https://e.example/?a=&quot;b&quot;" target="_blank" rel="noopener noreferrer nofollow">x</a></p>',
+        # markdown-it percent-encodes the quotes (the old renderer escaped them): no way out of href either way
+        '<p><a href="https://e.example/?a=%22b%22" target="_blank" rel="noopener noreferrer nofollow">x</a></p>',
     ),
     (
         "[x](https://e.example/a)",
@@ -60,6 +62,22 @@ MARKDOWN_CASES = [
     ("> quote <u>", "<blockquote><p>quote &lt;u&gt;</p></blockquote>"),
     ("line one\nline two\n\nnext", "<p>line one<br>line two</p><p>next</p>"),
     ("สวัสดี **ครับ**", "<p>สวัสดี <strong>ครับ</strong></p>"),
+    ("[x](JavaScript:alert(1))", "<p>[x](JavaScript:alert(1))</p>"),
+    (
+        "[x](data:text/html,<script>alert(1)</script>)",
+        "<p>[x](data:text/html,&lt;script&gt;alert(1)&lt;/script&gt;)</p>",
+    ),
+    ("[x](vbscript:msgbox)", "<p>[x](vbscript:msgbox)</p>"),
+    ("[x](/relative)", "<p>[x](/relative)</p>"),
+    ("<javascript:alert(1)>", "<p>&lt;javascript:alert(1)&gt;</p>"),
+    (
+        "![x](https://e.example/t.png)",
+        '<p>!<a href="https://e.example/t.png" target="_blank" rel="noopener noreferrer nofollow">x</a></p>',
+    ),
+    (
+        "[m](mailto:a@e.example)",
+        '<p><a href="mailto:a@e.example" target="_blank" rel="noopener noreferrer nofollow">m</a></p>',
+    ),
 ]
 
 
@@ -69,7 +87,7 @@ def test_markdown_renderer_escapes_everything(page) -> None:
             const { renderMarkdown, escapeHtml } = await import('/static/markdown.js');
             const out = cases.map(([src]) => {
                 const div = document.createElement('div');
-                div.append(renderMarkdown(src));
+                div.append(renderMarkdown(src, { highlight: false }));
                 return div.innerHTML;
             });
             out.push(escapeHtml(`<a href="x" onclick='y'>&</a>`));
@@ -80,6 +98,44 @@ def test_markdown_renderer_escapes_everything(page) -> None:
     for (src, want), got in zip(MARKDOWN_CASES, results, strict=False):
         assert got == want, f"{src!r}: {got!r} != {want!r}"
     assert results[-1] == "&lt;a href=&quot;x&quot; onclick=&#39;y&#39;&gt;&amp;&lt;/a&gt;"
+
+
+def test_highlighting_adds_only_spans_and_keeps_the_text(page) -> None:
+    """With highlight.js on (as on the page), a code block gains <span class="hljs-…"> and nothing else."""
+    got = page.evaluate(
+        """async (cases) => {
+            const { renderMarkdown } = await import('/static/markdown.js');
+            const html = (src, highlight) => {
+                const div = document.createElement('div');
+                div.append(renderMarkdown(src, { highlight }));
+                return div;
+            };
+            return cases.map((src) => {
+                const on = html(src, true), off = html(src, false);
+                const extra = [...on.querySelectorAll('*')].filter((e) => e.closest('code') && e.tagName !== 'CODE');
+                return {
+                    same_text: on.textContent === off.textContent,
+                    extra: extra.map((e) => e.tagName + '.' + e.className),
+                    attrs: [...on.querySelectorAll('*')].flatMap((e) => [...e.attributes].map((a) => a.name)),
+                    code: on.querySelector('code')?.textContent,
+                };
+            });
+        }""",
+        [f"```{lang}\n{code}\n```" for lang, code in HIGHLIGHT_CASES],
+    )
+    for (lang, code), r in zip(HIGHLIGHT_CASES, got, strict=True):
+        assert r["same_text"] and r["code"] == code, (lang, r)
+        assert r["extra"], f"{lang}: nothing highlighted"
+        assert all(e.startswith("SPAN.hljs") or e.startswith("SPAN.language-") for e in r["extra"]), r["extra"]
+        assert set(r["attrs"]) <= {"class", "data-lang"}, r["attrs"]
+
+
+HIGHLIGHT_CASES = [
+    ("python", "def f(x):\n    return '<b>' + x  # comment"),
+    ("html", '<script>alert(1)</script><img src=x onerror="alert(2)">'),
+    ("js", "const a = `${b}</script>`;"),
+    ("bash", "echo $HOME > /tmp/x"),
+]
 
 
 def test_streams_are_multiplexed_on_one_socket(page) -> None:

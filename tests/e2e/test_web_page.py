@@ -400,7 +400,8 @@ def test_errors_show_in_page_with_retry(new_page, slow_gateway: Proc) -> None:
     second.reload()
     load(second, slow_gateway.http + "/")
     poll(second, "() => document.querySelectorAll('.msg').length === 4")
-    users = second.eval_on_selector_all(".msg.user", "els => els.map(e => e.innerText.trim())")
+    # (the message's text: its body, not its Copy / Edit buttons)
+    users = second.eval_on_selector_all(".msg.user .body", "els => els.map(e => e.innerText.trim())")
     assert [u.removeprefix("You").strip() for u in users] == ["long one", "me too"]
 
     # A non-retryable error (unknown model) is shown without a Retry button.

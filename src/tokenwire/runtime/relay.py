@@ -46,8 +46,13 @@ def conversation_key(conversation_id: str | None, owner: Any) -> str | None:
     """
     if conversation_id is None:
         return None
+    return conversation_owner(owner) + conversation_id
+
+
+def conversation_owner(owner: Any) -> str:
+    """The prefix of every conversation of one API key (``""`` in open mode): what a list is filtered by."""
     key_id = getattr(owner, "key_id", None)
-    return f"k/{key_id}/{conversation_id}" if key_id else conversation_id
+    return f"k/{key_id}/" if key_id else ""
 
 
 def stream_key(stream_id: str, owner: Any) -> str:

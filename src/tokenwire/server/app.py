@@ -24,7 +24,8 @@ from ..protocol.errors import GatewayError
 from ..protocol.events import CLOSE_DRAIN
 from ..runtime.gateway import Gateway, make_store
 from ..runtime.metrics import setup_event_log
-from ..runtime.relay import Registry, conversation_key
+from ..runtime.relay import Registry, conversation_key, conversation_owner
+from ..store.base import MAX_TITLE
 from ..version import __version__
 from .access import handshake_middleware, host_middleware
 from .aisdk_http import chat_post, chat_stop, chat_stream
@@ -117,6 +118,62 @@ async def delete_conversation(request: web.Request) -> web.Response:
     return _json({"deleted": found}, 200 if found else 404)
 
 
+async def list_conversations(request: web.Request) -> web.Response:
+    """This key's conversations, most recent first: ``{"data": [{"id", "title", "updated"}]}``."""
+    gw: Gateway = request.app["gateway"]
+    try:
+        principal = await gw.access.authenticate_http(request)
+    except GatewayError as err:
+        return error_response(err)
+    owner = conversation_owner(principal)
+    try:
+        limit = min(max(int(request.query.get("limit", "100")), 1), 500)
+    except ValueError:
+        return error_response(GatewayError("bad_request", "limit must be a number"))
+    try:
+        rows = await gw.store.list(owner, limit)
+    except GatewayError as err:
+        return error_response(err)
+    return _json({"data": [{**row, "id": row["id"][len(owner) :]} for row in rows]})
+
+
+async def rename_conversation(request: web.Request) -> web.Response:
+    """``PATCH /v1/conversations/{cid}`` with ``{"title": "…"}`` and/or ``{"truncate": N}`` (keep the system
+    prompt and the first N turns: the chat page's regenerate and edit-and-resend)."""
+    gw: Gateway = request.app["gateway"]
+    try:
+        principal = await gw.access.authenticate_http(request)
+    except GatewayError as err:
+        return error_response(err)
+    cid = request.match_info["cid"]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return error_response(GatewayError("invalid_json", 'the body must be JSON: {"title": "…"}'))
+    if not isinstance(body, dict) or not ({"title", "truncate"} & body.keys()):
+        return error_response(GatewayError("bad_request", 'give "title" (a string) and/or "truncate" (a number)'))
+    title, keep = body.get("title"), body.get("truncate")
+    if "title" in body and (not isinstance(title, str) or not title.strip()):
+        return error_response(GatewayError("bad_request", "title must be a non-empty string"))
+    if "truncate" in body and (type(keep) is not int or keep < 0):
+        return error_response(GatewayError("bad_request", "truncate must be a number of turns, 0 or more"))
+    key = conversation_key(cid, principal)
+    out: dict[str, Any] = {"id": cid}
+    try:
+        found = True
+        if keep is not None:
+            found = await gw.store.truncate(key, keep)
+            out["truncate"] = keep
+        if found and title is not None:
+            out["title"] = " ".join(title.split())[:MAX_TITLE]
+            found = await gw.store.set_title(key, out["title"])
+    except GatewayError as err:
+        return error_response(err)
+    if not found:
+        return error_response(GatewayError("not_found", f"no conversation {cid[:128]}"))
+    return _json(out)
+
+
 def _static(name: str, content_type: str, cors: bool = False):
     """A file of tokenwire.web; ``cors``: importable from pages of other origins (a public module)."""
     headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
@@ -175,11 +232,14 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/v1/poll/start", poll_start)
     app.router.add_get("/v1/poll/{sid}", poll_events)
+    app.router.add_get("/v1/conversations", list_conversations)
     app.router.add_get("/v1/conversations/{cid}", get_conversation)
+    app.router.add_patch("/v1/conversations/{cid}", rename_conversation)
     app.router.add_delete("/v1/conversations/{cid}", delete_conversation)
     app.router.add_get("/", _static("index.html", "text/html"))
     app.router.add_get("/tokenwire.js", _static("tokenwire.js", "text/javascript", cors=True))
     app.router.add_get("/static/{name}", _static_dir)
+    app.router.add_get("/static/vendor/{name}", _static_dir)  # web/vendor/: markdown-it, highlight.js (npm)
 
     async def on_shutdown(app: web.Application) -> None:
         await liveness.aclose()
@@ -203,9 +263,13 @@ _STATIC_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 async def _static_dir(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     types = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+    if request.path.startswith("/static/vendor/"):
+        types[".txt"] = "text/plain"  # the licences
     ext = name[name.rfind(".") :] if "." in name else ""
     if not _STATIC_NAME.fullmatch(name) or ".." in name or ext not in types:
         raise web.HTTPNotFound()  # also a NUL or other odd byte in the name: nothing to look up
+    if request.path.startswith("/static/vendor/"):
+        name = "vendor/" + name
     return await _static(name, types[ext])(request)
 
 

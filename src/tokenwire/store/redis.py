@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..protocol.errors import GatewayError
-from .base import Message
+from .base import MAX_TITLE, Message, owner_of, summary
 
 __all__ = ["FAULTS", "RedisConversationStore", "RedisLink", "raise_if_cancelled", "redact", "stop_tasks"]
 
@@ -155,7 +155,8 @@ class RedisLink:
 class RedisConversationStore:
     """Conversations as a Redis list of JSON turns plus one key for the system prompt.
 
-    Shared by every instance, so any instance continues any conversation.
+    Shared by every instance, so any instance continues any conversation. A sorted set per owner
+    (``P:cl:OWNER``, scored by the last update) lists them; ``P:c:ID:t`` holds a title.
     """
 
     def __init__(self, url: str, prefix: str = "tw", timeout: float = 2.0) -> None:
@@ -185,11 +186,61 @@ class RedisConversationStore:
             pipe.rpush(turns_key, *(orjson.dumps(m) for m in messages))
         elif system is None:
             return
+        pipe.zadd(self._index(conversation_id), {conversation_id.encode(): time.time()})
         await self.link.call(pipe.execute(), "storing the conversation")
 
+    def _index(self, conversation_id: str) -> str:
+        return f"{self.prefix}:cl:{owner_of(conversation_id)}"
+
     async def delete(self, conversation_id: str) -> bool:
-        n = await self.link.call(self.link.redis.delete(*self._keys(conversation_id)), "deleting the conversation")
+        pipe = self.link.redis.pipeline(transaction=True)
+        pipe.delete(*self._keys(conversation_id))
+        pipe.delete(self._keys(conversation_id)[0] + ":t")
+        pipe.zrem(self._index(conversation_id), conversation_id.encode())
+        n, _, _ = await self.link.call(pipe.execute(), "deleting the conversation")
         return bool(n)
+
+    async def list(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
+        r = self.link.redis
+        rows = await self.link.call(
+            r.zrevrange(f"{self.prefix}:cl:{owner}", 0, limit - 1, withscores=True), "listing conversations"
+        )
+        if not rows:
+            return []
+        pipe = r.pipeline(transaction=False)
+        for cid, _ in rows:
+            base = f"{self.prefix}:c:{cid.decode()}"
+            pipe.get(base + ":t")
+            pipe.lrange(base, 0, 1)  # the first question is one of the first two turns (after a tool turn: rare)
+        got = await self.link.call(pipe.execute(), "listing conversations")
+        out = []
+        for i, (cid, score) in enumerate(rows):
+            title, head = got[2 * i], got[2 * i + 1]
+            first = next((m.get("content") for m in map(orjson.loads, head) if m.get("role") == "user"), None)
+            out.append(summary(cid.decode(), title.decode() if title else None, first, score))
+        return out
+
+    async def truncate(self, conversation_id: str, keep: int) -> bool:
+        r = self.link.redis
+        turns_key, sys_key = self._keys(conversation_id)
+        if not await self.link.call(r.exists(turns_key, sys_key), "editing the conversation"):
+            return False
+        pipe = r.pipeline(transaction=True)
+        if keep > 0:
+            pipe.ltrim(turns_key, 0, keep - 1)
+        else:
+            pipe.delete(turns_key)
+        pipe.zadd(self._index(conversation_id), {conversation_id.encode(): time.time()})
+        await self.link.call(pipe.execute(), "editing the conversation")
+        return True
+
+    async def set_title(self, conversation_id: str, title: str) -> bool:
+        r = self.link.redis
+        base = self._keys(conversation_id)[0]
+        if not await self.link.call(r.exists(base, base + ":sys"), "naming the conversation"):
+            return False
+        await self.link.call(r.set(base + ":t", title[:MAX_TITLE].encode()), "naming the conversation")
+        return True
 
     async def aclose(self) -> None:
         await self.link.aclose()

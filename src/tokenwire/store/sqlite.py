@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .base import Message
+from .base import MAX_TITLE, Message, owner_of, summary
 
 __all__ = ["SQLiteConversationStore"]
 
@@ -53,6 +53,8 @@ class SQLiteConversationStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(_SCHEMA)
+        if "title" not in {row[1] for row in db.execute("PRAGMA table_info(conversations)")}:
+            db.execute("ALTER TABLE conversations ADD COLUMN title TEXT")  # a database from before titles
         self._db = db
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -119,6 +121,58 @@ class SQLiteConversationStore:
         self._db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
         cur = self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
         return cur.rowcount > 0
+
+    def _list(self, owner: str, limit: int) -> list[dict[str, Any]]:
+        assert self._db is not None
+        # ids of one owner share its prefix; open mode ("") excludes every key's ("k/...") conversations
+        if owner:
+            where, args = "substr(c.id, 1, ?) = ?", (len(owner), owner)
+        else:
+            where, args = "c.id NOT LIKE 'k/%'", ()
+        rows = self._db.execute(
+            "SELECT c.id, c.title, c.updated, (SELECT m.content FROM messages m WHERE m.conversation_id = c.id "
+            f"AND m.role = 'user' ORDER BY m.idx LIMIT 1) FROM conversations c WHERE {where} "
+            "ORDER BY c.updated DESC LIMIT ?",
+            (*args, limit * 2),
+        ).fetchall()
+        out = []
+        for cid, title, updated, first in rows:
+            if owner_of(cid) != owner:
+                continue  # e.g. "k/x" (no second slash) in open mode
+            if first and first[0] == "\x00":
+                first = orjson.loads(first[1:])
+            out.append(summary(cid, title, first, updated))
+        return out[:limit]
+
+    def _set_title(self, conversation_id: str, title: str) -> bool:
+        assert self._db is not None
+        cur = self._db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title[:MAX_TITLE], conversation_id))
+        return cur.rowcount > 0
+
+    def _truncate(self, conversation_id: str, keep: int) -> bool:
+        assert self._db is not None
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), conversation_id))
+            if cur.rowcount:  # the turns are numbered 0, 1, … in order (_append)
+                db.execute(
+                    "DELETE FROM messages WHERE conversation_id = ? AND idx >= ?", (conversation_id, max(0, keep))
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return cur.rowcount > 0
+
+    async def truncate(self, conversation_id: str, keep: int) -> bool:
+        return await self._run(self._truncate, conversation_id, keep)
+
+    async def list(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._run(self._list, owner, limit)
+
+    async def set_title(self, conversation_id: str, title: str) -> bool:
+        return await self._run(self._set_title, conversation_id, title)
 
     async def history(self, conversation_id: str) -> list[Message]:
         return await self._run(self._history, conversation_id)

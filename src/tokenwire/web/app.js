@@ -1,4 +1,6 @@
-// The chat page served at "/": a thin UI over tokenwire.js and markdown.js.
+// The chat page served at "/": a thin UI over tokenwire.js and markdown.js (markdown-it + highlight.js).
+// Conversations live on the gateway, per API key: GET /v1/conversations lists them, PATCH renames or
+// truncates one (regenerate, edit and resend), DELETE removes it.
 import { TokenwireClient, TokenwireError } from "/tokenwire.js";
 import { renderMarkdown } from "/static/markdown.js";
 
@@ -55,6 +57,10 @@ const ui = {
   statusText: $("status-text"),
   reconnect: $("reconnect"),
   convId: $("conv-id"),
+  convList: $("conv-list"),
+  sidebar: $("sidebar"),
+  scrim: $("scrim"),
+  openSidebar: $("open-sidebar"),
 };
 
 const app = {
@@ -63,6 +69,8 @@ const app = {
   current: null, // { gen, view }
   statusLog: [], // every status state, in order (tests read it)
   models: [],
+  conversations: [], // [{id, title, updated}] from the gateway, newest first
+  copied: null, // the last text put on the clipboard (tests read it)
 };
 window.tokenwireApp = app;
 store.set(KEY.conv, app.conversationId);
@@ -101,20 +109,91 @@ function addMessage(role, text = "") {
   who.textContent = role === "user" ? "You" : role === "assistant" ? "Assistant" : role;
   const body = document.createElement("div");
   body.className = "body";
-  wrap.append(who, body);
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  wrap.append(who, body, actions);
   ui.messages.append(wrap);
   const view = { el: wrap, body, raw: text, role, frame: 0 };
   wrap.twView = view;
+  actions.append(button("Copy", "copy", () => copyText(view.raw, actions.querySelector(".copy")), "Copy this message"));
+  if (role === "user") actions.append(button("Edit", "edit", () => startEdit(view), "Edit and send again"));
+  else actions.append(button("Regenerate", "regen", () => regenerate(view), "Ask for this reply again"));
   render(view);
+  updateActions();
   scrollDown(true);
   return view;
+}
+
+function button(label, cls, onClick, title = "") {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = `small ${cls}`;
+  b.textContent = label;
+  if (title) b.title = title;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+/** Only the last reply can be regenerated; nothing can be edited while a reply streams. */
+function updateActions() {
+  const assistants = ui.messages.querySelectorAll(".msg.assistant");
+  assistants.forEach((el, i) => {
+    const b = el.querySelector(".regen");
+    if (b) b.hidden = i !== assistants.length - 1;
+  });
+  for (const b of ui.messages.querySelectorAll(".msg .edit, .msg .regen")) b.disabled = Boolean(app.current);
+}
+
+async function copyText(text, btn) {
+  app.copied = text;
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    // no clipboard permission (or not a secure context): the old way
+    const ta = document.createElement("textarea");
+    ta.value = text;
+    ta.setAttribute("readonly", "");
+    ta.className = "sr-only";
+    document.body.append(ta);
+    ta.select();
+    try {
+      document.execCommand("copy");
+    } catch {
+      /* nothing more to try */
+    }
+    ta.remove();
+  }
+  if (btn) {
+    const label = btn.textContent;
+    btn.textContent = "Copied";
+    btn.dataset.copied = "1";
+    setTimeout(() => {
+      btn.textContent = label;
+      delete btn.dataset.copied;
+    }, 1500);
+  }
+}
+
+/** Code blocks: a Copy button over each (the block's text exactly, without the highlighting). */
+function decorateCode(body) {
+  for (const pre of body.querySelectorAll("pre")) {
+    const box = document.createElement("div");
+    box.className = "code";
+    pre.replaceWith(box);
+    const code = pre.querySelector("code");
+    const copy = button("Copy", "copy-code", () => copyText(code ? code.textContent : pre.textContent, copy), "Copy the code");
+    box.append(copy, pre);
+  }
 }
 
 function render(view) {
   view.frame = 0;
   view.el.twRaw = view.raw; // the exact text received (tests compare it with the model's reply)
   if (view.role === "user") view.body.textContent = view.raw; // the user's own words, never parsed
-  else view.body.replaceChildren(renderMarkdown(view.raw));
+  else {
+    view.body.replaceChildren(renderMarkdown(view.raw));
+    decorateCode(view.body);
+  }
   setLang(view.body, view.raw);
   scrollDown();
 }
@@ -185,6 +264,7 @@ function setBusy(busy) {
   ui.stop.hidden = !busy;
   ui.send.disabled = busy;
   document.body.classList.toggle("busy", busy);
+  updateActions();
 }
 
 function params() {
@@ -252,7 +332,93 @@ async function follow(gen, view, { model, retry = null }) {
     if (app.current?.gen === gen) app.current = null;
     if (JSON.parse(sessionStore.get(KEY.pending) || "null")?.streamId === gen.streamId) sessionStore.set(KEY.pending, null);
     setBusy(false);
+    loadConversations(); // the gateway stored the turn: the list shows it (and its title)
   }
+}
+
+// ---- regenerate, edit and resend ----------------------------------------------------------
+
+/** Cut the stored conversation before its n-th question (0-based), so that it can be asked again. */
+async function truncateBeforeQuestion(n) {
+  const cid = app.conversationId;
+  const r = await fetch(`/v1/conversations/${encodeURIComponent(cid)}`, { headers: authHeaders() });
+  if (r.status === 401) throw authError(r);
+  if (r.status === 404) return; // nothing stored (e.g. the first reply failed): nothing to cut
+  if (!r.ok) throw new TokenwireError("http_" + r.status, `could not load the conversation (HTTP ${r.status})`, { retryable: true });
+  const turns = ((await r.json()).messages || []).filter((m) => m.role !== "system");
+  let seen = -1;
+  const keep = turns.findIndex((m) => m.role === "user" && ++seen === n);
+  if (keep < 0) return; // that question was never stored (its reply failed): nothing after it either
+  const p = await fetch(`/v1/conversations/${encodeURIComponent(cid)}`, {
+    method: "PATCH",
+    headers: { ...authHeaders(), "Content-Type": "application/json" },
+    body: JSON.stringify({ truncate: keep }),
+  });
+  if (p.status === 401) throw authError(p);
+  if (!p.ok) throw new TokenwireError("http_" + p.status, `could not edit the conversation (HTTP ${p.status})`, { retryable: true });
+}
+
+/** Remove `el` and every message after it from the page. */
+function removeFrom(el) {
+  while (el) {
+    const next = el.nextElementSibling;
+    el.remove();
+    el = next;
+  }
+}
+
+function questionIndex(userEl) {
+  return [...ui.messages.querySelectorAll(".msg.user")].indexOf(userEl);
+}
+
+async function resend(userView, text) {
+  if (app.current) return;
+  const n = questionIndex(userView.el);
+  try {
+    await truncateBeforeQuestion(n);
+  } catch (err) {
+    if (err.code !== "unauthorized") showError(err, { view: userView, retry: () => resend(userView, text) });
+    return;
+  }
+  sessionStore.set(KEY.pending, null);
+  removeFrom(userView.el);
+  send(text);
+}
+
+function regenerate(view) {
+  let q = view.el.previousElementSibling;
+  while (q && !q.classList.contains("user")) q = q.previousElementSibling;
+  if (q?.twView) resend(q.twView, q.twView.raw);
+}
+
+function startEdit(view) {
+  if (app.current || view.el.querySelector(".edit-box")) return;
+  const box = document.createElement("div");
+  box.className = "edit-box";
+  const ta = document.createElement("textarea");
+  ta.value = view.raw;
+  ta.rows = Math.min(8, view.raw.split("\n").length + 1);
+  ta.setAttribute("aria-label", "Edit the message");
+  const done = () => {
+    box.remove();
+    view.body.hidden = false;
+  };
+  const go = () => {
+    const text = ta.value;
+    if (!text.trim()) return;
+    done();
+    resend(view, text);
+  };
+  ta.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
+      ev.preventDefault();
+      go();
+    } else if (ev.key === "Escape") done();
+  });
+  box.append(ta, button("Send", "edit-send", go), button("Cancel", "edit-cancel", done));
+  view.body.hidden = true;
+  view.body.after(box);
+  ta.focus();
 }
 
 /** After a reload: if a reply of this conversation was still streaming, re-attach to it. */
@@ -303,20 +469,169 @@ function autoGrow() {
 }
 ui.input.addEventListener("input", autoGrow);
 
-$("new-chat").addEventListener("click", () => {
+/** Show conversation `cid` (a new, empty one without it). */
+function openConversation(cid = null) {
   app.current?.gen.cancel();
   sessionStore.set(KEY.pending, null);
-  app.conversationId = newConversationId();
+  app.conversationId = cid || newConversationId();
   store.set(KEY.conv, app.conversationId);
   ui.convId.textContent = app.conversationId;
   ui.messages.replaceChildren();
   const empty = document.createElement("p");
   empty.id = "empty";
   empty.className = "empty";
-  empty.textContent = "New chat.";
+  empty.textContent = cid ? "Loading…" : "New chat.";
   ui.messages.append(empty);
+  renderConversations();
+  closeSidebar();
+  if (cid) loadHistory();
   ui.input.focus();
+}
+
+$("new-chat").addEventListener("click", () => openConversation(null));
+
+// ---- the conversation list ----------------------------------------------------------------
+
+async function loadConversations() {
+  try {
+    const r = await fetch("/v1/conversations", { headers: authHeaders() });
+    if (r.status === 401) return void authError(r);
+    if (!r.ok) return; // an older gateway, or the store is down: the list stays as it was
+    app.conversations = (await r.json()).data || [];
+    renderConversations();
+  } catch {
+    /* offline: keep the list */
+  }
+}
+
+function renderConversations() {
+  const items = app.conversations.slice();
+  if (!items.some((c) => c.id === app.conversationId)) items.unshift({ id: app.conversationId, title: null, local: true });
+  ui.convList.replaceChildren(
+    ...items.map((c) => {
+      const li = document.createElement("li");
+      li.className = "conv";
+      li.dataset.id = c.id;
+      const open = button(c.title || "New chat", "conv-open", () => {
+        if (c.id !== app.conversationId) openConversation(c.id);
+        else closeSidebar();
+      });
+      setLang(open, c.title || "");
+      if (c.id === app.conversationId) li.setAttribute("aria-current", "true");
+      li.append(open);
+      if (!c.local) {
+        li.append(
+          button("✎", "conv-rename", () => startRename(li, c), "Rename"),
+          button("✕", "conv-delete", (ev) => deleteConversation(ev.currentTarget, c), "Delete"),
+        );
+        li.querySelector(".conv-rename").setAttribute("aria-label", `Rename “${c.title || c.id}”`);
+        li.querySelector(".conv-delete").setAttribute("aria-label", `Delete “${c.title || c.id}”`);
+      }
+      return li;
+    }),
+  );
+}
+
+function startRename(li, c) {
+  const input = document.createElement("input");
+  input.className = "conv-title-input";
+  input.value = c.title || "";
+  input.maxLength = 200;
+  input.setAttribute("aria-label", "New name");
+  let finished = false;
+  const finish = async (save) => {
+    if (finished) return;
+    finished = true;
+    const title = input.value.trim();
+    if (save && title && title !== c.title) {
+      const r = await fetch(`/v1/conversations/${encodeURIComponent(c.id)}`, {
+        method: "PATCH",
+        headers: { ...authHeaders(), "Content-Type": "application/json" },
+        body: JSON.stringify({ title }),
+      });
+      if (r.status === 401) authError(r);
+      else if (!r.ok) showError(new TokenwireError("http_" + r.status, `could not rename (HTTP ${r.status})`, { retryable: false }));
+    }
+    await loadConversations();
+    renderConversations();
+  };
+  input.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.isComposing && ev.keyCode !== 229) {
+      ev.preventDefault();
+      finish(true);
+    } else if (ev.key === "Escape") finish(false);
+  });
+  input.addEventListener("blur", () => finish(true));
+  li.replaceChildren(input);
+  input.focus();
+  input.select();
+}
+
+/** Delete asks once more on the same button ("Delete?"), without a dialog. */
+async function deleteConversation(btn, c) {
+  if (!btn.dataset.confirm) {
+    btn.dataset.confirm = "1";
+    btn.textContent = "Delete?";
+    setTimeout(() => {
+      if (btn.isConnected) {
+        delete btn.dataset.confirm;
+        btn.textContent = "✕";
+      }
+    }, 4000);
+    return;
+  }
+  const r = await fetch(`/v1/conversations/${encodeURIComponent(c.id)}`, { method: "DELETE", headers: authHeaders() });
+  if (r.status === 401) return void authError(r);
+  app.conversations = app.conversations.filter((x) => x.id !== c.id);
+  if (c.id === app.conversationId) openConversation(null);
+  await loadConversations();
+}
+
+function closeSidebar() {
+  document.body.classList.remove("sidebar-open");
+  ui.scrim.hidden = true;
+  ui.openSidebar.setAttribute("aria-expanded", "false");
+}
+ui.openSidebar.addEventListener("click", () => {
+  document.body.classList.add("sidebar-open");
+  ui.scrim.hidden = false;
+  ui.openSidebar.setAttribute("aria-expanded", "true");
+  ui.convList.querySelector("[aria-current] .conv-open")?.focus();
 });
+$("close-sidebar").addEventListener("click", closeSidebar);
+ui.scrim.addEventListener("click", closeSidebar);
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && document.body.classList.contains("sidebar-open")) closeSidebar();
+});
+
+// The on-screen keyboard: keep the composer above it where the browser only shrinks the visual
+// viewport (iOS Safari; Chrome resizes the layout itself: interactive-widget=resizes-content).
+if (window.visualViewport) {
+  const fit = () => document.documentElement.style.setProperty("--vvh", `${window.visualViewport.height}px`);
+  window.visualViewport.addEventListener("resize", fit);
+  fit();
+}
+
+// ---- authentication errors ----------------------------------------------------------------
+
+/**
+ * THE place where a refused key is shown: the message in the page, the settings opened and the
+ * API key field focused. (The client stops reconnecting on close code 4003 by itself.)
+ */
+function showAuthError(message) {
+  ui.messages.querySelector(".error[data-code='unauthorized']")?.remove();
+  showError(new TokenwireError("unauthorized", message, { retryable: false }));
+  $("settings").open = true;
+  ui.apiKey.focus();
+  ui.apiKey.select?.();
+}
+
+/** An HTTP 401 from the gateway: show it (showAuthError) and return it as an error. */
+function authError(response) {
+  const err = new TokenwireError("unauthorized", "the gateway refused the API key: enter a valid one", { retryable: false });
+  showAuthError(`${err.message} (HTTP ${response.status})`);
+  return err;
+}
 
 // ---- settings ---------------------------------------------------------------------------
 
@@ -329,12 +644,15 @@ ui.apiKey.addEventListener("change", () => {
   store.set(KEY.apiKey, ui.apiKey.value.trim());
   connect(); // the key travels in the WebSocket handshake: reconnect with it
   loadModels();
+  loadConversations(); // the list is per key
+  openConversation(null);
 });
 ui.model.addEventListener("change", () => store.set(KEY.model, ui.model.value));
 
 async function loadModels() {
   try {
     const r = await fetch("/v1/models", { headers: authHeaders() });
+    if (r.status === 401) return void authError(r);
     if (!r.ok) throw new TokenwireError("http_" + r.status, `could not list models (HTTP ${r.status})`, { retryable: r.status >= 500 || r.status === 429 });
     const body = await r.json();
     app.models = body.data || [];
@@ -360,10 +678,15 @@ async function loadHistory() {
   const cid = app.conversationId;
   try {
     const r = await fetch(`/v1/conversations/${encodeURIComponent(cid)}`, { headers: authHeaders() });
-    if (r.status === 404) return resumePending([]); // nothing stored yet: maybe its first reply is streaming
+    if (r.status === 401) return void authError(r);
+    if (r.status === 404) {
+      if (cid === app.conversationId) $("empty")?.remove();
+      return resumePending([]); // nothing stored yet: maybe its first reply is streaming
+    }
     if (!r.ok) throw new TokenwireError("http_" + r.status, `could not load the conversation (HTTP ${r.status})`, { retryable: true });
     const body = await r.json();
     if (cid !== app.conversationId) return; // "New chat" was pressed meanwhile
+    $("empty")?.remove();
     const history = body.messages || [];
     for (const m of history) {
       const text = typeof m.content === "string" ? m.content : Array.isArray(m.content) ? m.content.map((p) => p.text || "").join("") : "";
@@ -397,6 +720,10 @@ function showStatus(s) {
       const left = s.retryAt ? Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000)) : 0;
       text = left > 0 ? `reconnecting in ${left} s` : "reconnecting…";
     } else if (s.state === "offline" && s.error) text = `offline — ${s.error.message}`;
+    if (s.state === "offline" && s.error?.code === "auth_refused" && !paint.shown) {
+      paint.shown = true;
+      showAuthError(s.error.message);
+    }
     if (ui.statusText.textContent !== text) ui.statusText.textContent = text; // no repeats for screen readers
   };
   paint();
@@ -419,4 +746,6 @@ function connect() {
 connect();
 loadModels();
 loadHistory();
+loadConversations();
+renderConversations();
 ui.input.focus();

@@ -1,19 +1,17 @@
-// markdown.js — a small, safe Markdown renderer for untrusted model output.
+// markdown.js — Markdown for untrusted model output: markdown-it (HTML disabled) and highlight.js,
+// both from npm, vendored in ./vendor/ (web-src/build.mjs) with their licences.
 //
-// It never parses HTML: every piece of text becomes a DOM Text node (so "<script>" is shown as
-// the characters "<script>"), and the only elements it creates are the fixed set below. Links
-// are kept only for http(s) and mailto URLs. Supported: paragraphs (single newlines become
-// line breaks), # headings, - / * / 1. lists, > quotes, --- rules, ``` fenced code blocks
-// (an unclosed fence, as while a reply streams, runs to the end), `inline code`, **bold**,
-// *italic* / _italic_, [links](https://…).
+// Three layers keep model output inert:
+//   1. markdown-it runs with `html: false`, so any "<tag>" in the text is escaped as text;
+//   2. links survive only for http(s): and mailto: URLs (anything else stays literal text);
+//   3. the HTML markdown-it produces is parsed in an inert <template> and walked against an
+//      allowlist of elements and attributes before it enters the page; anything else is dropped.
+// The page's Content-Security-Policy (no inline scripts, no inline styles) is a fourth.
+import MarkdownIt from "/static/vendor/markdown-it.min.js";
+import hljs from "/static/vendor/highlight.min.js";
 
-const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)\s*$/;
-const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
-const HR = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
-const UL = /^ {0,3}[-*+]\s+(.*)$/;
-const OL = /^ {0,3}(\d{1,9})[.)]\s+(.*)$/;
-const QUOTE = /^ {0,3}>\s?(.*)$/;
 const SAFE_URL = /^(https?:\/\/|mailto:)/i;
+const MAX_HIGHLIGHT = 20000; // characters; a longer block is shown plain (highlighting runs per frame)
 
 /** HTML-escape a string (for callers that build markup as text; the renderer itself needs none). */
 export function escapeHtml(s) {
@@ -25,140 +23,88 @@ export function escapeHtml(s) {
     .replace(/'/g, "&#39;");
 }
 
-function el(doc, tag, children = []) {
-  const node = doc.createElement(tag);
-  for (const child of children) node.append(child);
-  return node;
-}
-
-// Inline spans: code first (its content is literal), then links, bold, italic.
-const INLINE =
-  /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\[([^\]\n]+)\]\(([^()\s]+)\)|\*\*(?=\S)([\s\S]*?\S)\*\*|__(?=\S)([\s\S]*?\S)__(?!\w)|\*(?=[^\s*])([\s\S]*?[^\s*])\*|(?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])_(?!\w)/g;
-
-function inline(doc, text) {
-  const out = [];
-  let last = 0;
-  // matchAll works on a copy of the regex, so the recursion below cannot disturb this loop.
-  for (const m of text.matchAll(INLINE)) {
-    if (m.index > last) out.push(doc.createTextNode(text.slice(last, m.index)));
-    last = m.index + m[0].length;
-    if (m[1] !== undefined) {
-      const code = m[2].length > 2 && m[2].startsWith(" ") && m[2].endsWith(" ") ? m[2].slice(1, -1) : m[2];
-      out.push(el(doc, "code", [doc.createTextNode(code)]));
-    } else if (m[3] !== undefined) {
-      if (SAFE_URL.test(m[4])) {
-        const a = el(doc, "a", inline(doc, m[3]));
-        a.setAttribute("href", m[4]);
-        a.setAttribute("target", "_blank");
-        a.setAttribute("rel", "noopener noreferrer nofollow");
-        out.push(a);
-      } else {
-        out.push(doc.createTextNode(m[0]));
-      }
-    } else if (m[5] !== undefined || m[6] !== undefined) {
-      out.push(el(doc, "strong", inline(doc, m[5] ?? m[6])));
-    } else {
-      out.push(el(doc, "em", inline(doc, m[7] ?? m[8])));
-    }
-  }
-  if (last < text.length) out.push(doc.createTextNode(text.slice(last)));
-  return out;
-}
-
-function lines(doc, textLines) {
-  // Paragraph text: single newlines become <br>.
-  const out = [];
-  textLines.forEach((line, i) => {
-    if (i) out.push(doc.createElement("br"));
-    out.push(...inline(doc, line));
-  });
-  return out;
-}
-
-/** Render Markdown `text` into a DocumentFragment built only from safe elements and text nodes. */
-export function renderMarkdown(text, doc = document) {
-  const frag = doc.createDocumentFragment();
-  const src = String(text ?? "").replace(/\r\n?/g, "\n").split("\n");
-  let i = 0;
-  let para = [];
-  const flush = () => {
-    if (para.length) frag.append(el(doc, "p", lines(doc, para)));
-    para = [];
+function makeRenderer(highlight) {
+  const md = new MarkdownIt({ html: false, linkify: false, typographer: false, breaks: true });
+  md.validateLink = (url) => SAFE_URL.test(url.trim());
+  md.disable("image"); // no requests to wherever model output points: ![x](url) stays text and a link
+  const rules = md.renderer.rules;
+  // One line break is a <br> (chat replies are not hard-wrapped), without the "\n" markdown-it adds.
+  rules.softbreak = rules.hardbreak = () => "<br>";
+  // Headings of a reply are section titles inside a bubble: # is h3 … #### and deeper are h6.
+  const level = (tag) => `h${Math.min(6, Number(tag.slice(1)) + 2)}`;
+  rules.heading_open = (tokens, i) => `<${level(tokens[i].tag)}>`;
+  rules.heading_close = (tokens, i) => `</${level(tokens[i].tag)}>`;
+  rules.link_open = (tokens, i, options, env, self) => {
+    tokens[i].attrSet("target", "_blank");
+    tokens[i].attrSet("rel", "noopener noreferrer nofollow");
+    return self.renderToken(tokens, i, options);
   };
-  while (i < src.length) {
-    const line = src[i];
-    let m;
-    if ((m = FENCE.exec(line))) {
-      flush();
-      const fence = m[1];
-      const lang = m[2];
-      const body = [];
-      i += 1;
-      while (i < src.length && !(src[i].trim().startsWith(fence[0].repeat(fence.length)) && /^\s*[`~]+\s*$/.test(src[i]))) {
-        body.push(src[i]);
-        i += 1;
+  // Fenced and indented code: <pre><code class="language-x" data-lang="x">, highlighted when the
+  // language is known; an unclosed fence (a reply still streaming) runs to the end.
+  rules.fence = rules.code_block = (tokens, i) => {
+    const token = tokens[i];
+    const lang = (token.info || "").trim().split(/\s+/)[0].replace(/[^\w+#.-]/g, "").slice(0, 32);
+    const text = token.content.replace(/\n$/, "");
+    let body = escapeHtml(text);
+    if (highlight && lang && text.length <= MAX_HIGHLIGHT && hljs.getLanguage(lang)) {
+      try {
+        body = hljs.highlight(text, { language: lang, ignoreIllegals: true }).value;
+      } catch {
+        /* keep it plain */
       }
-      i += 1; // the closing fence (or past the end)
-      const code = el(doc, "code", [doc.createTextNode(body.join("\n"))]);
-      if (lang) {
-        code.className = "language-" + lang.replace(/[^\w+#.-]/g, "");
-        code.dataset.lang = lang;
-      }
-      frag.append(el(doc, "pre", [code]));
+    }
+    const attrs = lang ? ` class="language-${escapeHtml(lang)}" data-lang="${escapeHtml(lang)}"` : "";
+    return `<pre><code${attrs}>${body}</code></pre>`;
+  };
+  return md;
+}
+
+const renderers = { true: makeRenderer(true), false: makeRenderer(false) };
+
+// What may reach the page: element -> allowed attributes (and a check of their values).
+const ALLOWED = {
+  P: [], BR: [], H3: [], H4: [], H5: [], H6: [], UL: [], OL: ["start"], LI: [], BLOCKQUOTE: [], HR: [],
+  PRE: [], CODE: ["class", "data-lang"], STRONG: [], EM: [], S: [], A: ["href", "target", "rel"],
+  TABLE: [], THEAD: [], TBODY: [], TR: [], TH: [], TD: [], SPAN: ["class"],
+};
+const VALUE_OK = {
+  href: (v) => SAFE_URL.test(v),
+  target: (v) => v === "_blank",
+  rel: (v) => v === "noopener noreferrer nofollow",
+  start: (v) => /^\d{1,9}$/.test(v),
+  class: (v) => /^(language-[\w+#.-]+|hljs[\w -]*)$/.test(v),
+  "data-lang": (v) => /^[\w+#.-]+$/.test(v),
+};
+const KEEP_WHITESPACE = new Set(["PRE", "CODE", "SPAN"]);
+
+function clean(node) {
+  for (const child of [...node.childNodes]) {
+    if (child.nodeType === Node.TEXT_NODE) {
+      // markdown-it puts a "\n" between block tags: layout noise outside code
+      if (child.data === "\n" && !KEEP_WHITESPACE.has(node.nodeName)) child.remove();
       continue;
     }
-    if (!line.trim()) {
-      flush();
-      i += 1;
+    const allowed = child.nodeType === Node.ELEMENT_NODE ? ALLOWED[child.nodeName] : undefined;
+    if (!allowed) {
+      // not ours (cannot happen with html: false; kept as a second line): keep only its text
+      child.replaceWith(document.createTextNode(child.textContent || ""));
       continue;
     }
-    if ((m = HEADING.exec(line))) {
-      flush();
-      frag.append(el(doc, "h" + Math.min(6, m[1].length + 2), inline(doc, m[2])));
-      i += 1;
-      continue;
+    for (const attr of [...child.attributes]) {
+      if (!allowed.includes(attr.name) || !VALUE_OK[attr.name]?.(attr.value)) child.removeAttribute(attr.name);
     }
-    if (HR.test(line) && !para.length) {
-      frag.append(doc.createElement("hr"));
-      i += 1;
-      continue;
-    }
-    if (QUOTE.test(line)) {
-      flush();
-      const body = [];
-      while (i < src.length && (m = QUOTE.exec(src[i]))) {
-        body.push(m[1]);
-        i += 1;
-      }
-      const q = doc.createElement("blockquote");
-      q.append(renderMarkdown(body.join("\n"), doc));
-      frag.append(q);
-      continue;
-    }
-    const ordered = OL.exec(line);
-    if (ordered || UL.test(line)) {
-      flush();
-      const list = doc.createElement(ordered ? "ol" : "ul");
-      if (ordered && ordered[1] !== "1") list.setAttribute("start", String(parseInt(ordered[1], 10)));
-      const re = ordered ? OL : UL;
-      while (i < src.length) {
-        m = re.exec(src[i]);
-        if (!m) break;
-        const item = [ordered ? m[2] : m[1]];
-        i += 1;
-        // Continuation lines: indented, not a new item, not blank.
-        while (i < src.length && /^\s{2,}\S/.test(src[i]) && !re.test(src[i]) && !FENCE.test(src[i])) {
-          item.push(src[i].trim());
-          i += 1;
-        }
-        list.append(el(doc, "li", lines(doc, item)));
-      }
-      frag.append(list);
-      continue;
-    }
-    para.push(line);
-    i += 1;
+    clean(child);
   }
-  flush();
-  return frag;
+}
+
+/**
+ * Render Markdown text to a DocumentFragment of allowlisted elements.
+ * `highlight: false` leaves code blocks plain (their text is the same either way).
+ */
+export function renderMarkdown(text, { highlight = true } = {}) {
+  const template = document.createElement("template"); // inert: nothing in it loads or runs
+  template.innerHTML = renderers[Boolean(highlight)].render(String(text ?? ""));
+  const fragment = template.content;
+  clean(fragment);
+  return document.importNode(fragment, true);
 }
