@@ -133,9 +133,10 @@ class Metrics:
                 "tokens": summary.tokens,
                 "usage": usage,
                 "timing": timing,
-                "cost_usd": cost,
                 "resumable": summary.resumable,
             }
+            if cost is not None:  # none for a model without a price, or a run that failed before any token
+                line["cost_usd"] = cost
             if status == "cancelled":
                 line["reason"] = summary.reason
             if status == "failed" and error is not None:

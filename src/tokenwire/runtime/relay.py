@@ -325,6 +325,11 @@ class Run:
                 self.reads += 1
                 events = await stream.read()
                 self.reads += 1
+            if self.cancel_reason is not None:
+                # Cancelled from inside this task (a subscriber's write found its client gone, which
+                # closed the upstream response) and the closed stream then read as its end: the
+                # pending cancel lands here, so the run ends cancelled, not completed.
+                await asyncio.sleep(0)
         except _ReplyCapped:  # a provider that ignores max_tokens is cut there
             finish_reason = "length"
             capped = True
@@ -419,7 +424,8 @@ class Run:
             # max_tokens was cut to what the key's budget or tokens per minute left, and reached
             fields["finish_reason"] = "length"
             fields["limit"] = chat.cut_by
-        cost = price(self.route.info, usage)
+        # a run that failed before its first token costs nothing (RunSummary.billable): no price is shown
+        cost = None if status == FAILED and n == 0 else price(self.route.info, usage)
         if cost is not None:
             fields["cost_usd"] = cost
         if estimated:
