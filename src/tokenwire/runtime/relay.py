@@ -438,6 +438,13 @@ class Run:
             fields["error"] = {"code": error.code, "retryable": error.retryable}
             registry.stats["errors"] += 1
         registry.stats["tokens"] += n
+        # The reply is in the history, and the conversation free, before anyone sees
+        # ``end``: a client may send its next turn the moment it does. A turn that could not
+        # be stored says so in ``end`` (the client would otherwise find it missing later).
+        store_error = await registry.commit_reply(self, status)
+        if store_error is not None:
+            fields["stored"] = False
+            fields["store_error"] = store_error
         self.summary = RunSummary(
             stream_id=gen.stream_id,
             status=status,
@@ -455,10 +462,8 @@ class Run:
             error=error if status == FAILED else None,
             upstream_model=fields.get("upstream_model"),
             reply=gen.answer,
+            store_error=store_error,
         )
-        # The reply is in the history, and the conversation free, before anyone sees
-        # ``end``: a client may send its next turn the moment it does.
-        await registry.commit_reply(self, status)
         if self.on_end is not None:
             try:
                 await self.on_end(self)
@@ -549,7 +554,9 @@ class Registry:
         self.read_timeout = read_timeout
         self.runs: dict[str, Run] = {}
         self.busy_conversations: set[str] = set()
-        self.stats = {"generations": 0, "tokens": 0, "errors": 0, "resumes": 0}
+        self.stats = {"generations": 0, "tokens": 0, "errors": 0, "resumes": 0, "unstored_turns": 0}
+        #: why the last turn could not be stored (cleared by the next one that is): /healthz degraded
+        self.store_error: str | None = None
         #: called once per ended run with its summary (metrics, logs, billing); errors are logged
         self.on_finish: list[Callable[[RunSummary], Awaitable[None]]] = []
         self._watchdog: asyncio.Task[None] | None = None
@@ -649,17 +656,20 @@ class Registry:
             past.insert(0, {"role": "system", "content": system})
         return past + list(new), (list(new), system)
 
-    async def commit_reply(self, run: Run, status: str) -> None:
+    async def commit_reply(self, run: Run, status: str) -> str | None:
         """Store the turn with its reply, then free the conversation (before ``end`` goes out).
 
         The user's messages are stored together with the reply, never alone: a turn that
         failed, or produced no text at all, leaves the history as it was, so a client can
         simply send it again (a Retry button) without the question appearing twice. A
         cancelled reply keeps what was sent.
+
+        Returns why the turn could not be stored (a full disk, a store that is down), or None;
+        ``store_error`` then says the store is degraded until a later turn is stored.
         """
         conv = run.conversation_id
         if conv is None:
-            return
+            return None
         answer = run.gen.answer
         try:
             # any output counts (a reply of tool calls or reasoning only keeps the question)
@@ -667,10 +677,16 @@ class Registry:
                 new, system = run.turn
                 reply = [{"role": "assistant", "content": answer}] if answer else []
                 await self.store.append(conv, [*new, *reply], system=system)
-        except Exception:
-            log.exception("could not store the reply of %s", run.gen.stream_id)
+                self.store_error = None
+        except Exception as exc:
+            log.error("could not store the reply of %s: %s: %s", run.gen.stream_id, type(exc).__name__, exc)
+            why = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
+            self.store_error = why
+            self.stats["unstored_turns"] += 1
+            return f"this turn could not be stored in the conversation ({why[:200]})"
         finally:
             self.busy_conversations.discard(conv)
+        return None
 
     async def finished(self, run: Run) -> None:
         summary = run.summary

@@ -79,6 +79,20 @@ async def healthz(request: web.Request) -> web.Response:
     }
     if gw.worker is not None:
         body["worker"] = gw.worker[0]
+    # a full disk (or a store that is down): replies go on, but turns or usage are not being written
+    store: dict[str, Any] = {"ok": gw.registry.store_error is None}
+    if gw.registry.store_error is not None:
+        store["error"] = gw.registry.store_error[:300]
+    access = gw.access
+    unsaved = getattr(access, "unsaved_usage", None)
+    if unsaved:
+        store["ok"] = False
+        store["usage_unsaved"] = sum(p[0] for p in unsaved.values())
+        if getattr(access, "usage_error", None):
+            store["usage_error"] = access.usage_error[:300]
+    body["store"] = store
+    if not store["ok"] and not gw.draining:
+        body["status"] = "degraded"
     if gw.cluster is not None:  # Redis down: still serving, but resume and conversations fail
         body["redis"] = gw.cluster.health()
         if not body["redis"]["ok"] and not gw.draining:
