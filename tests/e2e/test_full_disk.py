@@ -9,6 +9,7 @@ running process.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -37,20 +38,10 @@ def _usage(db: Path, cwd: Path) -> dict:
     return orjson.loads(out.stdout)[0]
 
 
-async def test_a_full_disk_is_reported_and_usage_is_kept_until_it_lands(tmp_path: Path) -> None:
-    db = tmp_path / "gw.db"
-    env = _env(db)
-    made = subprocess.run(
-        [sys.executable, "-m", "tokenwire", "keys", "create", "--name", "t"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        check=True,
-    )
-    key = made.stdout.decode().split()[0]
-    assert key.startswith("tw_"), made
+def _serve_under_fsize(tmp_path: Path, env: dict[str, str], fsize: int) -> tuple[subprocess.Popen, int, list[bytes]]:
+    """``tokenwire serve`` with its file-size soft limit at ``fsize`` bytes (the hard one unlimited)."""
     popen = subprocess.Popen(
-        ["prlimit", "--fsize=400000:unlimited", sys.executable, "-m", "tokenwire", "serve", "--port", "0"],
+        ["prlimit", f"--fsize={fsize}:unlimited", sys.executable, "-m", "tokenwire", "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -69,10 +60,32 @@ async def test_a_full_disk_is_reported_and_usage_is_kept_until_it_lands(tmp_path
                 ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(20):
+        popen.kill()
+        raise AssertionError(b"".join(lines))
+    return popen, port[0], lines
+
+
+def _create_key(tmp_path: Path, env: dict[str, str]) -> str:
+    made = subprocess.run(
+        [sys.executable, "-m", "tokenwire", "keys", "create", "--name", "t"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        check=True,
+    )
+    return made.stdout.decode().split()[0]
+
+
+async def test_a_full_disk_is_reported_and_usage_is_kept_until_it_lands(tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    env = _env(db)
+    key = _create_key(tmp_path, env)
+    assert key.startswith("tw_"), key
+    popen, port, lines = _serve_under_fsize(tmp_path, env, 400_000)
     auth = {"Authorization": f"Bearer {key}"}
     try:
-        assert ready.wait(20), b"".join(lines)
-        base = f"http://127.0.0.1:{port[0]}"
+        base = f"http://127.0.0.1:{port}"
         ends: list[dict] = []
         async with await WS.connect(base.replace("http", "ws") + "/ws/chat", headers=auth) as ws:
             for i in range(60):
@@ -96,12 +109,13 @@ async def test_a_full_disk_is_reported_and_usage_is_kept_until_it_lands(tmp_path
             # what the history holds is exactly the turns whose end did not say otherwise
             assert len([m for m in stored if m["role"] == "user"]) == len(ends) - len(unstored)
             # the disk has room again: the kept usage lands, every request of them counted
-            subprocess.run(["prlimit", "--pid", str(popen.pid), "--fsize=unlimited:unlimited"], check=True)
+            lift = ["prlimit", "--pid", str(popen.pid), "--fsize=unlimited:unlimited"]
+            await asyncio.to_thread(subprocess.run, lift, check=True)
             want_tokens = sum(e["usage"]["prompt_tokens"] + e["usage"]["completion_tokens"] for e in ends)
             want_cost = sum(e["cost_usd"] for e in ends)
 
             def landed() -> dict | None:
-                u = _usage(db, tmp_path)
+                u = _usage(db, tmp_path)  # a short CLI run, polled
                 return u if u["requests"] == len(ends) else None
 
             row = await aeventually(landed, timeout=20, interval=0.5, message="usage never written")
