@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 from procs import Proc
+from wsutil import WS
 
 pytestmark = pytest.mark.hostile
 
@@ -83,6 +84,24 @@ async def test_a_body_shorter_than_its_content_length_gets_408(strict) -> None:
     assert err["code"] == "request_timeout" and "body_timeout" in err["message"], err
     assert 0.9 < time.monotonic() - t0 < 8
     assert "Traceback" not in strict.text()
+
+
+async def test_idle_websockets_and_keep_alive_connections_are_not_cut_by_the_header_timeout(strict) -> None:
+    async with await WS.connect(strict.ws) as ws:
+        reader, writer = await asyncio.open_connection("127.0.0.1", strict.port)
+        ask = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{strict.port}\r\n\r\n".encode()
+        writer.write(ask)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        await reader.readexactly(length)
+        await asyncio.sleep(2.5)  # the behaviour under test: idle for more than twice header_timeout
+        writer.write(ask)  # the same keep-alive connection, still open
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        writer.close()
+        await ws.send({"type": "chat", "id": "w", "model": "gpt-4.1", "content": "still here?"})
+        assert (await ws.until_end("w"))[-1]["status"] == "completed"
 
 
 async def test_one_address_cannot_hold_every_connection(spawn, tmp_path: Path) -> None:
