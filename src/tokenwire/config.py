@@ -168,6 +168,17 @@ class Settings:
     metrics_open: bool = False
     #: seconds a socket's send buffer may stay full before its generations are cut (0 = never)
     slow_consumer_timeout: float = 30.0
+    #: seconds a request head may take from its first byte (or a new connection to its first request): 408
+    header_timeout: float = 10.0
+    #: seconds a request body may take to arrive whole (a body shorter than its Content-Length): 408
+    body_timeout: float = 30.0
+    #: seconds an idle keep-alive connection is kept between two requests
+    keepalive_timeout: float = 75.0
+    #: open connections per client address; the next is answered 429 and closed (0 = no limit)
+    max_connections_per_ip: int = 256
+    #: loopback clients (127.0.0.1, ::1) are not counted against max_connections_per_ip: behind a
+    #: reverse proxy on the same host every client is loopback
+    loopback_exempt: bool = True
 
     def __repr__(self) -> str:
         return f"Settings(host={self.host!r}, port={self.port}, providers={self.providers!r})"

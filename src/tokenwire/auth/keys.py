@@ -132,7 +132,9 @@ class KeyStore(Protocol):
         """Whether any key was ever created (a revoked last key must not reopen the gateway)."""
         ...
 
-    async def add_usage(self, key_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None: ...
+    async def add_usage(
+        self, key_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float, requests: int = 1
+    ) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -254,12 +256,12 @@ class SQLiteKeyStore:
         assert self._db is not None
         return self._db.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
 
-    def _add_usage(self, key_id: str, prompt: int, completion: int, cost: float) -> None:
+    def _add_usage(self, key_id: str, prompt: int, completion: int, cost: float, requests: int) -> None:
         assert self._db is not None
         self._db.execute(
-            "UPDATE api_keys SET requests = requests + 1, prompt_tokens = prompt_tokens + ?, "
+            "UPDATE api_keys SET requests = requests + ?, prompt_tokens = prompt_tokens + ?, "
             "completion_tokens = completion_tokens + ?, cost_usd = cost_usd + ?, last_used = ? WHERE id = ?",
-            (prompt, completion, cost, time.time(), key_id),
+            (requests, prompt, completion, cost, time.time(), key_id),
         )
 
     # -- the KeyStore interface ---------------------------------------------
@@ -281,8 +283,10 @@ class SQLiteKeyStore:
     async def has_keys(self) -> bool:
         return await self._run(self._has_keys)
 
-    async def add_usage(self, key_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
-        await self._run(self._add_usage, key_id, prompt_tokens, completion_tokens, cost_usd)
+    async def add_usage(
+        self, key_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float, requests: int = 1
+    ) -> None:
+        await self._run(self._add_usage, key_id, prompt_tokens, completion_tokens, cost_usd, requests)
 
     async def aclose(self) -> None:
         if self._db is not None:
@@ -324,10 +328,12 @@ class MemoryKeyStore:
     async def has_keys(self) -> bool:
         return bool(self.records)
 
-    async def add_usage(self, key_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+    async def add_usage(
+        self, key_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float, requests: int = 1
+    ) -> None:
         r = self.records.get(key_id)
         if r is not None:
-            r.requests += 1
+            r.requests += requests
             r.prompt_tokens += prompt_tokens
             r.completion_tokens += completion_tokens
             r.cost_usd += cost_usd

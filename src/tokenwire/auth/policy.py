@@ -38,6 +38,8 @@ log = logging.getLogger("tokenwire.auth")
 
 PRINCIPAL = "tokenwire.principal"  #: request key the middleware stores the principal under
 WS_PATHS = frozenset({"/ws/chat", "/v1/ws/chat"})
+USAGE_RETRY_FIRST = 0.5  #: seconds before unsaved usage is written again (doubled each failure)
+USAGE_RETRY_MAX = 5.0  #: the longest wait between two attempts
 
 _NEED_KEY = (
     "this gateway needs an API key: send the header 'Authorization: Bearer tw_…' (or 'x-api-key: tw_…'), "
@@ -120,6 +122,10 @@ class AccessPolicy:
 
             self.ledger = RedisLedger(RedisLink(settings.redis_url, settings.redis_timeout), settings.redis_prefix)
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: usage not yet written to the key store, per key id: [requests, prompt, completion, cost]
+        self.unsaved_usage: dict[str, list[Any]] = {}
+        self.usage_error: str | None = None  #: the last error writing usage, while some is unsaved
+        self._usage_task: asyncio.Task[None] | None = None
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
         self.redactor = Redactor(p.api_key for p in settings.providers if p.api_key)
         set_redactor(self.redactor.secrets_only)
@@ -401,7 +407,48 @@ class AccessPolicy:
                     await self.ledger.settle(record.id, res.usd, cost)
                 except GatewayError:
                     log.warning("could not settle the budget of %s (Redis down?)", p.label)
-            await self.store.add_usage(record.id, prompt, completion, cost)
+            self._record_usage(record.id, prompt, completion, cost)
+
+    def _record_usage(self, key_id: str, prompt: int, completion: int, cost: float) -> None:
+        """Add a reply's usage to what is waiting to be written, and write it (retried until it lands)."""
+        pending = self.unsaved_usage.setdefault(key_id, [0, 0, 0, 0.0])
+        pending[0] += 1
+        pending[1] += prompt
+        pending[2] += completion
+        pending[3] += cost
+        if self._usage_task is None or self._usage_task.done():
+            self._usage_task = asyncio.get_running_loop().create_task(self._write_usage(), name="tokenwire-usage")
+
+    async def _write_usage(self) -> None:
+        """Write every key's unsaved usage; on a store error keep it (in memory) and retry, backing off.
+
+        Accounting is never dropped: a full disk or a locked file delays it, and ``/healthz`` says
+        so (``usage_unsaved``) until it has landed.
+        """
+        delay = USAGE_RETRY_FIRST
+        while self.unsaved_usage:
+            key_id, pending = next(iter(self.unsaved_usage.items()))
+            requests, prompt, completion, cost = pending
+            try:
+                await self.store.add_usage(key_id, prompt, completion, cost, requests=requests)
+            except Exception as exc:
+                if self.usage_error is None:
+                    log.error("could not write the usage of key %s (kept in memory, retried): %s", key_id, exc)
+                self.usage_error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, USAGE_RETRY_MAX)
+                continue
+            # what came in meanwhile stays pending; what was written is taken off
+            pending[0] -= requests
+            pending[1] -= prompt
+            pending[2] -= completion
+            pending[3] -= cost
+            if pending[0] <= 0:
+                self.unsaved_usage.pop(key_id, None)
+            if self.usage_error is not None and not self.unsaved_usage:
+                log.warning("the unsaved usage has been written")
+            self.usage_error = None
+            delay = USAGE_RETRY_FIRST
 
     def frame_gate(self) -> Callable[[Any], GatewayError | None] | None:
         """A per-socket check run on each client frame: refuses frames over ``max_frames_per_second``."""
@@ -447,6 +494,14 @@ class AccessPolicy:
         p.sockets -= 1
 
     async def aclose(self) -> None:
+        task = self._usage_task
+        if task is not None and not task.done():
+            try:  # a last chance for unsaved usage: one attempt each, bounded
+                await asyncio.wait_for(asyncio.shield(task), 2.0)
+            except (TimeoutError, Exception):
+                task.cancel()
+            if self.unsaved_usage:
+                log.error("usage of %d key(s) could not be written: %s", len(self.unsaved_usage), self.unsaved_usage)
         await self.store.aclose()
         await self.ledger.aclose()
 

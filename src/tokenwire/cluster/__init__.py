@@ -132,12 +132,14 @@ class ClusterRegistry(Registry):
         except GatewayError:
             pass  # it expires on its own
 
-    async def commit_reply(self, run: Run, status: str) -> None:
+    async def commit_reply(self, run: Run, status: str) -> str | None:
         """The reply is stored; free the conversation on every instance before ``end`` goes out."""
-        await super().commit_reply(run, status)
-        lock = self.locks.pop(run.key, None)
-        if lock is not None:
-            await self._release(*lock)
+        try:
+            return await super().commit_reply(run, status)
+        finally:
+            lock = self.locks.pop(run.key, None)
+            if lock is not None:
+                await self._release(*lock)
 
     async def finished(self, run: Run) -> None:
         lock = self.locks.pop(run.key, None)

@@ -95,6 +95,10 @@ class AISDKRequest:
         self.message_id = message_id
 
 
+#: the ``end`` fields a finish chunk carries as messageMetadata (``stored``: false when the turn was not saved)
+_END_META = ("model", "provider", "usage", "cost_usd", "timing", "stored", "store_error")
+
+
 def _bad(message: str) -> GatewayError:
     return GatewayError("bad_request", message)
 
@@ -406,7 +410,7 @@ class UIChunks:
             return
         if reason == "error":
             return  # the error chunk was the last word
-        meta = {k: end[k] for k in ("model", "provider", "usage", "cost_usd", "timing") if k in end}
+        meta = {k: end[k] for k in _END_META if k in end}
         out.append(b'{"type":"finish-step"}')
         out.append(
             b'{"type":"finish","finishReason":%b,"messageMetadata":%b}' % (_dumps(_finish_reason(reason)), _dumps(meta))

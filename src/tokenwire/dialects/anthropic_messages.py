@@ -421,7 +421,7 @@ def _usage(end: dict[str, Any]) -> dict[str, Any]:
 
 def _tokenwire(end: dict[str, Any]) -> dict[str, Any]:
     """tokenwire's own account of the reply (the same fields as the OpenAI path's ``tokenwire``)."""
-    return {k: end[k] for k in ("timing", "cost_usd", "provider", "status") if k in end}
+    return {k: end[k] for k in ("timing", "cost_usd", "provider", "status", "stored", "store_error") if k in end}
 
 
 # -- streamed replies ---------------------------------------------------------------------

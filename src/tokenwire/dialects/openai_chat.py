@@ -49,6 +49,10 @@ _OWN = frozenset({"model", "messages", "stream", "conversation_id", "stream_id"}
 _dumps = orjson.dumps
 
 
+#: the ``end`` fields a non-streamed body carries under "tokenwire" (``stored``: false when the turn was not saved)
+_END_META = ("timing", "cost_usd", "provider", "status", "stored", "store_error")
+
+
 def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool, bool]:
     """A ``/v1/chat/completions`` body as a chat: ``(chat, stream, include_usage)``."""
     params: dict[str, Any] = {}
@@ -244,5 +248,7 @@ class CompletionBuilder:
                 }
             ],
             "usage": end.get("usage"),
-            "tokenwire": {k: end.get(k) for k in ("timing", "cost_usd", "provider", "status") if k in end},
+            "tokenwire": {
+                k: end.get(k) for k in ("timing", "cost_usd", "provider", "status", "stored", "store_error") if k in end
+            },
         }

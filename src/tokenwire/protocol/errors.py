@@ -47,6 +47,7 @@ HTTP_STATUS: dict[str, int] = {
     "upstream_unavailable": 503,
     "upstream_timeout": 504,
     "slow_consumer": 408,
+    "request_timeout": 408,
     "shutting_down": 503,
     "store_unavailable": 503,
     "internal_error": 500,

@@ -133,9 +133,13 @@ class Metrics:
                 "tokens": summary.tokens,
                 "usage": usage,
                 "timing": timing,
-                "cost_usd": cost,
                 "resumable": summary.resumable,
             }
+            if cost is not None:  # none for a model without a price, or a run that failed before any token
+                line["cost_usd"] = cost
+            if summary.store_error is not None:
+                line["stored"] = False
+                line["store_error"] = summary.store_error
             if status == "cancelled":
                 line["reason"] = summary.reason
             if status == "failed" and error is not None:

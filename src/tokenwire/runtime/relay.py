@@ -335,6 +335,11 @@ class Run:
                 self.reads += 1
                 events = await stream.read()
                 self.reads += 1
+            if self.cancel_reason is not None:
+                # Cancelled from inside this task (a subscriber's write found its client gone, which
+                # closed the upstream response) and the closed stream then read as its end: the
+                # pending cancel lands here, so the run ends cancelled, not completed.
+                await asyncio.sleep(0)
         except _ReplyCapped:  # a provider that ignores max_tokens is cut there
             finish_reason = "length"
             capped = True
@@ -429,7 +434,8 @@ class Run:
             # max_tokens was cut to what the key's budget or tokens per minute left, and reached
             fields["finish_reason"] = "length"
             fields["limit"] = chat.cut_by
-        cost = price(self.route.info, usage)
+        # a run that failed before its first token costs nothing (RunSummary.billable): no price is shown
+        cost = None if status == FAILED and n == 0 else price(self.route.info, usage)
         if cost is not None:
             fields["cost_usd"] = cost
         if estimated:
@@ -442,6 +448,13 @@ class Run:
             fields["error"] = {"code": error.code, "retryable": error.retryable}
             registry.stats["errors"] += 1
         registry.stats["tokens"] += n
+        # The reply is in the history, and the conversation free, before anyone sees
+        # ``end``: a client may send its next turn the moment it does. A turn that could not
+        # be stored says so in ``end`` (the client would otherwise find it missing later).
+        store_error = await registry.commit_reply(self, status)
+        if store_error is not None:
+            fields["stored"] = False
+            fields["store_error"] = store_error
         self.summary = RunSummary(
             stream_id=gen.stream_id,
             status=status,
@@ -459,10 +472,8 @@ class Run:
             error=error if status == FAILED else None,
             upstream_model=fields.get("upstream_model"),
             reply=gen.answer,
+            store_error=store_error,
         )
-        # The reply is in the history, and the conversation free, before anyone sees
-        # ``end``: a client may send its next turn the moment it does.
-        await registry.commit_reply(self, status)
         if self.on_end is not None:
             try:
                 await self.on_end(self)
@@ -556,7 +567,9 @@ class Registry:
         self.read_timeout = read_timeout
         self.runs: dict[str, Run] = {}
         self.busy_conversations: set[str] = set()
-        self.stats = {"generations": 0, "tokens": 0, "errors": 0, "resumes": 0}
+        self.stats = {"generations": 0, "tokens": 0, "errors": 0, "resumes": 0, "unstored_turns": 0}
+        #: why the last turn could not be stored (cleared by the next one that is): /healthz degraded
+        self.store_error: str | None = None
         #: called once per ended run with its summary (metrics, logs, billing); errors are logged
         self.on_finish: list[Callable[[RunSummary], Awaitable[None]]] = []
         self._watchdog: asyncio.Task[None] | None = None
@@ -672,17 +685,20 @@ class Registry:
             raise
         return messages, (list(new), system)
 
-    async def commit_reply(self, run: Run, status: str) -> None:
+    async def commit_reply(self, run: Run, status: str) -> str | None:
         """Store the turn with its reply, then free the conversation (before ``end`` goes out).
 
         The user's messages are stored together with the reply, never alone: a turn that
         failed, or produced no text at all, leaves the history as it was, so a client can
         simply send it again (a Retry button) without the question appearing twice. A
         cancelled reply keeps what was sent.
+
+        Returns why the turn could not be stored (a full disk, a store that is down), or None;
+        ``store_error`` then says the store is degraded until a later turn is stored.
         """
         conv = run.conversation_id
         if conv is None:
-            return
+            return None
         answer = run.gen.answer
         try:
             # any output counts (a reply of tool calls or reasoning only keeps the question)
@@ -690,10 +706,16 @@ class Registry:
                 new, system = run.turn
                 reply = [{"role": "assistant", "content": answer}] if answer else []
                 await self.store.append(conv, [*new, *reply], system=system)
-        except Exception:
-            log.exception("could not store the reply of %s", run.gen.stream_id)
+                self.store_error = None
+        except Exception as exc:
+            log.error("could not store the reply of %s: %s: %s", run.gen.stream_id, type(exc).__name__, exc)
+            why = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
+            self.store_error = why
+            self.stats["unstored_turns"] += 1
+            return f"this turn could not be stored in the conversation ({why[:200]})"
         finally:
             self.busy_conversations.discard(conv)
+        return None
 
     async def finished(self, run: Run) -> None:
         summary = run.summary

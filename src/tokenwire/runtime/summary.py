@@ -36,6 +36,7 @@ class RunSummary:
     error: GatewayError | None = None  #: why it failed
     upstream_model: str | None = None  #: the id the provider said answered, when it differs
     reply: str = field(default="", repr=False)  #: the answer text
+    store_error: str | None = None  #: why the turn could not be stored in its conversation
 
     @property
     def owner(self) -> Any:

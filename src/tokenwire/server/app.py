@@ -32,6 +32,7 @@ from .aisdk_http import chat_post, chat_stop, chat_stream
 from .anthropic_api import count_tokens, list_models, messages
 from .disconnects import DisconnectWatch
 from .errors import error_response
+from .guard import GUARD, ConnectionGuard, GuardedRunner, raise_fd_limit
 from .http_api import DISCONNECTS, chat_completions
 from .liveness import Liveness
 from .metrics_http import access_log_middleware, metrics_handler
@@ -82,6 +83,20 @@ async def healthz(request: web.Request) -> web.Response:
     }
     if gw.worker is not None:
         body["worker"] = gw.worker[0]
+    # a full disk (or a store that is down): replies go on, but turns or usage are not being written
+    store: dict[str, Any] = {"ok": gw.registry.store_error is None}
+    if gw.registry.store_error is not None:
+        store["error"] = gw.registry.store_error[:300]
+    access = gw.access
+    unsaved = getattr(access, "unsaved_usage", None)
+    if unsaved:
+        store["ok"] = False
+        store["usage_unsaved"] = sum(p[0] for p in unsaved.values())
+        if getattr(access, "usage_error", None):
+            store["usage_error"] = access.usage_error[:300]
+    body["store"] = store
+    if not store["ok"] and not gw.draining:
+        body["status"] = "degraded"
     if gw.cluster is not None:  # Redis down: still serving, but resume and conversations fail
         body["redis"] = gw.cluster.health()
         if not body["redis"]["ok"] and not gw.draining:
@@ -210,6 +225,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app["gateway"] = gw
     app[POLLS] = {}
     app[DISCONNECTS] = disconnects = DisconnectWatch()
+    #: header and body timeouts, connections per address: one task for every connection
+    app[GUARD] = guard = ConnectionGuard(
+        settings.header_timeout, settings.body_timeout, settings.max_connections_per_ip, settings.loopback_exempt
+    )
     #: pings silent sockets, drops dead ones, closes idle ones: one task for all of them
     liveness = Liveness(gw.sessions, settings.ws_ping_interval, settings.idle_timeout)
     app.router.add_get("/ws/chat", _ws_or_426)
@@ -244,6 +263,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     async def on_shutdown(app: web.Application) -> None:
         await liveness.aclose()
         await disconnects.aclose()
+        await guard.aclose()
         await gw.aclose()
 
     async def on_startup(app: web.Application) -> None:
@@ -319,13 +339,21 @@ def run_server(
             loop.add_signal_handler(sig, stop.set)
         if hasattr(signal, "pthread_sigmask"):  # a worker starts with them blocked (server.workers)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        raise_fd_limit()  # every connection is a descriptor: the soft limit (often 1,024) is lifted to the hard one
         gw = build_gateway(settings)
         gw.worker = worker
         gw.worker_sockets = list(worker_sockets or [])
         if gw.cluster is not None:
             await gw.cluster.check_reachable()
         app = create_app(settings, gw)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
+        runner = GuardedRunner(
+            app,
+            app[GUARD],
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1,
+            keepalive_timeout=settings.keepalive_timeout,
+        )
         await runner.setup()
         site = web.TCPSite(
             runner, settings.host, settings.port, backlog=4096, reuse_address=True, reuse_port=worker is not None

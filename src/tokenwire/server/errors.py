@@ -33,9 +33,12 @@ def error_headers(err: GatewayError) -> dict[str, str]:
 
 def error_response(err: GatewayError, body: dict[str, Any] | None = None) -> web.Response:
     """``err`` as an HTTP response; ``body`` is the dialect's error object (default OpenAI's)."""
-    return web.Response(
+    resp = web.Response(
         body=orjson.dumps(err.to_openai() if body is None else body),
         status=err.http_status,
         content_type="application/json",
         headers=error_headers(err),
     )
+    if err.code == "request_timeout":  # the rest of the body may still come: the connection is done
+        resp.force_close()
+    return resp

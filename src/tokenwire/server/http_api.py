@@ -18,6 +18,7 @@ from ..dialects import openai_chat
 from ..protocol.errors import GatewayError
 from .disconnects import DisconnectWatch
 from .errors import error_response
+from .guard import GUARD, BodyTimeout, ConnectionGuard
 from .streaming import SSEResponder
 
 if TYPE_CHECKING:
@@ -38,14 +39,26 @@ async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
         raise GatewayError("frame_too_large", f"request body is over the {limit}-byte limit")
     parts: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.read(limit + 1 - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError("frame_too_large", f"request body is over the {limit}-byte limit")
+    guard: ConnectionGuard | None = request.app.get(GUARD)
+    watch = guard.reading_body(request) if guard is not None else None
+    try:
+        while True:
+            chunk = await request.content.read(limit + 1 - size)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError("frame_too_large", f"request body is over the {limit}-byte limit")
+    except BodyTimeout as exc:  # a body shorter than its Content-Length, or one that trickles
+        raise GatewayError(
+            "request_timeout",
+            f"the request body did not arrive whole within {exc.args[0]:g} s (body_timeout); "
+            f"got {size} of {request.content_length if request.content_length is not None else '?'} bytes",
+        ) from None
+    finally:
+        if guard is not None:
+            guard.body_done(watch)
     raw = b"".join(parts)
     try:
         body = orjson.loads(raw)

@@ -113,7 +113,8 @@ class SQLiteConversationStore:
             db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", rows)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite has already rolled back on some errors (SQLITE_FULL): keep the cause
+                db.execute("ROLLBACK")
             raise
 
     def _delete(self, conversation_id: str) -> bool:

@@ -14,6 +14,7 @@ import orjson
 from ..protocol import events as ev
 from ..protocol.events import Event
 from .base import ChatCall, StreamParser
+from .http import not_an_event_stream
 from .openai import OpenAIProvider, _OpenAIStream, parse_openai_error
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "AnthropicStreamParser", "to_anthropic_request"]
@@ -280,4 +281,7 @@ class AnthropicProvider(OpenAIProvider):
         resp = await self.post(path, to_anthropic_request(call))
         if resp.status != 200:
             raise await self._error(resp)
+        bad = await not_an_event_stream(self, resp)
+        if bad is not None:
+            raise bad
         return _OpenAIStream(resp, AnthropicStreamParser(self.name))  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.events import Event
 from .base import ChatCall, StreamParser
-from .http import HTTPUpstream
+from .http import HTTPUpstream, not_an_event_stream
 from .openai import _OpenAIStream, error_from_response, parse_openai_error
 
 __all__ = ["GeminiProvider", "GeminiStreamParser", "to_gemini_request"]
@@ -265,6 +265,9 @@ class GeminiProvider(HTTPUpstream):
         resp = await self.post(path, to_gemini_request(call))
         if resp.status != 200:
             raise await self._error(resp)
+        bad = await not_an_event_stream(self, resp)
+        if bad is not None:
+            raise bad
         return _OpenAIStream(resp, GeminiStreamParser(self.name))  # type: ignore[arg-type]
 
     async def _error(self, resp: aiohttp.ClientResponse) -> GatewayError:

@@ -10,7 +10,7 @@ import orjson
 
 from ..protocol.errors import GatewayError
 
-__all__ = ["HTTPUpstream", "SharedSession", "read_error_body"]
+__all__ = ["HTTPUpstream", "SharedSession", "not_an_event_stream", "read_error_body"]
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -52,6 +52,25 @@ async def read_error_body(resp: aiohttp.ClientResponse) -> bytes:
         body = b""
     resp.close()
     return body
+
+
+async def not_an_event_stream(upstream: HTTPUpstream, resp: aiohttp.ClientResponse) -> GatewayError | None:
+    """A 200 that is not ``text/event-stream`` (an HTML error page from a proxy, a JSON body from a
+    server that ignored ``stream: true``) named as what it is, instead of an empty stream."""
+    ctype = resp.headers.get("Content-Type", "")
+    if ctype.split(";", 1)[0].strip().lower() == "text/event-stream":
+        return None
+    raw = await read_error_body(resp)
+    snippet = " ".join(raw[:200].decode("utf-8", "replace").split())
+    return upstream.redact(
+        GatewayError(
+            "upstream_bad_response",
+            f"{upstream.name} answered HTTP {resp.status} with Content-Type {ctype[:100] or '(none)'!r}, "
+            f"not an event stream: {snippet!r}",
+            retryable=True,
+            extra={"provider": upstream.name},
+        )
+    )
 
 
 class HTTPUpstream:

@@ -17,7 +17,7 @@ from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.events import Event
 from .base import ChatCall, StreamParser, http_error, retry_after_seconds
-from .http import HTTPUpstream, read_error_body
+from .http import HTTPUpstream, not_an_event_stream, read_error_body
 
 __all__ = ["OpenAIProvider", "OpenAIStreamParser", "parse_openai_error"]
 
@@ -279,6 +279,9 @@ class OpenAIProvider(HTTPUpstream):
         resp = await self.post("/chat/completions", body)
         if resp.status != 200:
             raise await self._error(resp)
+        bad = await not_an_event_stream(self, resp)
+        if bad is not None:
+            raise bad
         return _OpenAIStream(resp, OpenAIStreamParser(self.name))
 
     async def _error(self, resp: aiohttp.ClientResponse) -> GatewayError:
