@@ -149,7 +149,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2, middlewares=middlewares)
     app["gateway"] = gw
     app[POLLS] = {}
-    app[DISCONNECTS] = disconnects = DisconnectWatch()
+    app[DISCONNECTS] = disconnects = DisconnectWatch(0.05, settings.sse_keepalive, settings.sse_headers_after)
     #: pings silent sockets, drops dead ones, closes idle ones: one task for all of them
     liveness = Liveness(gw.sessions, settings.ws_ping_interval, settings.idle_timeout)
     app.router.add_get("/ws/chat", _ws_or_426)
