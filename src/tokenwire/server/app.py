@@ -176,6 +176,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_delete("/v1/conversations/{cid}", delete_conversation)
     app.router.add_get("/", _static("index.html", "text/html"))
     app.router.add_get("/tokenwire.js", _static("tokenwire.js", "text/javascript", cors=True))
+    app.router.add_get("/favicon.ico", _static("favicon.svg", "image/svg+xml"))  # browsers ask on every page
     app.router.add_get("/static/{name}", _static_dir)
 
     async def on_shutdown(app: web.Application) -> None:

@@ -1,5 +1,5 @@
 // The chat page served at "/": a thin UI over tokenwire.js and markdown.js.
-import { TokenwireClient, TokenwireError } from "/tokenwire.js";
+import { TokenwireAuthError, TokenwireClient, TokenwireError } from "/tokenwire.js";
 import { renderMarkdown } from "/static/markdown.js";
 
 const $ = (id) => document.getElementById(id);
@@ -57,6 +57,7 @@ const ui = {
   convId: $("conv-id"),
 };
 
+const freshConversation = !store.get(KEY.conv); // minted now: nothing stored to load (no 404 on a first visit)
 const app = {
   client: null,
   conversationId: store.get(KEY.conv) || newConversationId(),
@@ -327,6 +328,7 @@ ui.system.addEventListener("change", () => store.set(KEY.system, ui.system.value
 ui.maxTokens.addEventListener("change", () => store.set(KEY.maxTokens, ui.maxTokens.value));
 ui.apiKey.addEventListener("change", () => {
   store.set(KEY.apiKey, ui.apiKey.value.trim());
+  ui.apiKey.removeAttribute("aria-invalid"); // [auth hook]
   connect(); // the key travels in the WebSocket handshake: reconnect with it
   loadModels();
 });
@@ -335,6 +337,7 @@ ui.model.addEventListener("change", () => store.set(KEY.model, ui.model.value));
 async function loadModels() {
   try {
     const r = await fetch("/v1/models", { headers: authHeaders() });
+    if (r.status === 401) return; // [auth hook] the connection's TokenwireAuthError says what to do
     if (!r.ok) throw new TokenwireError("http_" + r.status, `could not list models (HTTP ${r.status})`, { retryable: r.status >= 500 || r.status === 429 });
     const body = await r.json();
     app.models = body.data || [];
@@ -361,6 +364,7 @@ async function loadHistory() {
   try {
     const r = await fetch(`/v1/conversations/${encodeURIComponent(cid)}`, { headers: authHeaders() });
     if (r.status === 404) return resumePending([]); // nothing stored yet: maybe its first reply is streaming
+    if (r.status === 401) return; // [auth hook] the connection's TokenwireAuthError says what to do
     if (!r.ok) throw new TokenwireError("http_" + r.status, `could not load the conversation (HTTP ${r.status})`, { retryable: true });
     const body = await r.json();
     if (cid !== app.conversationId) return; // "New chat" was pressed meanwhile
@@ -414,9 +418,19 @@ function connect() {
   app.client = new TokenwireClient(opts);
   app.client.onStatus(showStatus);
   app.client.on("error", (err) => showError(err));
+  app.client.on("error", (err) => err instanceof TokenwireAuthError && needKey(err)); // [auth hook]
 }
 
+// ---- [auth hook] a keyed gateway refused the key (or its absence): no retrying, ask for a key --
+function needKey(err) {
+  document.getElementById("settings").open = true;
+  ui.apiKey.setAttribute("aria-invalid", "true");
+  ui.apiKey.title = err.message;
+  ui.apiKey.focus();
+  ui.apiKey.select();
+}
+
+ui.input.focus(); // before connecting: an auth error moves the cursor to the key field
 connect();
 loadModels();
-loadHistory();
-ui.input.focus();
+if (!freshConversation) loadHistory();
