@@ -116,6 +116,11 @@ class Settings:
     max_generations_per_socket: int = 32
     idle_timeout: float = 120.0
     ws_ping_interval: float = 20.0
+    #: seconds an SSE reply waits for its first event before its headers are sent anyway (an upstream
+    #: that fails sooner still gets the client a real HTTP status; < 0 = only with the first event)
+    sse_headers_after: float = 1.0
+    #: seconds of silence after which an SSE reply gets a keep-alive comment (or its dialect's ping)
+    sse_keepalive: float = 15.0
     resume_retention: float = 120.0
     simulated_speed: float = 1.0
     connect_timeout: float = 10.0

@@ -49,6 +49,15 @@ class SSE:
     def __init__(self, resp: Resp | None) -> None:
         self.resp = resp
         self.writes = 0
+        self.starts = 0
+
+    def start(self) -> asyncio.Future[None]:
+        """As SSEResponder.start: the response exists at once, its headers go out in the future."""
+        self.starts += 1
+        self.resp = Resp()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 async def test_a_silent_started_stream_is_pinged_and_the_wait_ends_with_the_run() -> None:
@@ -95,4 +104,28 @@ async def test_a_ping_to_a_gone_client_cancels_the_run() -> None:
     task = asyncio.create_task(watch.wait(Request(), run, SSE(Resp(gone=True)), b": ping\n\n"))
     assert await asyncio.wait_for(task, 2) is False
     assert run.cancel_reason == "client_gone"
+    await watch.aclose()
+
+
+async def test_a_stream_waiting_for_its_first_event_is_started_after_headers_after_then_pinged() -> None:
+    watch = DisconnectWatch(interval=0.01, keepalive=0.05, headers_after=0.05)
+    run, sse = Run(), SSE(None)
+    task = asyncio.create_task(watch.wait(Request(), run, sse, b": keep-alive\n\n"))
+    await aeventually(lambda: sse.resp is not None and len(sse.resp.writes) >= 2, timeout=5, message="start, 2 pings")
+    assert sse.starts == 1 and watch.started == 1
+    assert set(sse.resp.writes) == {b": keep-alive\n\n"}
+    run.ended.set()
+    assert await asyncio.wait_for(task, 1) is True
+    await watch.aclose()
+
+
+async def test_a_negative_headers_after_never_starts_a_stream_early() -> None:
+    watch = DisconnectWatch(interval=0.01, keepalive=0.02, headers_after=-1)
+    run, sse = Run(), SSE(None)
+    task = asyncio.create_task(watch.wait(Request(), run, sse, b": keep-alive\n\n"))
+    for _ in range(10):  # sweeps go by; the stream stays unstarted
+        await asyncio.sleep(0.01)
+    assert sse.resp is None and sse.starts == 0 and watch.pings == 0
+    run.ended.set()
+    await asyncio.gather(task)
     await watch.aclose()

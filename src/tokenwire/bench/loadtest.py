@@ -8,7 +8,9 @@ was written, so every figure is the gateway's *added* share, per token:
 
 * added TTFT = (client's TTFT) − (upstream's own TTFT: request arrival → first token written);
 * relay latency = token received by the client − token written by the upstream;
-* added inter-token gap = relay latency of a token − that of the previous token.
+* added inter-token gap = how much longer the gap between two tokens was at the client than at
+  the upstream (relay latency of a token − that of the previous one; 0 when the gap got shorter,
+  which happens when the gateway catches up after a delay: it never adds negative time).
 
 These include the client's own delays (its event-loop lag is reported next to
 them) and the loopback network; on a shared 2-core machine they also include
@@ -49,6 +51,60 @@ RES_US = 10  #: histogram resolution, microseconds
 
 
 # -- statistics on {bucket: count} histograms ------------------------------------
+def added_gap(latency: float, previous: float) -> float:
+    """Seconds the relay added to the gap before a token: a shorter gap (catching up) adds nothing."""
+    return max(0.0, latency - previous)
+
+
+#: what each figure of the report means (printed under it, and in --help)
+FIGURES = {
+    "gateway memory": "the gateway's RSS before the sockets, with all of them open, and the difference per socket",
+    "tokens relayed": "tokens the clients received while measuring (after the warm-up), and replies that ended",
+    "gateway CPU": "the gateway's CPU time while measuring / tokens relayed; 'waiting for a CPU' is run-queue "
+    "time (high = the machine, not the gateway, is the limit)",
+    "added TTFT": "client time to first token − the upstream's own (request arrival → first token written)",
+    "relay latency": "token received by the client − token written by the upstream (loopback network included)",
+    "added gap": "how much longer the gap between two tokens was at the client than at the upstream (never < 0)",
+    "client event-loop lag": "how late the load clients' own timers fired: large = the clients, not the gateway, "
+    "were slow",
+    "gateway RSS growth": "the slope of the gateway's memory over the run (a leak shows here)",
+}
+
+
+class _Progress:
+    """One status line on a terminal (rewritten in place, at most a few times a second); nothing otherwise."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = ""
+
+    def show(self, text: str) -> None:
+        if self.on and text != self._last:
+            self._last = text
+            self.stream.write("\r\x1b[K" + text)
+            self.stream.flush()
+
+    def bar(self, label: str, done: float, total: float) -> None:
+        frac = min(1.0, max(0.0, done / total)) if total > 0 else 1.0
+        width = 24
+        full = round(frac * width)
+        self.show(f"{label} [{'#' * full}{'.' * (width - full)}] {min(done, total):.0f}/{total:g} s")
+
+    def clear(self) -> None:
+        if self.on and self._last:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._last = ""
+
+
+def _wait(progress: _Progress, label: str, start: float, end: float) -> None:
+    """Sleep until ``end`` (monotonic), showing how far from ``start`` it got."""
+    while (now := time.monotonic()) < end:
+        progress.bar(label, now - start, end - start)
+        time.sleep(min(0.25, end - now))
+
+
 def _hist_add(h: Counter[int], seconds: float) -> None:
     h[round(seconds * 1e6 / RES_US)] += 1
 
@@ -202,7 +258,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
                     else:
                         lat = now - int(content[1:]) / 1e6
                         if inside and prev is not None:
-                            gap[round((lat - prev) * 1e6 / RES_US)] += 1
+                            gap[round(added_gap(lat, prev) * 1e6 / RES_US)] += 1
                     if inside:
                         _hist_add(relay, lat)
                         stats["tokens"] += 1
@@ -313,8 +369,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, progress: _Progress | None = None) -> dict[str, Any]:
+    progress = progress or _Progress()
     limit = _raise_nofile()
+    progress.show("starting the fake upstream and the gateway…")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
     work = Path(tempfile.mkdtemp(prefix="tokenwire-load-"))
     up, up_port = _spawn(
@@ -392,13 +450,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             )
         t_conn = time.monotonic()
+        progress.show(f"connecting {args.streams:,} sockets from {args.clients} client process(es)…")
         for w in workers:
             assert w.stdout is not None
             line = w.stdout.readline()
             if not line.startswith(b"ready"):
                 raise RuntimeError(f"a load client failed to start: {line!r}")
         report["connect_s"] = round(time.monotonic() - t_conn, 2)
-        time.sleep(2.0)  # let the gateway settle before reading its memory
+        _wait(progress, "settling", time.monotonic(), time.monotonic() + 2.0)  # before reading its memory
         rss1, _ = _usage(gw_pids)
         if not args.churn:
             report["gateway_rss_before_mb"] = round(rss0 / 2**20, 1)
@@ -410,14 +469,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             w.stdin.write(f"go {t0}\n".encode())
             w.stdin.flush()
         w0, w1 = t0 + args.warmup, t0 + args.warmup + args.duration
-        time.sleep(max(0.0, w0 - time.monotonic()))
+        _wait(progress, "warm-up  ", t0, w0)
         _, c0 = _usage(gw_pids)
         u0 = procstat.cpu_seconds(up.pid)
         s0 = _sched_all(gw_pids)
         samples: list[tuple[float, int]] = []
-        while time.monotonic() < w1:
-            samples.append((time.monotonic() - w0, _usage(gw_pids)[0]))
-            time.sleep(min(args.sample_every, max(0.0, w1 - time.monotonic())))
+        next_sample = time.monotonic()
+        while (now := time.monotonic()) < w1:
+            if now >= next_sample:  # a memory sample every --sample-every seconds
+                samples.append((now - w0, _usage(gw_pids)[0]))
+                next_sample = now + args.sample_every
+            progress.bar("measuring", now - w0, args.duration)
+            time.sleep(max(0.0, min(0.25, next_sample - now, w1 - now)))
+        progress.show("collecting the clients' figures…")
         _, c1 = _usage(gw_pids)
         u1 = procstat.cpu_seconds(up.pid)
         s1 = _sched_all(gw_pids)
@@ -430,6 +494,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if len(results) != len(workers):
             raise RuntimeError("a load client failed; see its output")
     finally:
+        progress.clear()
         for w in workers:
             if w.poll() is None:
                 w.kill()
@@ -545,6 +610,9 @@ def render(r: dict[str, Any]) -> str:
     lines.append(f"  client event-loop lag: {_fmt_dist(r['client_loop_lag_ms'])}")
     if "rss_growth_mb_per_min" in r:
         lines.append(f"  gateway RSS growth: {r['rss_growth_mb_per_min']} MB/min (end {r['gateway_rss_end_mb']} MB)")
+    shown = [name for name in FIGURES if any(line.lstrip().startswith(name) for line in lines[1:])]
+    lines.append("what the figures mean (p50/p90/p99: of every token; n: how many):")
+    lines += [f"  {name}: {FIGURES[name]}" for name in shown]
     return "\n".join(lines)
 
 
@@ -558,7 +626,17 @@ def _loop_name(choice: str) -> str:
     return "uvloop"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in --help, and the figures' legend kept as written."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = _HelpFormatter
+    p.description = (
+        "Runs a fake upstream, a gateway and --clients load processes on this machine and reports\n"
+        "the gateway's added share of each figure. On a terminal a progress line shows each phase."
+    )
+    p.epilog = "the figures:\n" + "\n".join(f"  {name}: {text}" for name, text in FIGURES.items())
     p.add_argument("--mode", choices=("stream", "idle"), default="stream", help="stream tokens, or idle sockets only")
     p.add_argument("--streams", type=int, default=100, help="concurrent streams (idle: sockets)")
     p.add_argument("--tps", type=float, default=50.0, help="tokens per second per stream (upstream pace)")

@@ -9,7 +9,6 @@ the base URL; keys come as ``x-api-key`` or ``Authorization: Bearer``.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
 import orjson
@@ -53,9 +52,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         await watch.wait(request, run, sse, am.SSEEncoder.PING)
         if sse.resp is None:
             return _error(sse.error or GatewayError("internal_error", "no reply"))
-        with contextlib.suppress(ConnectionError):
-            await sse.resp.write_eof()
-        return sse.resp
+        return await sse.finish()
     reply = am.MessageBuilder()
     run.subscribe(reply)
     await watch.wait(request, run)

@@ -224,7 +224,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2, middlewares=middlewares)
     app["gateway"] = gw
     app[POLLS] = {}
-    app[DISCONNECTS] = disconnects = DisconnectWatch()
+    app[DISCONNECTS] = disconnects = DisconnectWatch(0.05, settings.sse_keepalive, settings.sse_headers_after)
     #: header and body timeouts, connections per address: one task for every connection
     app[GUARD] = guard = ConnectionGuard(
         settings.header_timeout, settings.body_timeout, settings.max_connections_per_ip, settings.loopback_exempt
@@ -257,6 +257,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_delete("/v1/conversations/{cid}", delete_conversation)
     app.router.add_get("/", _static("index.html", "text/html"))
     app.router.add_get("/tokenwire.js", _static("tokenwire.js", "text/javascript", cors=True))
+    app.router.add_get("/favicon.ico", _static("favicon.svg", "image/svg+xml"))  # browsers ask on every page
     app.router.add_get("/static/{name}", _static_dir)
     app.router.add_get("/static/vendor/{name}", _static_dir)  # web/vendor/: markdown-it, highlight.js (npm)
 

@@ -9,7 +9,11 @@ of a request whose connection is closed (within ~50 ms, as nginx does by
 default). The same sweep keeps a silent SSE stream alive: after
 ``keepalive`` seconds without a write it sends the dialect's ping (an SSE
 comment, or Anthropic's ``ping`` event), so that proxies and browsers do not
-time it out while a reasoning model thinks. No timer or task per request.
+time it out while a reasoning model thinks. A stream whose first event has not
+come within ``headers_after`` seconds is started (its headers are sent) by the
+same sweep, so a client sees its 200 and the pings before a slow first token,
+while an upstream that fails at once still gets the client a real HTTP status.
+No timer or task per request.
 """
 
 from __future__ import annotations
@@ -40,20 +44,24 @@ class _Waiting:
 
 
 class DisconnectWatch:
-    def __init__(self, interval: float = 0.05, keepalive: float = 15.0) -> None:
+    def __init__(self, interval: float = 0.05, keepalive: float = 15.0, headers_after: float = 1.0) -> None:
         self.interval = interval
         self.keepalive = keepalive
+        #: seconds an SSE stream waits for its first event before its headers are sent anyway (< 0: never)
+        self.headers_after = headers_after
         self.waiting: dict[int, _Waiting] = {}
         self.cancelled = 0  #: runs cancelled because their client left
         self.pings = 0  #: keep-alive pings sent on silent streams
+        self.started = 0  #: SSE streams whose headers were sent before their first event
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
 
     async def wait(self, request: web.Request, run: Any, sse: Any = None, ping: bytes | None = None) -> bool:
         """Wait for ``run`` to end; False if it was cancelled because the client left first.
 
-        With ``sse`` (an SSEResponder) and ``ping``, a stream silent for ``keepalive`` seconds
-        gets ``ping`` written to it.
+        With ``sse`` (an SSEResponder), a stream still without its first event after
+        ``headers_after`` seconds is started; with ``ping`` too, a started stream silent for
+        ``keepalive`` seconds gets ``ping`` written to it.
         """
         key = id(request)
         self.waiting[key] = _Waiting(request, run, sse, ping)
@@ -76,16 +84,32 @@ class DisconnectWatch:
                     w.run.cancel("client_gone")
                     continue
                 sse = w.sse
-                if w.ping is None or sse is None or sse.resp is None:
+                if sse is None:
+                    continue
+                if sse.resp is None:
+                    if 0 <= self.headers_after <= now - w.since:
+                        self.started += 1
+                        self._spawn(self._start(w, sse.start()))
+                    continue
+                if w.ping is None:
                     continue
                 if sse.writes != w.seen:
                     w.seen, w.since = sse.writes, now
                 elif now - w.since >= self.keepalive:
                     w.since = now
                     self.pings += 1
-                    task = asyncio.get_running_loop().create_task(self._ping(w))
-                    self._writes.add(task)
-                    task.add_done_callback(self._writes.discard)
+                    self._spawn(self._ping(w))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _start(self, w: _Waiting, prepared: Any) -> None:
+        try:
+            await prepared
+        except (ConnectionError, RuntimeError):
+            w.run.cancel("client_gone")
 
     async def _ping(self, w: _Waiting) -> None:
         try:

@@ -8,7 +8,6 @@ run's events are written by the dialect's encoder. Existing code using the
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["DISCONNECTS", "chat_completions", "list_models", "read_json_body"]
 
 DISCONNECTS = "tokenwire.disconnects"  #: app key of the DisconnectWatch
+#: what a silent Chat Completions stream is kept alive with (an SSE comment: every client ignores it)
+KEEPALIVE = b": keep-alive\n\n"
 
 
 async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
@@ -84,12 +85,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if stream:
         sse = SSEResponder(request, openai_chat.SSEChunkEncoder(stream_id, model, include_usage))
         run.subscribe(sse)
-        await watch.wait(request, run)
+        await watch.wait(request, run, sse, KEEPALIVE)
         if sse.resp is None:
             return error_response(sse.error or GatewayError("internal_error", "no reply"))
-        with contextlib.suppress(ConnectionError):  # the client may be gone: nothing to finish
-            await sse.resp.write_eof()
-        return sse.resp
+        return await sse.finish()
     reply = openai_chat.CompletionBuilder()
     run.subscribe(reply)
     await watch.wait(request, run)

@@ -15,6 +15,11 @@ something to wait on only when the transport's buffer is past its limit. When
 aiohttp's response writer is not of the shape this relies on (compression, a
 length, observers of each chunk, a later aiohttp), every write takes
 ``StreamResponse.write``; tests/e2e/test_sse_contract.py checks the shape.
+
+A slow provider must not look dead: the HTTP watch (:mod:`.disconnects`) calls
+:meth:`SSEResponder.start` when no event came within ``sse_headers_after``
+seconds, so the client has its 200 and headers while the model thinks (an error
+after that is written into the stream, in the dialect's shape).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ WRITE_BUFFER_LIMIT = 256 * 1024
 
 
 class SSEResponder:
-    __slots__ = ("_fast", "encode", "error", "request", "resp", "writes")
+    __slots__ = ("_fast", "_prepared", "encode", "error", "request", "resp", "writes")
     #: the response headers (a dialect's subclass adds its own, e.g. the AI SDK's stream marker)
     HEADERS: ClassVar[dict[str, str]] = SSE_HEADERS
 
@@ -56,6 +61,14 @@ class SSEResponder:
         self.writes = 0  #: events written (the keep-alive sweep watches it for silence)
         #: the transport, once events may be written to it as chunks directly (see the module doc)
         self._fast: Any = None
+        self._prepared: asyncio.Future[None] | None = None  #: the headers are being (or were) sent
+
+    def start(self) -> asyncio.Future[None]:
+        """Send the headers now (once), before any event; writes wait until they are out."""
+        if self._prepared is None:
+            self.resp = web.StreamResponse(headers=self.HEADERS)
+            self._prepared = asyncio.ensure_future(self.resp.prepare(self.request))
+        return self._prepared
 
     def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
         if self.resp is None:
@@ -90,16 +103,26 @@ class SSEResponder:
                 raise ConnectionResetError("the client is gone")
             await asyncio.sleep(0.01)
 
+    async def finish(self) -> web.StreamResponse:
+        """End a started stream (the client may be gone: then there is nothing to finish)."""
+        assert self._prepared is not None and self.resp is not None
+        try:
+            await self._prepared
+            await self.resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass
+        return self.resp
+
     async def _write(self, data: bytes) -> None:
         self.writes += 1
-        resp = self.resp
-        if resp is None:
-            resp = web.StreamResponse(headers=self.HEADERS)
-            await resp.prepare(self.request)
-            self.resp = resp
-        await resp.write(data)
+        prepared = self.start()
+        if not prepared.done():
+            await asyncio.shield(prepared)
+        prepared.result()  # a failed prepare (the client left) raises here
+        assert self.resp is not None
+        await self.resp.write(data)
         if self._fast is None:
-            self._fast = _chunk_transport(resp, self.request)
+            self._fast = _chunk_transport(self.resp, self.request)
 
 
 def _chunk_transport(resp: web.StreamResponse, request: web.Request) -> Any:

@@ -1,7 +1,7 @@
 // The chat page served at "/": a thin UI over tokenwire.js and markdown.js (markdown-it + highlight.js).
 // Conversations live on the gateway, per API key: GET /v1/conversations lists them, PATCH renames or
 // truncates one (regenerate, edit and resend), DELETE removes it.
-import { TokenwireClient, TokenwireError } from "/tokenwire.js";
+import { TokenwireAuthError, TokenwireClient, TokenwireError } from "/tokenwire.js";
 import { renderMarkdown } from "/static/markdown.js";
 
 const $ = (id) => document.getElementById(id);
@@ -63,6 +63,7 @@ const ui = {
   openSidebar: $("open-sidebar"),
 };
 
+const freshConversation = !store.get(KEY.conv); // minted now: nothing stored to load (no 404 on a first visit)
 const app = {
   client: null,
   conversationId: store.get(KEY.conv) || newConversationId(),
@@ -642,6 +643,7 @@ ui.system.addEventListener("change", () => store.set(KEY.system, ui.system.value
 ui.maxTokens.addEventListener("change", () => store.set(KEY.maxTokens, ui.maxTokens.value));
 ui.apiKey.addEventListener("change", () => {
   store.set(KEY.apiKey, ui.apiKey.value.trim());
+  ui.apiKey.removeAttribute("aria-invalid"); // [auth hook]
   connect(); // the key travels in the WebSocket handshake: reconnect with it
   loadModels();
   loadConversations(); // the list is per key
@@ -741,11 +743,22 @@ function connect() {
   app.client = new TokenwireClient(opts);
   app.client.onStatus(showStatus);
   app.client.on("error", (err) => showError(err));
+  app.client.on("error", (err) => err instanceof TokenwireAuthError && needKey(err)); // [auth hook]
 }
 
+// ---- [auth hook] a keyed gateway refused the key (or its absence): no retrying, ask for a key --
+function needKey(err) {
+  document.getElementById("settings").open = true;
+  ui.apiKey.setAttribute("aria-invalid", "true");
+  ui.apiKey.title = err.message;
+  ui.apiKey.focus();
+  ui.apiKey.select();
+}
+
+ui.input.focus(); // before connecting: an auth error moves the cursor to the key field
 connect();
 loadModels();
-loadHistory();
+if (!freshConversation) loadHistory();
 loadConversations();
 renderConversations();
 ui.input.focus();

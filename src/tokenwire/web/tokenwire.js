@@ -35,6 +35,40 @@ export class TokenwireError extends Error {
   }
 }
 
+/**
+ * The gateway refused the key (or its absence): retrying cannot help, a key must be given.
+ * `code`: "auth_required" (no key was sent), "auth_invalid" (the key was refused) or "auth_refused"
+ * (HTTP 403 / close 4003: this key or this page may not connect); `status` is the HTTP status.
+ */
+export class TokenwireAuthError extends TokenwireError {
+  constructor(code, message, { status = 401, keySent = false, details = null } = {}) {
+    super(code, message, { retryable: false, details });
+    this.name = "TokenwireAuthError";
+    this.status = status;
+    this.keySent = keySent;
+  }
+
+  static fromResponse(status, keySent, body) {
+    const said = body?.error?.message ? String(body.error.message) : "";
+    if (status === 403) return new TokenwireAuthError("auth_refused", said || "the gateway refused this connection", { status, keySent, details: body });
+    if (!keySent) return new TokenwireAuthError("auth_required", "this gateway needs an API key", { status, keySent, details: body });
+    return new TokenwireAuthError("auth_invalid", `the API key was refused${said ? ": " + said : ""}`, { status, keySent, details: body });
+  }
+}
+
+/** The HTTP URL that tells why a handshake failed (a browser hides the handshake's status). */
+function authCheckUrl(wsUrl) {
+  try {
+    const u = new URL(wsUrl);
+    u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+    u.pathname = "/v1/models";
+    u.search = "";
+    return u.href;
+  } catch {
+    return null;
+  }
+}
+
 function randomHex(bytes = 16) {
   const a = new Uint8Array(bytes);
   crypto.getRandomValues(a);
@@ -273,6 +307,8 @@ export class TokenwireClient extends Emitter {
       highWater: options.highWater ?? 100,
       lowWater: options.lowWater ?? 20,
       WebSocket: options.WebSocket || globalThis.WebSocket,
+      // where a failed handshake's cause is asked (401/403 end the retries); false = never ask
+      authCheckUrl: options.authCheckUrl ?? null,
     };
     if (this.options.lowWater >= this.options.highWater) {
       throw new TokenwireError("bad_config", "lowWater must be below highWater");
@@ -575,21 +611,49 @@ export class TokenwireClient extends Emitter {
 
   _onClose(ws, code, reason) {
     if (ws !== this._ws) return;
+    const opened = this._open;
     this._dropSocket();
     this._emit("close", { code, reason });
     if (this._closed) return;
     if (NO_RETRY_CLOSE.has(code) && code !== 1000) {
-      const err = new TokenwireError(
-        code === 4003 ? "auth_refused" : "frame_too_large",
-        `the server closed the connection (${code}${reason ? ": " + reason : ""})`,
-      );
+      const why = `the server closed the connection (${code}${reason ? ": " + reason : ""})`;
+      const err =
+        code === 4003
+          ? new TokenwireAuthError("auth_refused", why, { status: 403, keySent: Boolean(this.options.apiKey) })
+          : new TokenwireError("frame_too_large", why);
       this._fatal(err);
       return;
     }
     const err = new TokenwireError("connection_lost", `connection closed (${code}${reason ? ": " + reason : ""})`, {
       retryable: true,
     });
+    if (!opened && this.options.authCheckUrl !== false && typeof fetch === "function") {
+      this._checkAuth(err); // the handshake failed: a 401/403 must not be retried forever
+      return;
+    }
     this._scheduleReconnect(err, code === 4001 ? 0 : null);
+  }
+
+  /** After a failed handshake: ask over HTTP whether the key is the cause; if so stop, else reconnect. */
+  async _checkAuth(err) {
+    const url = this.options.authCheckUrl || authCheckUrl(this.options.url);
+    let refusal = null;
+    if (url) {
+      try {
+        const keySent = Boolean(this.options.apiKey);
+        const headers = keySent ? { Authorization: `Bearer ${this.options.apiKey}` } : {};
+        const r = await fetch(url, { headers, cache: "no-store", credentials: "omit" });
+        if (r.status === 401 || r.status === 403) {
+          const body = await r.json().catch(() => null);
+          refusal = TokenwireAuthError.fromResponse(r.status, keySent, body);
+        }
+      } catch {
+        /* not reachable over HTTP either (or another origin without CORS): an ordinary reconnect */
+      }
+    }
+    if (this._closed || this._ws) return; // closed, or reconnectNow() went ahead meanwhile
+    if (refusal) this._fatal(refusal);
+    else this._scheduleReconnect(err);
   }
 
   _fatal(err) {
