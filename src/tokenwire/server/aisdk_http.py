@@ -252,8 +252,7 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
         sse.pending = []
         run.subscribe(sse)  # in the same step as the replay was taken: no gap, no repeat
     try:
-        sse.resp = web.StreamResponse(headers=UIStreamResponder.HEADERS)
-        await sse.resp.prepare(request)
+        await sse.start()  # the headers now: the replay follows
         for rest in replay:
             await sse.write(encoder.encode(rest, 0, None))
         if live:
