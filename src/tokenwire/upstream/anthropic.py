@@ -14,8 +14,8 @@ import orjson
 from ..protocol import events as ev
 from ..protocol.events import Event
 from .base import ChatCall, StreamParser
-from .http import not_an_event_stream
-from .openai import OpenAIProvider, _OpenAIStream, parse_openai_error
+from .openai import OpenAIProvider, parse_openai_error
+from .wire import H1Stream
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "AnthropicStreamParser", "to_anthropic_request"]
 
@@ -275,13 +275,7 @@ class AnthropicProvider(OpenAIProvider):
     def __init__(self, name: str, base_url: str, api_key: str | None, session: Any, headers: Any = None) -> None:
         super().__init__(name, base_url, api_key, session, {"anthropic-version": ANTHROPIC_VERSION, **(headers or {})})
 
-    async def start(self, call: ChatCall) -> _OpenAIStream:
+    async def start(self, call: ChatCall) -> H1Stream:
         # ANTHROPIC_BASE_URL is often given as the SDK takes it, without /v1
         path = "/messages" if self.base_url.endswith("/v1") else "/v1/messages"
-        resp = await self.post(path, to_anthropic_request(call))
-        if resp.status != 200:
-            raise await self._error(resp)
-        bad = await not_an_event_stream(self, resp)
-        if bad is not None:
-            raise bad
-        return _OpenAIStream(resp, AnthropicStreamParser(self.name))  # type: ignore[arg-type]
+        return await self.stream(path, to_anthropic_request(call), AnthropicStreamParser(self.name))

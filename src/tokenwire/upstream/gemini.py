@@ -7,19 +7,23 @@ Gemini ends a stream with no terminator: the last chunk carries ``finishReason``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.events import Event
 from .base import ChatCall, StreamParser
-from .http import HTTPUpstream, not_an_event_stream
-from .openai import _OpenAIStream, error_from_response, parse_openai_error
+from .http import HTTPUpstream
+from .openai import error_from_response, parse_openai_error
+from .wire import H1Stream
 
 __all__ = ["GeminiProvider", "GeminiStreamParser", "to_gemini_request"]
+
+_PATH_SAFE = "@=:+,;!$&'()*-._~"  #: what a model id keeps unescaped in the URL path (RFC 3986 pchar)
 
 #: Gemini finish reasons in OpenAI's vocabulary.
 FINISH_REASONS = {
@@ -259,16 +263,10 @@ class GeminiProvider(HTTPUpstream):
     auth_header = "x-goog-api-key"
     auth_prefix = ""
 
-    async def start(self, call: ChatCall) -> _OpenAIStream:
+    async def start(self, call: ChatCall) -> H1Stream:
         version = "" if self.base_url.endswith(("/v1beta", "/v1", "/v1alpha")) else "/v1beta"
-        path = f"{version}/models/{call.model}:streamGenerateContent?alt=sse"
-        resp = await self.post(path, to_gemini_request(call))
-        if resp.status != 200:
-            raise await self._error(resp)
-        bad = await not_an_event_stream(self, resp)
-        if bad is not None:
-            raise bad
-        return _OpenAIStream(resp, GeminiStreamParser(self.name))  # type: ignore[arg-type]
+        path = f"{version}/models/{quote(call.model, safe=_PATH_SAFE)}:streamGenerateContent?alt=sse"
+        return await self.stream(path, to_gemini_request(call), GeminiStreamParser(self.name))
 
-    async def _error(self, resp: aiohttp.ClientResponse) -> GatewayError:
-        return await error_from_response(self, resp)
+    def error_for(self, status: int, headers: Mapping[str, str], raw: bytes) -> GatewayError:
+        return error_from_response(self, status, headers, raw)

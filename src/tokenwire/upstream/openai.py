@@ -7,6 +7,7 @@ tests drive byte by byte; :class:`OpenAIProvider` is the thin I/O around it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,8 @@ from ..protocol import events as ev
 from ..protocol.errors import GatewayError
 from ..protocol.events import Event
 from .base import ChatCall, StreamParser, http_error, retry_after_seconds
-from .http import HTTPUpstream, not_an_event_stream, read_error_body
+from .http import HTTPUpstream
+from .wire import H1Stream
 
 __all__ = ["OpenAIProvider", "OpenAIStreamParser", "parse_openai_error"]
 
@@ -219,55 +221,10 @@ def parse_openai_error(provider: str, body: Any, *, status: int | None = None, i
     )
 
 
-class _OpenAIStream:
-    __slots__ = ("_ended", "_parser", "_resp")
-
-    def __init__(self, resp: aiohttp.ClientResponse, parser: OpenAIStreamParser) -> None:
-        self._resp = resp
-        self._parser = parser
-        self._ended = False
-
-    async def read(self) -> list[Event] | None:
-        if self._ended:
-            return None
-        resp = self._resp
-        try:
-            chunk = await resp.content.readany()
-        except aiohttp.ClientPayloadError as exc:
-            resp.close()
-            raise GatewayError(
-                "upstream_error",
-                f"{self._parser.provider} cut the stream mid-way ({exc})",
-                retryable=True,
-            ) from None
-        if chunk:
-            return self._parser.feed(chunk)
-        self._ended = True
-        parser = self._parser
-        events = parser.close()
-        resp.release()
-        if not parser.done and not parser.finished:
-            events.append(
-                (
-                    ev.ERROR,
-                    GatewayError(
-                        "upstream_error",
-                        f"{parser.provider} ended the stream before it finished",
-                        retryable=True,
-                    ),
-                )
-            )
-        return events
-
-    def close(self) -> None:
-        self._ended = True
-        self._resp.close()
-
-
 class OpenAIProvider(HTTPUpstream):
     """Any server that speaks OpenAI's ``POST /chat/completions`` with ``stream: true``."""
 
-    async def start(self, call: ChatCall) -> _OpenAIStream:
+    async def start(self, call: ChatCall) -> H1Stream:
         body: dict[str, Any] = {
             "model": call.model,
             "messages": call.messages,
@@ -276,16 +233,10 @@ class OpenAIProvider(HTTPUpstream):
         }
         if call.params:
             body.update(call.params)
-        resp = await self.post("/chat/completions", body)
-        if resp.status != 200:
-            raise await self._error(resp)
-        bad = await not_an_event_stream(self, resp)
-        if bad is not None:
-            raise bad
-        return _OpenAIStream(resp, OpenAIStreamParser(self.name))
+        return await self.stream("/chat/completions", body, OpenAIStreamParser(self.name))
 
-    async def _error(self, resp: aiohttp.ClientResponse) -> GatewayError:
-        return await error_from_response(self, resp)
+    def error_for(self, status: int, headers: Mapping[str, str], raw: bytes) -> GatewayError:
+        return error_from_response(self, status, headers, raw)
 
     async def list_models(self, timeout: float) -> list[str]:
         """The model ids the server lists at ``GET /models`` (OpenAI's ``{"data": [{"id": …}]}``).
@@ -326,18 +277,17 @@ _MAX_MODEL_LIST = 4 * 1024 * 1024  #: bytes of a /models answer read at most
 _MAX_MODELS = 2000  #: model ids kept from one provider's list
 
 
-async def error_from_response(upstream: HTTPUpstream, resp: aiohttp.ClientResponse) -> GatewayError:
+def error_from_response(upstream: HTTPUpstream, status: int, headers: Mapping[str, str], raw: bytes) -> GatewayError:
     """A provider's HTTP error response as a gateway error: status, message, Retry-After kept,
     the key scrubbed. Reads OpenAI's ``{"error": …}``, Anthropic's and Gemini's (a list of one)."""
-    raw = await read_error_body(resp)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         body = {"error": {"message": raw.decode("utf-8", "replace").strip()[:500]}}
     if isinstance(body, list) and body:
         body = body[0]
-    err = parse_openai_error(upstream.name, body, status=resp.status)
-    retry_after = retry_after_seconds(resp.headers)
+    err = parse_openai_error(upstream.name, body, status=status)
+    retry_after = retry_after_seconds(headers)
     if retry_after is not None:
         err.extra["retry_after"] = retry_after
     return upstream.redact(err)
