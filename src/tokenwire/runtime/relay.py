@@ -10,7 +10,6 @@ provider back and memory stays bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 
 from ..catalog import price
 from ..protocol.errors import GatewayError
-from ..protocol.events import END, ERROR, FINISH, MODEL, REASONING, START, TOKEN, TOOL_CALL, USAGE
+from ..protocol.events import END, ERROR, FINISH, MODEL, REASONING, START, TOKEN, TOOL_CALL, USAGE, Event
 from ..protocol.frames import Chat
 from ..protocol.stream import CANCELLED, COMPLETED, FAILED, Generation
 from ..simulate.reply import estimate_tokens
@@ -83,12 +82,19 @@ class Run:
     """One generation in flight (or recently ended, kept for resume)."""
 
     __slots__ = (
+        "_backlog",
         "_expiry",
+        "_push_end",
+        "_reading",
+        "_wake",
+        "answered_model",
         "cancel_reason",
+        "cap",
         "chat",
         "conversation_id",
         "detached_at",
         "ended",
+        "finish_reason",
         "finishing",
         "gate",
         "gen",
@@ -96,15 +102,19 @@ class Run:
         "on_end",
         "paused_by_socket",
         "paused_self",
+        "pushing",
         "reads",
         "registry",
         "resumable",
         "route",
         "subs",
         "summary",
+        "t0",
         "task",
+        "ttft",
         "turn",
         "upstream",
+        "usage",
         "watch",
     )
 
@@ -148,6 +158,20 @@ class Run:
         #: awaited with the run once its summary is set and before ``end`` goes out (an entry
         #: point's own bookkeeping, e.g. a stored Responses API object); errors are logged
         self.on_end: Callable[[Run], Awaitable[None]] | None = None
+        # What the token loop (_deliver) records, read by _finish: attributes, not locals, since
+        # the push path runs that loop in the upstream connection's callback, not in the task.
+        self.t0 = 0.0
+        self.ttft: float | None = None
+        self.cap = 0
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.answered_model = route.upstream_model
+        # the push path (_follow): the task's wake-up, what it still has to deliver, whether we read
+        self.pushing = False
+        self._wake: asyncio.Future[Any] | None = None
+        self._backlog: list[Event] | None = None
+        self._push_end = False
+        self._reading = False
 
     @property
     def owner_key(self) -> str | None:
@@ -163,8 +187,11 @@ class Run:
         paused = self.paused_by_socket or self.paused_self
         if paused:
             self.gate.clear()
+            if self.pushing:
+                self._hold()  # the push path has no read to skip: stop the upstream reading itself
         else:
             self.gate.set()
+            self._release()
 
     def cancel(self, reason: str = "cancelled") -> bool:
         """Stop now: the task is cancelled, which closes the upstream response at once.
@@ -258,21 +285,186 @@ class Run:
         except (ConnectionError, RuntimeError):
             self.unsubscribe(sub)
 
+    def _deliver(self, events: list[Event], i: int = 0) -> tuple[int, Awaitable[Any]] | None:
+        """Hand ``events[i:]`` to the subscribers now, up to the first one that must be waited on.
+
+        The token loop, shared by the read loop (:meth:`_relay`) and the push sink
+        (:meth:`_pushed`, called in the upstream connection's ``data_received``): synchronous, so
+        a paced token costs no future, task step or ``await``. Returns None when every event was
+        handed over, else ``(index to go on from, what to await first)``: the pause gate before an
+        event, or a subscriber's backpressure after one. Raises the provider's error and
+        :class:`_ReplyCapped`.
+        """
+        gen = self.gen
+        gate = self.gate
+        emit = self._emit
+        n = len(events)
+        while i < n:
+            kind, value = events[i]
+            i += 1
+            if kind == TOKEN:
+                if self.ttft is None:
+                    self.ttft = time.monotonic() - self.t0
+                if not gate.is_set():
+                    return i - 1, gate.wait()
+                if gen.token_count >= self.cap:  # a provider sending past max_tokens is cut there
+                    raise _ReplyCapped
+                wait = emit(gen.token(value), TOKEN, value)
+                if wait is not None:
+                    return i, wait
+            elif kind == REASONING or kind == TOOL_CALL:
+                if self.ttft is None:
+                    self.ttft = time.monotonic() - self.t0
+                if not gate.is_set():
+                    return i - 1, gate.wait()
+                rest = gen.reasoning(value) if kind == REASONING else gen.tool_call(value)
+                wait = emit(rest, kind, value)
+                if wait is not None:
+                    return i, wait
+            elif kind == FINISH:
+                self.finish_reason = value
+            elif kind == USAGE:
+                self.usage = value
+            elif kind == MODEL:
+                self.answered_model = value
+            elif kind == ERROR:
+                raise value
+        return None
+
+    async def _relay(self, events: list[Event]) -> None:
+        """One batch through :meth:`_deliver`, waiting where it says; a burst leaves in one send per socket."""
+        corked = self._cork() if len(events) > 1 else None
+        try:
+            step = self._deliver(events)
+            while step is not None:
+                if corked:
+                    corked = await self._uncork(corked)
+                await step[1]
+                step = self._deliver(events, step[0])
+        except BaseException:
+            if corked:  # an error mid-burst: the tokens before it still go out, first
+                _uncork_now(corked)
+            raise
+        if corked:
+            await self._uncork(corked)
+
+    # -- the push path: events delivered in the upstream connection's callback -----------
+    async def _follow(self, stream: Any) -> None:
+        """Let ``stream`` push its events into :meth:`_pushed`; wait only for what that cannot finish.
+
+        The upstream Protocol calls the sink with each decoded batch; the sink delivers it on
+        the spot (:meth:`_deliver`). Only when a subscriber must be waited on (backpressure), the
+        client paused, or the stream failed or ended does it hold the upstream reading
+        (``pause_reading``: TCP then holds the provider back) and wake this task, which waits,
+        delivers the rest through :meth:`_relay` and lets the reading go on. One future per
+        such wake-up, none per token.
+        """
+        loop = asyncio.get_running_loop()
+        self._backlog = None
+        self._push_end = False
+        self._wake = loop.create_future()
+        self.pushing = True
+        self._reading = True
+        self.reads += 1  # odd: waiting on the provider (the read watchdog's rule)
+        try:
+            stream.push(self._pushed)
+            while True:
+                wake = self._wake
+                try:
+                    got = await wake
+                except asyncio.CancelledError:
+                    if wake.done() and not wake.cancelled():
+                        _drop(wake.result())
+                    raise
+                if isinstance(got, BaseException):
+                    raise got
+                for wait in got:
+                    try:
+                        await wait
+                    except (ConnectionError, RuntimeError):
+                        pass  # that socket is gone: its subscriber is dropped at its next write
+                while self._backlog:
+                    batch, self._backlog = self._backlog, []
+                    await self._relay(batch)
+                if self._push_end:
+                    return
+                self._wake = loop.create_future()
+                self._backlog = None
+                self._release()
+        finally:
+            self.pushing = False
+
+    def _pushed(self, events: list[Event] | None) -> None:
+        """The push stream's sink (see :meth:`_follow`); ``None`` is the end of the stream."""
+        self.reads += 2  # progress for the read watchdog, its parity unchanged
+        backlog = self._backlog
+        if backlog is not None:  # the task is working through an earlier batch: queue behind it
+            if events is None:
+                self._push_end = True
+            else:
+                backlog += events
+            return
+        if events is None:
+            self._push_end = True
+            self._stall([], [])
+            return
+        corked = self._cork() if len(events) > 1 else None
+        try:
+            step = self._deliver(events)
+        except BaseException as exc:  # the provider's error, the reply cap: the task raises it
+            if corked:
+                _uncork_now(corked)
+            self._stall([], exc)
+            return
+        waits = _uncork_now(corked) if corked else None
+        if step is None and not waits:
+            return  # the hot path: delivered within this callback
+        waits = waits or []
+        if step is not None:
+            waits.append(step[1])
+            self._stall(events[step[0] :], waits)
+        else:
+            self._stall([], waits)
+
+    def _stall(self, backlog: list[Event], got: Any) -> None:
+        """Hold the upstream reading and wake the task with what it must wait on (or raise)."""
+        self._backlog = backlog
+        self._hold()
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(got)
+        elif not isinstance(got, BaseException):
+            _drop(got)  # the task was cancelled meanwhile: nobody will await these
+
+    def _hold(self) -> None:
+        """Stop reading the provider (a stall, or the client paused)."""
+        if self._reading:
+            self._reading = False
+            self.reads += 1  # even: no read outstanding, the watchdog leaves the run alone
+            upstream = self.upstream
+            if upstream is not None:
+                upstream.pause_reading()  # type: ignore[attr-defined]
+
+    def _release(self) -> None:
+        """Read the provider again, unless a stall is still being worked through or the client paused."""
+        if self.pushing and not self._reading and self._backlog is None and self.gate.is_set():
+            self._reading = True
+            self.reads += 1
+            upstream = self.upstream
+            if upstream is not None:
+                upstream.resume_reading()  # type: ignore[attr-defined]
+
     async def run(self, call: ChatCall, start_fields: dict[str, Any]) -> None:
         gen = self.gen
         registry = self.registry
-        t0 = time.monotonic()
-        ttft: float | None = None
+        self.t0 = t0 = time.monotonic()
         error: GatewayError | None = None
         status = COMPLETED
-        finish_reason: str | None = None
-        usage: dict[str, Any] | None = None
-        answered_model = self.route.upstream_model
+        self.answered_model = self.route.upstream_model
         stream: UpstreamStream | None = None
-        corked: list[Any] | None = None
         capped = False
         params = call.params
-        cap = params.get("max_tokens") or params.get("max_completion_tokens") or registry.max_output_tokens
+        self.cap = params.get("max_tokens") or params.get("max_completion_tokens") or registry.max_output_tokens
         registry.stats["generations"] += 1
         try:
             # Retries, fallbacks and circuit breakers happen before the first token
@@ -281,57 +473,22 @@ class Run:
             self.upstream = stream
             if route is not self.route:
                 self.route = route
-                answered_model = route.upstream_model
+                self.answered_model = route.upstream_model
             _answered(start_fields, route, self.chat.model, attempts)
             wait = self._emit(gen.start(start_fields), START, start_fields)
             if wait is not None:
                 await wait
             gate = self.gate
-            emit = self._emit
-            corked: list[Any] | None = None
+            # a stream that can push (our HTTP/1.1 providers) hands its events over in its own
+            # callback once the first ones are out; the others (simulated) are read in this loop
+            push = getattr(stream, "push", None)
             while events is not None:
-                if len(events) > 1:  # a burst: its frames leave in one send per socket
-                    corked = self._cork()
-                for kind, value in events:
-                    if kind == TOKEN:
-                        if ttft is None:
-                            ttft = time.monotonic() - t0
-                        if not gate.is_set():
-                            if corked:
-                                corked = await self._uncork(corked)
-                            await gate.wait()
-                        if gen.token_count >= cap:  # a provider sending past max_tokens is cut there
-                            raise _ReplyCapped
-                        wait = emit(gen.token(value), TOKEN, value)
-                        if wait is not None:
-                            if corked:
-                                corked = await self._uncork(corked)
-                            await wait
-                    elif kind == REASONING or kind == TOOL_CALL:
-                        if ttft is None:
-                            ttft = time.monotonic() - t0
-                        if not gate.is_set():
-                            if corked:
-                                corked = await self._uncork(corked)
-                            await gate.wait()
-                        rest = gen.reasoning(value) if kind == REASONING else gen.tool_call(value)
-                        wait = emit(rest, kind, value)
-                        if wait is not None:
-                            if corked:
-                                corked = await self._uncork(corked)
-                            await wait
-                    elif kind == FINISH:
-                        finish_reason = value
-                    elif kind == USAGE:
-                        usage = value
-                    elif kind == MODEL:
-                        answered_model = value
-                    elif kind == ERROR:
-                        raise value
-                if corked:
-                    corked = await self._uncork(corked)
+                await self._relay(events)
                 if not gate.is_set():
                     await gate.wait()
+                if push is not None:
+                    await self._follow(stream)
+                    break
                 self.reads += 1
                 events = await stream.read()
                 self.reads += 1
@@ -341,7 +498,7 @@ class Run:
                 # pending cancel lands here, so the run ends cancelled, not completed.
                 await asyncio.sleep(0)
         except _ReplyCapped:  # a provider that ignores max_tokens is cut there
-            finish_reason = "length"
+            self.finish_reason = "length"
             capped = True
         except asyncio.CancelledError:
             status = CANCELLED
@@ -360,10 +517,6 @@ class Run:
             status = FAILED
             error = GatewayError("internal_error", f"internal error ({type(exc).__name__})")
         finally:
-            if corked:  # an error mid-burst: the tokens before it still go out, first
-                for writer in corked:
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        writer.uncork()
             if stream is not None and (status != COMPLETED or capped):
                 stream.close()
             self.upstream = None
@@ -380,7 +533,9 @@ class Run:
         total = time.monotonic() - t0
         self.finishing = True  # from here on a cancel changes nothing (see cancel)
         try:
-            await self._finish(status, error, finish_reason, usage, ttft, total, answered_model, call)
+            await self._finish(
+                status, error, self.finish_reason, self.usage, self.ttft, total, self.answered_model, call
+            )
         finally:  # whatever happened in it, the run ends and is accounted for
             self.ended.set()
             await registry.finished(self)
@@ -541,6 +696,31 @@ def sane_usage(usage: Any) -> dict[str, Any] | None:
             if details:
                 out[key] = details
     return out
+
+
+def _uncork_now(corked: list[Any]) -> list[Awaitable[None]] | None:
+    """Send every corked writer's frames now; what to wait on for those past their buffer limit."""
+    waits = None
+    for writer in corked:
+        try:
+            wait = writer.uncork()
+        except (ConnectionError, RuntimeError):
+            continue  # that socket is gone: its subscriber is dropped at its next write
+        if wait is not None:
+            if waits is None:
+                waits = [wait]
+            else:
+                waits.append(wait)
+    return waits
+
+
+def _drop(waits: Any) -> None:
+    """Close awaitables nobody will await (a cancelled run), so none is reported as never awaited."""
+    if isinstance(waits, list):
+        for wait in waits:
+            close = getattr(wait, "close", None)
+            if close is not None:
+                close()
 
 
 class _ReplyCapped(Exception):

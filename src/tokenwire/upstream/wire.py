@@ -47,6 +47,11 @@ class Origin(NamedTuple):
     tls: bool
 
 
+#: events decoded and not yet read past which a read stream stops reading the connection (a push
+#: stream is held back by its sink instead): memory stays bounded and TCP holds the provider back
+READ_AHEAD = 256
+
+
 class _Stale(Exception):
     """A reused connection closed before answering anything: send the request again on a new one."""
 
@@ -162,7 +167,7 @@ class H1Connection(asyncio.Protocol):
 class H1Stream:
     """One streamed response: read it (:meth:`read`) or have it pushed (:meth:`push`)."""
 
-    __slots__ = ("_closed", "_conn", "_ended", "_error", "_sink", "_waiter", "provider", "response")
+    __slots__ = ("_closed", "_conn", "_ended", "_error", "_held", "_sink", "_waiter", "provider", "response")
 
     def __init__(self, conn: H1Connection, response: H1Response, provider: str) -> None:
         self._conn: H1Connection | None = conn
@@ -173,17 +178,21 @@ class H1Stream:
         self._error: BaseException | None = None
         self._ended = False  #: the end was handed over (read returned None, or the sink got None)
         self._closed = False
+        self._held = False  #: reading paused because :meth:`read` fell behind (READ_AHEAD)
 
     # -- from the connection ------------------------------------------------------------
     def _progress(self) -> None:
         """New bytes were decoded (or the response ended): hand the events on."""
         sink = self._sink
+        resp = self.response
         if sink is None:
+            if len(resp.events) > READ_AHEAD and not self._held:  # nobody reading: hold the provider back
+                self._held = True
+                self.pause_reading()
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return
-        resp = self.response
         events = resp.events
         if events:
             resp.events = []
@@ -243,6 +252,9 @@ class H1Stream:
             events = resp.events
             if events:
                 resp.events = []
+                if self._held:
+                    self._held = False
+                    self.resume_reading()
                 return events
             if resp.complete or self._closed:
                 self._ended = True
@@ -267,6 +279,9 @@ class H1Stream:
         end if it is already known: ``sink(None)`` comes exactly once.
         """
         self._sink = sink
+        if self._held:  # read() fell behind before: from now on the sink decides when to hold
+            self._held = False
+            self.resume_reading()
         resp = self.response
         if self._error is not None and not self._ended:
             err, self._error = self._error, None
