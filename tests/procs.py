@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_LISTEN = re.compile(rb"listening on http://([\d.]+):(\d+)")
+_LISTEN = re.compile(rb"listening on (https?)://([\d.]+):(\d+)")
 
 
 @dataclass
@@ -24,10 +24,11 @@ class Proc:
     port: int
     host: str = "127.0.0.1"
     output: list[bytes] = field(default_factory=list)
+    scheme: str = "http"  #: "https" for a fake upstream serving TLS (simulate --tls-cert)
 
     @property
     def http(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def ws(self) -> str:
@@ -78,8 +79,9 @@ def start(
             proc.output.append(line)
             m = _LISTEN.search(line)
             if m and not found.is_set():
-                proc.host = m.group(1).decode()
-                proc.port = int(m.group(2))
+                proc.scheme = m.group(1).decode()
+                proc.host = m.group(2).decode()
+                proc.port = int(m.group(3))
                 found.set()
 
     threading.Thread(target=pump, daemon=True).start()

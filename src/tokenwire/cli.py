@@ -76,6 +76,8 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixtures", help="folder of recorded streams served for model names ending @replay=FILE")
     p.add_argument("--pace-ms", type=float, default=0.0, help="with --fast: pause after each write, ms")
     p.add_argument("--text", help="every token is TEXT instead of the deterministic reply")
+    p.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain)")
+    p.add_argument("--tls-key", help="the private key of --tls-cert (PEM; default: in the same file)")
     p.add_argument(
         "--wheel",
         action="store_true",
@@ -96,6 +98,7 @@ def _simulate(args: argparse.Namespace) -> int:
             "--fixtures": args.fixtures,
             "--pace-ms": args.pace_ms,
             "--text": args.text,
+            "--tls-cert": args.tls_cert,
         }
         if given := [flag for flag, value in options.items() if value]:
             print(f"tokenwire simulate --wheel does not take {', '.join(given)}", file=sys.stderr)
@@ -118,7 +121,7 @@ def _simulate(args: argparse.Namespace) -> int:
         pace_ms=args.pace_ms,
         text=args.text,
     )
-    run_simulator(args.host, args.port, opts)
+    run_simulator(args.host, args.port, opts, cert=args.tls_cert, key=args.tls_key)
     return 0
 
 

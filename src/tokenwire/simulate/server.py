@@ -14,6 +14,8 @@ request with ``@key=value`` suffixes on the model name, e.g.
 * ``times=N``: the fault hits only the first N requests for that exact model string
   (then the same request succeeds: retries can be tested)
 * ``fault=cut:N``: the connection is cut after N tokens (no finish, no [DONE])
+* ``fault=midchunk:N``: after N tokens, half of a chunk is sent (its size line promising it all),
+  then the connection is cut: a close inside the HTTP framing
 * ``fault=malformed:N``: the N-th chunk is not JSON
 * ``fault=stall:N``: after N tokens the server stops sending (connection kept open)
 * ``fault=error:N``: an in-band ``{"error": …}`` chunk after N tokens (HTTP 200)
@@ -113,6 +115,7 @@ class Simulator:
             "aborted": 0,
             "active": 0,
             "last_abort_monotonic": None,
+            "connections": 0,  #: TCP connections accepted (keep-alive reuse shows as fewer than requests)
         }
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
         self.seen: dict[str, int] = {}  #: requests per model string, for ``times=N``
@@ -316,6 +319,11 @@ class Simulator:
                     if transport is not None:
                         transport.close()
                     return resp
+                if kind == "midchunk" and i == at and transport is not None:
+                    event = wire.token(token)  # aiohttp's writer has flushed: the raw bytes follow its chunks
+                    transport.write(b"%x\r\n%b" % (len(event), event[: len(event) // 2]))
+                    transport.close()
+                    return resp
                 if kind == "stall" and i == at:
                     await wait_until(time.monotonic() + 3600)
                 if kind == "error" and i == at:
@@ -406,14 +414,31 @@ def create_sim_app(defaults: SimOptions | None = None) -> web.Application:
     return app
 
 
-def run_simulator(host: str, port: int, defaults: SimOptions) -> None:
+def run_simulator(host: str, port: int, defaults: SimOptions, cert: str | None = None, key: str | None = None) -> None:
+    """Serve until interrupted; with ``cert`` (and ``key``) over TLS (a local HTTPS provider for tests)."""
+
     async def main() -> None:
-        runner = web.AppRunner(create_sim_app(defaults), access_log=None)
+        app = create_sim_app(defaults)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=4096)
-        await site.start()
-        real_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        print(f"tokenwire simulate listening on http://{host}:{real_port}/v1", flush=True)
+        sim: Simulator = app["simulator"]
+        factory = runner.server
+
+        def counted() -> Any:
+            sim.stats["connections"] += 1
+            return factory()
+
+        tls = None
+        if cert:
+            import ssl
+
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(cert, key)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(counted, host, port, ssl=tls, backlog=4096)
+        real_port = server.sockets[0].getsockname()[1]
+        scheme = "https" if tls else "http"
+        print(f"tokenwire simulate listening on {scheme}://{host}:{real_port}/v1", flush=True)
         await asyncio.Event().wait()
 
     try:
