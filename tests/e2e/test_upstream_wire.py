@@ -176,3 +176,63 @@ async def test_a_client_that_stops_reading_pauses_the_upstream_and_resumes_lossl
 
     done = await aeventually(finished, timeout=10, message="the provider finished its stream")
     assert done["aborted"] == 0
+
+
+SSE_REPLY = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"".join(
+        b"%x\r\n%b\r\n" % (len(e), e)
+        for e in (
+            b'data: {"choices":[{"delta":{"content":"ok"}}]}\n\n',
+            b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+        )
+    )
+    + b"0\r\n\r\n"
+)
+
+
+async def test_a_pooled_connection_closed_by_the_provider_as_it_is_reused_is_retried_on_a_new_one() -> None:
+    """The race every keep-alive client meets: the server closes an idle connection just as a request
+    goes out on it. Nothing was answered, so the request is sent once more on a fresh connection."""
+    from tokenwire.protocol import events as ev
+    from tokenwire.upstream.base import ChatCall
+    from tokenwire.upstream.http import SharedSession
+    from tokenwire.upstream.openai import OpenAIProvider
+
+    accepted = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        first = accepted == 1
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+            await reader.readexactly(length)
+            if not first:
+                writer.write(SSE_REPLY)
+                await writer.drain()
+                continue
+            first = False
+            writer.write(SSE_REPLY)  # the first answer, keep-alive...
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")  # ...then the next request on it is dropped unanswered
+            writer.close()
+            return
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    session = SharedSession(connect_timeout=5)
+    provider = OpenAIProvider("local", f"http://127.0.0.1:{port}/v1", "sk-x", session)
+    try:
+        for _ in range(3):
+            stream = await asyncio.wait_for(provider.start(ChatCall("m", [{"role": "user", "content": "x"}])), 5)
+            events = []
+            while (batch := await asyncio.wait_for(stream.read(), 5)) is not None:
+                events += batch
+            assert events == [(ev.TOKEN, "ok"), (ev.FINISH, "stop")]
+        assert accepted == 2 and session.pool.connects == 2  # the dropped request went out again, once
+    finally:
+        await session.aclose()
+        server.close()
+        await server.wait_closed()
