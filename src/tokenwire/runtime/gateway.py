@@ -169,6 +169,10 @@ class Gateway:
         self.metrics = Metrics(self.registry, self.sessions)
         self.metrics.log_prompts = settings.log_prompts
         self.registry.on_finish.append(self.metrics.on_finish)
+        self.metrics.watch_store(self.registry)
+        # Redis round trips: the conversation store's link (shared by the cluster and its shipper), the ledger's
+        self.metrics.watch_redis(getattr(self.store, "link", None), "store")
+        self.metrics.watch_redis(getattr(getattr(self.access, "ledger", None), "link", None), "ledger")
 
     # -- the one path for a chat ----------------------------------------------
     async def start_chat(

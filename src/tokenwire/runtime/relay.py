@@ -93,6 +93,7 @@ class Run:
         "gate",
         "gen",
         "key",
+        "max_gap",
         "on_end",
         "paused_by_socket",
         "paused_self",
@@ -126,6 +127,8 @@ class Run:
         self.conversation_id = conversation_id
         self.resumable = resumable
         self.subs: list[Subscriber] = []
+        #: seconds: the longest pause between two reads' tokens reaching the client connections (see run)
+        self.max_gap: float | None = None
         self.gate = asyncio.Event()
         self.gate.set()
         self.paused_self = False
@@ -289,6 +292,14 @@ class Run:
             gate = self.gate
             emit = self._emit
             corked: list[Any] | None = None
+            # The longest pause between tokens at the client edge, measured per upstream read, not
+            # per token: one clock read when a read's tokens have been written to the subscribers'
+            # connections (after any backpressure wait), one comparison otherwise. A read's tokens
+            # leave together, so nothing finer is visible to a client. Metrics observe the maximum
+            # once per generation (RunSummary.max_gap_s); a client's own pause counts as a gap.
+            monotonic = time.monotonic
+            seen = 0
+            last = max_gap = 0.0
             while events is not None:
                 if len(events) > 1:  # a burst: its frames leave in one send per socket
                     corked = self._cork()
@@ -330,6 +341,13 @@ class Run:
                         raise value
                 if corked:
                     corked = await self._uncork(corked)
+                if gen.token_count != seen:
+                    now = monotonic()
+                    if seen and now - last > max_gap:
+                        max_gap = now - last
+                    seen, last = gen.token_count, now
+                    if seen > 1:
+                        self.max_gap = max_gap
                 if not gate.is_set():
                     await gate.wait()
                 self.reads += 1
@@ -473,6 +491,7 @@ class Run:
             upstream_model=fields.get("upstream_model"),
             reply=gen.answer,
             store_error=store_error,
+            max_gap_s=self.max_gap,
         )
         if self.on_end is not None:
             try:
@@ -555,6 +574,8 @@ class Registry:
     #: Settings.max_history_messages / max_history_bytes (runtime.history.fit_history)
     max_history_messages = 0
     max_history_bytes = 0
+    #: called with the seconds each turn write to the store took (the metrics set it), failed ones too
+    on_store_write: Callable[[float], None] | None = None
 
     def __init__(
         self,
@@ -705,7 +726,12 @@ class Registry:
             if status != FAILED and run.gen.seq > 0 and run.turn is not None:
                 new, system = run.turn
                 reply = [{"role": "assistant", "content": answer}] if answer else []
-                await self.store.append(conv, [*new, *reply], system=system)
+                t0 = time.monotonic()
+                try:
+                    await self.store.append(conv, [*new, *reply], system=system)
+                finally:
+                    if self.on_store_write is not None:
+                        self.on_store_write(time.monotonic() - t0)
                 self.store_error = None
         except Exception as exc:
             log.error("could not store the reply of %s: %s: %s", run.gen.stream_id, type(exc).__name__, exc)

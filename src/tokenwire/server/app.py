@@ -35,7 +35,7 @@ from .errors import error_response
 from .guard import GUARD, ConnectionGuard, GuardedRunner, raise_fd_limit
 from .http_api import DISCONNECTS, chat_completions
 from .liveness import Liveness
-from .metrics_http import access_log_middleware, metrics_handler
+from .metrics_http import access_log_middleware, connection_reader, metrics_handler
 from .poll import POLLS, poll_events, poll_start
 from .responses_api import cancel_response, create_response, get_response, responses_websocket
 from .ws import websocket_handler
@@ -231,6 +231,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     )
     #: pings silent sockets, drops dead ones, closes idle ones: one task for all of them
     liveness = Liveness(gw.sessions, settings.ws_ping_interval, settings.idle_timeout)
+    gw.metrics.connections = connection_reader(gw)  # sockets, SSE responses and their buffers, at scrape time
     app.router.add_get("/ws/chat", _ws_or_426)
     app.router.add_get("/v1/ws/chat", _ws_or_426)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -262,6 +263,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/static/vendor/{name}", _static_dir)  # web/vendor/: markdown-it, highlight.js (npm)
 
     async def on_shutdown(app: web.Application) -> None:
+        gw.metrics.stop()
         await liveness.aclose()
         await disconnects.aclose()
         await guard.aclose()
@@ -269,6 +271,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
 
     async def on_startup(app: web.Application) -> None:
         liveness.start()
+        gw.metrics.start()  # the event-loop lag probe
         if gw.cluster is not None:
             await gw.cluster.start()
 

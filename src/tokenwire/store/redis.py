@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -102,17 +102,28 @@ class RedisLink:
         self.error: str | None = None
         self.down_since: float | None = None
         self.faults = 0
+        #: told (op, seconds) of every round trip, failed ones too: "call" here, "ship" for the
+        #: stream shipper's batched tick (the gateway's metrics set it; None: not measured)
+        self.on_rtt: Callable[[str, float], None] | None = None
 
     async def call(self, aw: Awaitable[T], what: str = "Redis") -> T:
         """Await one Redis call with the deadline; a fault becomes ``store_unavailable``."""
+        t0 = time.monotonic()
         try:
             async with asyncio.timeout(self.deadline):
                 result = await aw
         except FAULTS as exc:
             raise_if_cancelled(exc)
+            self.rtt("call", t0)
             raise self.fault(exc, what) from None
+        self.rtt("call", t0)
         self.ok()
         return result
+
+    def rtt(self, op: str, t0: float) -> None:
+        """A round trip begun at ``t0`` (``time.monotonic``) is over."""
+        if self.on_rtt is not None:
+            self.on_rtt(op, time.monotonic() - t0)
 
     def fault(self, exc: BaseException, what: str = "Redis") -> GatewayError:
         """Record a fault (logged once per outage) and describe it for a client."""
