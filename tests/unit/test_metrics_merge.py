@@ -43,6 +43,7 @@ def test_maxima_take_the_largest_and_created_the_earliest() -> None:
         'tokenwire_send_buffer_bytes{transport="ws"} 500.0\n'
         "# TYPE process_max_fds gauge\nprocess_max_fds 1024.0\n"
         "# TYPE x_created gauge\nx_created 20.0\n"
+        "# TYPE tokenwire_token_gap_max_seconds histogram\ntokenwire_token_gap_max_seconds_count 3.0\n"
     )
     b = a.replace("300.0", "900.0").replace("500.0", "901.0").replace("20.0", "10.0")
     assert merge_expositions([a, b]).splitlines() == [
@@ -54,6 +55,8 @@ def test_maxima_take_the_largest_and_created_the_earliest() -> None:
         "process_max_fds 1024",
         "# TYPE x_created gauge",
         "x_created 10",
+        "# TYPE tokenwire_token_gap_max_seconds histogram",
+        "tokenwire_token_gap_max_seconds_count 6",  # a histogram of maxima still adds up
     ]
 
 
@@ -86,3 +89,45 @@ def test_the_page_is_what_prometheus_client_parses() -> None:
     merged = {f.name: f for f in text_string_to_metric_families(merge_expositions([page, page]))}
     assert merged.keys() == families.keys()
     assert merged["tokenwire_reconnects"].samples[0].value == 6
+
+
+def test_token_gaps_are_sampled_by_the_tick_not_timed_per_token() -> None:
+    """A stall shows within one tick; a stream that moves at every tick, a pause and TTFT show nothing."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from tokenwire.runtime.metrics import LAG_INTERVAL, Metrics
+
+    gate = asyncio.Event()
+    gate.set()
+
+    class Run:  # hashed by identity, like relay.Run
+        def __init__(self) -> None:
+            self.gen = SimpleNamespace(token_count=0, ended=False)
+            self.gate = gate
+            self.max_gap = 0.0
+
+    run = Run()
+    registry = SimpleNamespace(runs={"s": run}, stats={}, store=None)
+    m = Metrics(registry, set())  # type: ignore[arg-type]
+    t = 100.0
+
+    def tick(tokens: int) -> None:
+        nonlocal t
+        run.gen.token_count = tokens
+        m._sample_gaps(t)
+        t += LAG_INTERVAL
+
+    for n in (0, 0, 0, 1, 2, 3, 4):  # a long TTFT, then a token at every tick
+        tick(n)
+    assert run.max_gap == 0.0
+    for n in (5, 5, 5, 5, 6):  # silent from the tick that saw 5 to the one that saw 6
+        tick(n)
+    assert run.max_gap == 4 * LAG_INTERVAL
+    gate.clear()  # the client paused: its own silence is not a stall
+    for n in (6, 6, 6, 6, 6, 6, 6, 6):
+        tick(n)
+    gate.set()
+    tick(6)
+    tick(7)
+    assert run.max_gap == 4 * LAG_INTERVAL

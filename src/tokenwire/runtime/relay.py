@@ -127,8 +127,8 @@ class Run:
         self.conversation_id = conversation_id
         self.resumable = resumable
         self.subs: list[Subscriber] = []
-        #: seconds: the longest pause between two reads' tokens reaching the client connections (see run)
-        self.max_gap: float | None = None
+        #: seconds: the longest pause between tokens seen so far (sampled by runtime.metrics, not per token)
+        self.max_gap = 0.0
         self.gate = asyncio.Event()
         self.gate.set()
         self.paused_self = False
@@ -292,14 +292,6 @@ class Run:
             gate = self.gate
             emit = self._emit
             corked: list[Any] | None = None
-            # The longest pause between tokens at the client edge, measured per upstream read, not
-            # per token: one clock read when a read's tokens have been written to the subscribers'
-            # connections (after any backpressure wait), one comparison otherwise. A read's tokens
-            # leave together, so nothing finer is visible to a client. Metrics observe the maximum
-            # once per generation (RunSummary.max_gap_s); a client's own pause counts as a gap.
-            monotonic = time.monotonic
-            seen = 0
-            last = max_gap = 0.0
             while events is not None:
                 if len(events) > 1:  # a burst: its frames leave in one send per socket
                     corked = self._cork()
@@ -341,13 +333,6 @@ class Run:
                         raise value
                 if corked:
                     corked = await self._uncork(corked)
-                if gen.token_count != seen:
-                    now = monotonic()
-                    if seen and now - last > max_gap:
-                        max_gap = now - last
-                    seen, last = gen.token_count, now
-                    if seen > 1:
-                        self.max_gap = max_gap
                 if not gate.is_set():
                     await gate.wait()
                 self.reads += 1
@@ -491,7 +476,7 @@ class Run:
             upstream_model=fields.get("upstream_model"),
             reply=gen.answer,
             store_error=store_error,
-            max_gap_s=self.max_gap,
+            max_gap_s=self.max_gap if n > 1 else None,
         )
         if self.on_end is not None:
             try:

@@ -37,8 +37,8 @@ class RunSummary:
     upstream_model: str | None = None  #: the id the provider said answered, when it differs
     reply: str = field(default="", repr=False)  #: the answer text
     store_error: str | None = None  #: why the turn could not be stored in its conversation
-    #: the longest pause between two token-bearing upstream reads once their tokens were handed to the
-    #: client connections (seconds); None under two tokens. Metrics' token-gap histogram reads it.
+    #: the longest pause between two tokens, as sampled every LAG_INTERVAL by runtime.metrics (seconds; 0
+    #: when none was seen); None under two tokens. Metrics' token-gap histogram reads it.
     max_gap_s: float | None = None
 
     @property
