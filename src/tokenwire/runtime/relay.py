@@ -23,7 +23,7 @@ from ..protocol.events import END, ERROR, FINISH, MODEL, REASONING, START, TOKEN
 from ..protocol.frames import Chat
 from ..protocol.stream import CANCELLED, COMPLETED, FAILED, Generation
 from ..simulate.reply import estimate_tokens
-from ..store.base import ConversationStore
+from ..store.base import ConversationStore, owner_of
 from ..upstream.base import ChatCall, UpstreamStream
 from .history import fit_history
 from .routing import Route
@@ -555,6 +555,8 @@ class Registry:
     #: Settings.max_history_messages / max_history_bytes (runtime.history.fit_history)
     max_history_messages = 0
     max_history_bytes = 0
+    #: Settings.max_conversations_per_key: stored conversations one key may have (0: no cap)
+    max_conversations = 0
 
     def __init__(
         self,
@@ -578,8 +580,19 @@ class Registry:
     def new_stream_id() -> str:
         return "s_" + uuid.uuid4().hex
 
-    async def begin(self, chat: Chat, route: Route, conversation_id: str | None, resumable: bool) -> Run:
-        """Prepare the prompt (loading and storing history) and start the task."""
+    async def begin(
+        self,
+        chat: Chat,
+        route: Route,
+        conversation_id: str | None,
+        resumable: bool,
+        admit: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+    ) -> Run:
+        """Prepare the prompt (loading and storing history), ``admit`` it, and start the task.
+
+        ``admit`` (Gateway.start_chat's access check) gets the messages that will be sent, so a
+        budget or TPM reservation counts the stored history, not just the request's own messages.
+        """
         stream_id = chat.stream_id or self.new_stream_id()
         if stream_key(stream_id, chat.owner) in self.runs:
             raise GatewayError("duplicate_id", f"stream_id {stream_id} is already in use", extra={"id": chat.id})
@@ -597,6 +610,8 @@ class Registry:
             self.busy_conversations.add(conversation_id)
         try:
             messages, run.turn = await self._prompt(chat, conversation_id, route)
+            if admit is not None:
+                await admit(messages)
         except BaseException:
             self._forget(run)
             raise
@@ -648,8 +663,11 @@ class Registry:
             if chat.system is not None and not any(m.get("role") == "system" for m in new):
                 return [{"role": "system", "content": chat.system}, *new], None
             return list(new), None
+        stored: int | None = None  # the key's stored conversations, when this one is new
         try:
             past = await self.store.history(conversation_id)
+            if not past and self.max_conversations:
+                stored = await self.store.count(owner_of(conversation_id))
         except GatewayError:
             raise
         except Exception as exc:
@@ -660,7 +678,21 @@ class Registry:
                 retryable=True,
                 extra={"id": chat.id},
             ) from None
+        if stored is not None and stored >= self.max_conversations:
+            # a new stored conversation past the cap is refused: none is ever deleted to make room
+            raise GatewayError(
+                "too_many_conversations",
+                f"{stored} conversations are stored for this key, the most max_conversations_per_key allows "
+                f"({self.max_conversations}); delete some (DELETE /v1/conversations/{{id}}), continue one of "
+                "them, or send this request without a conversation_id",
+                extra={"id": chat.id, "limit": "conversations"},
+            )
         system = chat.system
+        lead = new[0] if len(new) > 1 else {}
+        if system is None and lead.get("role") == "system" and isinstance(lead.get("content"), str) and len(lead) == 2:
+            # a leading system message (Chat Completions) is the conversation's system prompt: stored
+            # once, as such, so that dropping the oldest turns (StoreCaps) never drops it
+            system, new = lead["content"], new[1:]
         if system is not None and past and past[0]["role"] == "system":
             if past[0]["content"] == system:
                 system = None  # already stored once; never appended again
