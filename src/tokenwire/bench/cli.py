@@ -16,7 +16,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         "--poll-interval", type=float, default=0.1, help="seconds between polls (default 0.1; 0 = long polling)"
     )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON (- = stdout; the table goes to stderr)")
-    p.add_argument("--chart", metavar="FILE", help="write a PNG bar chart")
+    p.add_argument("--chart", metavar="FILE", help="write a PNG bar chart (needs pip install 'tokenwire[bench]')")
 
 
 def _bench(args: argparse.Namespace) -> int:

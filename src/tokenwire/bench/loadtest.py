@@ -43,6 +43,7 @@ import orjson
 
 from .. import procstat
 from ..simulate.fastloop import run_fast
+from .plots import INSTALL
 
 __all__ = ["add_arguments", "main"]
 
@@ -661,9 +662,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis for --workers > 1")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (- = stdout)")
+    p.add_argument("--plot", metavar="FILE.png", help=f"write the figures as a PNG (needs {INSTALL})")
+    p.add_argument("--report", metavar="FILE.html", help="write an HTML report: the figures, the text, the JSON")
+
+
+def _write_figures(args: argparse.Namespace, report: dict[str, Any], text: str) -> None:
+    from . import plots
+
+    fig = plots.loadtest_figure(report)
+    if args.plot:
+        Path(args.plot).write_bytes(plots.png(fig))
+        print(f"figure written to {args.plot}", file=sys.stderr)
+    if args.report:
+        page = plots.html_report(f"tokenwire loadtest {report['date']}", text, [fig], report)
+        Path(args.report).write_text(page, encoding="utf-8")
+        print(f"report written to {args.report}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "plot", None) or getattr(args, "report", None):
+        from .plots import MissingExtra, require
+
+        try:
+            require()  # before a run of minutes, not after it
+        except MissingExtra as exc:
+            print(f"tokenwire loadtest: {exc}", file=sys.stderr)
+            return 2
     report = run(args)
     text = render(report)
     if args.json == "-":
@@ -673,6 +697,8 @@ def main(args: argparse.Namespace) -> int:
         print(text)
         if args.json:
             Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    if getattr(args, "plot", None) or getattr(args, "report", None):
+        _write_figures(args, report, text)
     return 0 if report.get("errors", 0) == 0 else 1
 
 
