@@ -143,6 +143,8 @@ async def test_every_store_forgets_a_conversation_after_its_ttl(make_store) -> N
     await store.set_title("k/a/old", "titled")
     assert len(await store.history("k/a/old")) == 2
     assert await store.count("k/a/") == 1
+    assert await store.count("k/a/", besides="k/a/old") == 0
+    assert await store.count("k/a/", besides="k/a/other") == 1
     await aeventually(lambda: _gone(store, "k/a/old"), timeout=10, interval=0.1, message="expired")
     assert await store.list("k/a/") == []
     assert await store.count("k/a/") == 0
@@ -235,6 +237,12 @@ async def test_conversations_per_key_are_capped_in_each_dialect(spawn, tmp_path)
         err = body["error"]
         assert err["code"] == "too_many_conversations" and "max_conversations_per_key allows (3)" in err["message"], err
         assert (await stored(s, gw, "c3", key=a))[0] == 404  # nothing was stored
+        # at the cap, an existing conversation emptied (the page's edit of its first question) goes on
+        patch = {"truncate": 0}
+        async with s.patch(f"{gw.http}/v1/conversations/c2", json=patch, headers={"Authorization": f"Bearer {a}"}) as r:
+            assert r.status == 200, await r.text()
+        st, body = await chat(s, gw, "c2", "asked again", key=a)
+        assert st == 200, body
         st, body = await chat(s, gw, None, "without a conversation", key=a)
         assert st == 200, body
         st, body = await chat(s, gw, "c3", "another key has room", key=b)

@@ -99,6 +99,15 @@ class RemoteStreams(Protocol):
 
 
 def store_caps(settings: Settings) -> StoreCaps:
+    """What a stored conversation may hold and how long (docs/security.md); a negative setting is refused."""
+    for name in (
+        "max_conversation_messages",
+        "max_conversation_bytes",
+        "conversation_ttl",
+        "max_conversations_per_key",
+    ):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name} must be 0 (no limit) or more, not {getattr(settings, name)}")
     return StoreCaps(settings.max_conversation_messages, settings.max_conversation_bytes, settings.conversation_ttl)
 
 

@@ -667,7 +667,7 @@ class Registry:
         try:
             past = await self.store.history(conversation_id)
             if not past and self.max_conversations:
-                stored = await self.store.count(owner_of(conversation_id))
+                stored = await self.store.count(owner_of(conversation_id), besides=conversation_id)
         except GatewayError:
             raise
         except Exception as exc:

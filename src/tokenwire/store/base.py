@@ -156,8 +156,8 @@ class ConversationStore(Protocol):
         """Keep the system prompt and the first ``keep`` turns (regenerate, edit and resend); False if unknown."""
         ...
 
-    async def count(self, owner: str) -> int:
-        """How many unexpired conversations :func:`owner_of` ``owner`` has stored."""
+    async def count(self, owner: str, besides: str | None = None) -> int:
+        """How many unexpired conversations :func:`owner_of` ``owner`` has stored, not counting ``besides``."""
         ...
 
     async def aclose(self) -> None: ...

@@ -74,9 +74,9 @@ class MemoryConversationStore(Sweeper):
             out.append(summary(cid, self._titles.get(cid), first, self._updated[cid]))
         return out
 
-    async def count(self, owner: str) -> int:
+    async def count(self, owner: str, besides: str | None = None) -> int:
         cutoff = self.caps.cutoff()
-        return sum(1 for c, u in self._updated.items() if u >= cutoff and owner_of(c) == owner)
+        return sum(1 for c, u in self._updated.items() if u >= cutoff and c != besides and owner_of(c) == owner)
 
     async def truncate(self, conversation_id: str, keep: int) -> bool:
         if not self._live(conversation_id):

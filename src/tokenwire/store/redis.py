@@ -246,13 +246,14 @@ class RedisConversationStore:
         if self.caps.ttl > 0:
             pipe.zremrangebyscore(index, "-inf", self.caps.cutoff())
 
-    async def count(self, owner: str) -> int:
+    async def count(self, owner: str, besides: str | None = None) -> int:
         pipe = self.link.redis.pipeline(transaction=False)
         index = f"{self.prefix}:cl:{owner}"
         self._expire_index(pipe, index)
         pipe.zcard(index)
+        pipe.zscore(index, (besides or "").encode())
         got = await self.link.call(pipe.execute(), "counting conversations")
-        return int(got[-1])
+        return int(got[-2]) - (besides is not None and got[-1] is not None)
 
     def _index(self, conversation_id: str) -> str:
         return f"{self.prefix}:cl:{owner_of(conversation_id)}"

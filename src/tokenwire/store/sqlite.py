@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS messages (
     created REAL NOT NULL,
     PRIMARY KEY (conversation_id, idx)
 );
+CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated);
 """
 
 
@@ -176,10 +177,12 @@ class SQLiteConversationStore(Sweeper):
             return "substr(c.id, 1, ?) = ? AND c.updated >= ?", (len(owner), owner, cutoff)
         return "c.id NOT LIKE 'k/%' AND c.updated >= ?", (cutoff,)
 
-    def _count(self, owner: str) -> int:
+    def _count(self, owner: str, besides: str | None) -> int:
         assert self._db is not None
         where, args = self._owned(owner)
-        (n,) = self._db.execute(f"SELECT COUNT(*) FROM conversations c WHERE {where}", args).fetchone()
+        (n,) = self._db.execute(
+            f"SELECT COUNT(*) FROM conversations c WHERE {where} AND c.id IS NOT ?", (*args, besides)
+        ).fetchone()
         return int(n)
 
     def _sweep(self) -> int:
@@ -248,8 +251,8 @@ class SQLiteConversationStore(Sweeper):
         self._start_sweeper()
         return await self._run(self._append, conversation_id, messages, system)
 
-    async def count(self, owner: str) -> int:
-        return await self._run(self._count, owner)
+    async def count(self, owner: str, besides: str | None = None) -> int:
+        return await self._run(self._count, owner, besides)
 
     async def sweep(self) -> int:
         return await self._run(self._sweep)
