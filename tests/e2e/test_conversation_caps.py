@@ -296,3 +296,31 @@ async def test_budget_counts_the_stored_history_that_is_sent(spawn, tmp_path) ->
         st, body = await chat(s, gw, "long", "hi", key=key)
         assert st == 402, (st, body)
         assert body["error"]["code"] == "budget_exceeded", body
+
+
+async def test_a_sqlite_database_from_before_caps_is_migrated_and_capped(tmp_path) -> None:
+    """Rows written by the previous schema (no size column) get their size once, at open."""
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as c:
+        c.executescript(
+            "CREATE TABLE conversations (id TEXT PRIMARY KEY, system TEXT, created REAL NOT NULL, "
+            "updated REAL NOT NULL, title TEXT);"
+            "CREATE TABLE messages (conversation_id TEXT NOT NULL, idx INTEGER NOT NULL, role TEXT NOT NULL, "
+            "content TEXT, extra TEXT, created REAL NOT NULL, PRIMARY KEY (conversation_id, idx));"
+        )
+        c.execute("INSERT INTO conversations VALUES ('c', NULL, 1, strftime('%s','now'), NULL)")
+        for i in range(6):
+            c.execute(
+                "INSERT INTO messages VALUES ('c', ?, ?, ?, NULL, 1)",
+                (i, "user" if i % 2 == 0 else "assistant", "é" * 50),
+            )
+    store = SQLiteConversationStore(str(db), StoreCaps(max_bytes=350))
+    try:
+        # 6 × 100 bytes stored + 2 × 100 new: 800 > 350, so the oldest 5 go, then a leading answer
+        dropped = await store.append(
+            "c", [{"role": "user", "content": "é" * 50}, {"role": "assistant", "content": "é" * 50}]
+        )
+        assert dropped == 6
+        assert [m["role"] for m in await store.history("c")] == ["user", "assistant"]
+    finally:
+        await store.aclose()

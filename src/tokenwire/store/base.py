@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["ConversationStore", "StoreCaps", "Sweeper", "message_bytes", "owner_of", "plan_drop", "summary"]
+__all__ = [
+    "ConversationStore",
+    "StoreCaps",
+    "Sweeper",
+    "message_bytes",
+    "owner_of",
+    "plan_drop",
+    "plan_drop_from",
+    "summary",
+]
 
 log = logging.getLogger("tokenwire.store")
 
@@ -58,15 +68,27 @@ def plan_drop(turns: list[tuple[str, int]], n_new: int, max_messages: int = 0, m
     over a cap (it is bounded already: max_history_bytes and max_output_tokens). After a drop
     the history starts at a question: an answer left without its question goes too.
     """
-    n = len(turns)
     total = sum(size for _, size in turns)
-    droppable = max(0, n - n_new)
+    return plan_drop_from(iter(turns), len(turns), total, n_new, max_messages, max_bytes)
+
+
+def plan_drop_from(
+    oldest: Iterator[tuple[str, int]], count: int, total: int, n_new: int, max_messages: int, max_bytes: int
+) -> int:
+    """:func:`plan_drop` reading (role, size) from the oldest only as far as needed.
+
+    ``count`` and ``total`` are the messages' number and size, known beforehand (SQLite: one
+    aggregate), so a store at its cap reads a few rows, not the whole conversation, per append.
+    """
+    droppable = max(0, count - n_new)
     drop = 0
-    while drop < droppable and ((max_messages and n - drop > max_messages) or (max_bytes and total > max_bytes)):
-        total -= turns[drop][1]
+    while drop < droppable and ((max_messages and count - drop > max_messages) or (max_bytes and total > max_bytes)):
+        total -= next(oldest)[1]
         drop += 1
     if drop:
-        while drop < droppable and turns[drop][0] != "user":
+        for role, _ in oldest:
+            if drop >= droppable or role == "user":
+                break
             drop += 1
     return drop
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .base import MAX_TITLE, Message, StoreCaps, Sweeper, owner_of, plan_drop, summary
+from .base import MAX_TITLE, Message, StoreCaps, Sweeper, owner_of, plan_drop_from, summary
 
 __all__ = ["SQLiteConversationStore"]
 
@@ -39,10 +39,6 @@ CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated);
 """
 
 
-#: the stored size of a message: its text (or its JSON content parts), bytes (StoreCaps.max_bytes)
-_SIZE = "length(CAST(content AS BLOB))"
-
-
 class SQLiteConversationStore(Sweeper):
     def __init__(self, path: str, caps: StoreCaps | None = None) -> None:
         self.caps = caps or StoreCaps()
@@ -61,6 +57,13 @@ class SQLiteConversationStore(Sweeper):
         db.executescript(_SCHEMA)
         if "title" not in {row[1] for row in db.execute("PRAGMA table_info(conversations)")}:
             db.execute("ALTER TABLE conversations ADD COLUMN title TEXT")  # a database from before titles
+        if "size" not in {row[1] for row in db.execute("PRAGMA table_info(messages)")}:
+            # a message's stored size (StoreCaps.max_bytes): its text, or its tagged JSON parts, in bytes;
+            # a column (and a covering index) because reading every row's content back at each append
+            # made an append at the cap ~9x slower. A database from before caps gets it once, here.
+            db.execute("ALTER TABLE messages ADD COLUMN size INTEGER")
+            db.execute("UPDATE messages SET size = COALESCE(length(CAST(content AS BLOB)), 0)")
+        db.execute("CREATE INDEX IF NOT EXISTS messages_sizes ON messages(conversation_id, idx, role, size)")
         self._db = db
         self._sweep()  # what expired while the gateway was down
 
@@ -124,19 +127,30 @@ class SQLiteConversationStore(Sweeper):
                         content,
                         orjson.dumps(extra).decode() if extra else None,
                         now,
+                        len(content.encode("utf-8", "surrogatepass")) if content else 0,
                     )
                 )
-            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO messages (conversation_id, idx, role, content, extra, created, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             drop = 0
             if caps.max_messages or caps.max_bytes:
-                stored = db.execute(
-                    f"SELECT idx, role, {_SIZE} FROM messages WHERE conversation_id = ? ORDER BY idx",
+                count, total = db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE conversation_id = ?",
                     (conversation_id,),
-                ).fetchall()
-                drop = plan_drop([(r, n or 0) for _, r, n in stored], len(rows), caps.max_messages, caps.max_bytes)
+                ).fetchone()
+                cur = db.execute(
+                    "SELECT role, size FROM messages WHERE conversation_id = ? ORDER BY idx", (conversation_id,)
+                )
+                drop = plan_drop_from(iter(cur), count, total, len(rows), caps.max_messages, caps.max_bytes)
+                cur.close()
                 if drop:
                     db.execute(
-                        "DELETE FROM messages WHERE conversation_id = ? AND idx < ?", (conversation_id, stored[drop][0])
+                        "DELETE FROM messages WHERE conversation_id = ? AND idx < (SELECT idx FROM messages "
+                        "WHERE conversation_id = ? ORDER BY idx LIMIT 1 OFFSET ?)",
+                        (conversation_id, conversation_id, drop),
                     )
             db.execute("COMMIT")
         except BaseException:
