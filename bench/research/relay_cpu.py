@@ -7,6 +7,13 @@ SSE chunk), and divides the gateway process's CPU time (user + sys, from
 
     python bench/research/relay_cpu.py --streams 20 --tokens 2000 --rounds 5
 
+``--callgrind`` runs the gateway under ``valgrind --tool=callgrind`` and reports machine
+instructions per relayed token instead of CPU time: a count that does not move with the load
+other processes put on the machine (the same binary, inputs and environment give the same total
+within a fraction of a per cent), so an A/B on a busy shared VM still means something. Only the
+measured rounds are counted (instrumentation is switched on after start-up and the warm-up,
+and the counters are zeroed and dumped around each round with ``callgrind_control``).
+
 The gateway is whichever tree ``PYTHONPATH`` points at; the fake upstream, the process
 starter and the /proc reader always come from this script's own tree (see _common.py), so
 the same script A/Bs two trees (bench/research/README.md).
@@ -16,8 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -46,8 +57,41 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, token
     raise RuntimeError("socket closed early")
 
 
+class Callgrind:
+    """Instruction counts of a process started under ``valgrind --tool=callgrind --instr-atstart=no``."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="relay-cg-"))
+        self.prefix = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={self.dir}/cg.out.%p",
+        ]
+
+    def _control(self, pid: int, *args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
+
+    def start(self, pid: int) -> None:
+        self._control(pid, "--instr=on")
+
+    def zero(self, pid: int) -> None:
+        self._control(pid, "--zero")
+
+    def dump(self, pid: int) -> int:
+        """Dump the counters since the last zero; return their instruction total."""
+        before = set(self.dir.iterdir())
+        self._control(pid, "--dump")
+        (new,) = set(self.dir.iterdir()) - before
+        m = re.search(rb"^(?:summary|totals): (\d+)", new.read_bytes(), re.M)
+        if m is None:
+            raise RuntimeError(f"no instruction total in {new}")
+        return int(m.group(1))
+
+
 async def measure(args: argparse.Namespace) -> list[float]:
     sim = simulate("--fast", "--batch", str(args.batch))
+    cg = Callgrind() if args.callgrind else None
     gw = start(
         ["serve", "--port", "0", "--log-level", "warning"],
         env={
@@ -56,13 +100,20 @@ async def measure(args: argparse.Namespace) -> list[float]:
             "TOKENWIRE_DB": ":memory:",
             "TOKENWIRE_EVENT_LOOP": args.loop,
         },
+        prefix=cg.prefix if cg else (),
+        timeout=300 if cg else 20,
     )
     results: list[float] = []
     try:
         async with aiohttp.ClientSession() as session:
             model = f"gpt-4.1@tokens={args.tokens}@tps=0@batch={args.batch}"
             await one_stream(session, gw.ws, model, 10)  # warm-up
+            if cg:
+                cg.start(gw.pid)
+                await one_stream(session, gw.ws, model, 10)  # warm-up under instrumentation
             for r in range(args.rounds):
+                if cg:
+                    cg.zero(gw.pid)
                 c0 = cpu_seconds(gw.pid)
                 t0 = time.perf_counter()
                 counts = await asyncio.gather(
@@ -73,6 +124,15 @@ async def measure(args: argparse.Namespace) -> list[float]:
                 n = sum(counts)
                 if n != args.streams * args.tokens:
                     raise RuntimeError(f"expected {args.streams * args.tokens} tokens, got {n}")
+                if cg:
+                    per = cg.dump(gw.pid) / n
+                    results.append(per)
+                    print(
+                        f"round {r + 1}/{args.rounds}: {n} tokens in {wall:.2f} s wall under callgrind "
+                        f"-> {per:,.0f} instructions/token",
+                        flush=True,
+                    )
+                    continue
                 us = cpu / n * 1e6
                 results.append(us)
                 print(
@@ -81,7 +141,7 @@ async def measure(args: argparse.Namespace) -> list[float]:
                     flush=True,
                 )
     finally:
-        gw.stop()
+        gw.stop(timeout=60)
         sim.stop()
     return results
 
@@ -93,9 +153,19 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=1, help="tokens per upstream network write (1 = one per chunk)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the gateway's event loop")
+    p.add_argument(
+        "--callgrind", action="store_true", help="count instructions per token under valgrind (load-independent)"
+    )
     args = p.parse_args()
     print(f"gateway under test: {gateway_tree()}", flush=True)
     results = asyncio.run(measure(args))
+    if args.callgrind:
+        print(
+            f"\ngateway instructions per relayed token: median {statistics.median(results):,.0f}, "
+            f"min {min(results):,.0f} over {len(results)} rounds "
+            f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop})"
+        )
+        return
     print(
         f"\ngateway CPU per relayed token: median {statistics.median(results):.2f} us, "
         f"min {min(results):.2f} us over {len(results)} rounds "
