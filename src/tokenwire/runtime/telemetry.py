@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -139,6 +140,9 @@ class Telemetry:
         attrs: dict[str, Any] = {"service.version": __version__}
         if not environ.get("OTEL_SERVICE_NAME") and "service.name=" not in environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
             attrs["service.name"] = "tokenwire"
+        if "service.instance.id=" not in environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+            # one per process: `serve --workers N` exports N cumulative series a collector can sum
+            attrs["service.instance.id"] = str(uuid.uuid4())
         resource = Resource.create(attrs)
         self._ids = _Ids()
         # endpoint, headers, timeouts, sampler, batch delays: all from the OTEL_* variables
