@@ -6,6 +6,12 @@ SSE chunk), and divides the gateway process's CPU time (user + sys, from
 /proc/PID/stat) over the measured rounds by the tokens relayed.
 
     python bench/research/relay_cpu.py --streams 20 --tokens 2000 --rounds 5
+    python bench/research/relay_cpu.py --otel ...   # the same with OpenTelemetry export on
+
+``--otel`` points the gateway's OTEL_EXPORTER_OTLP_ENDPOINT at a sink in this process (it
+answers every OTLP/HTTP POST with 200 and counts the bytes), with a 0.5 s span batch delay
+and a 1 s metric interval, so the exporters' own threads run inside the measured rounds and
+their CPU is counted with the gateway's (/proc/PID/stat covers every thread).
 
 ``--callgrind`` runs the gateway under ``valgrind --tool=callgrind`` and reports machine
 instructions per relayed token instead of CPU time: a count that does not move with the load
@@ -33,6 +39,27 @@ from pathlib import Path
 import aiohttp
 import orjson
 from _common import cpu_seconds, gateway_tree, simulate, start
+from aiohttp import web
+
+
+async def otlp_sink() -> tuple[web.AppRunner, str, dict[str, int]]:
+    """An OTLP/HTTP endpoint that accepts everything: where ``--otel`` exports go."""
+    seen = {"posts": 0, "bytes": 0}
+
+    async def accept(request: web.Request) -> web.Response:
+        seen["posts"] += 1
+        seen["bytes"] += len(await request.read())
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", accept)
+    app.router.add_post("/v1/metrics", accept)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}", seen
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int) -> int:
@@ -92,14 +119,20 @@ class Callgrind:
 async def measure(args: argparse.Namespace) -> list[float]:
     sim = simulate("--fast", "--batch", str(args.batch))
     cg = Callgrind() if args.callgrind else None
+    env = {
+        "OPENAI_API_KEY": "sk-bench",
+        "OPENAI_BASE_URL": sim.http + "/v1",
+        "TOKENWIRE_DB": ":memory:",
+        "TOKENWIRE_EVENT_LOOP": args.loop,
+    }
+    sink = None
+    if args.otel:
+        sink, url, seen = await otlp_sink()
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
+        env |= {"OTEL_BSP_SCHEDULE_DELAY": "500", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
     gw = start(
         ["serve", "--port", "0", "--log-level", "warning"],
-        env={
-            "OPENAI_API_KEY": "sk-bench",
-            "OPENAI_BASE_URL": sim.http + "/v1",
-            "TOKENWIRE_DB": ":memory:",
-            "TOKENWIRE_EVENT_LOOP": args.loop,
-        },
+        env=env,
         prefix=cg.prefix if cg else (),
         timeout=300 if cg else 20,
     )
@@ -140,9 +173,16 @@ async def measure(args: argparse.Namespace) -> list[float]:
                     f"gateway CPU {cpu:.2f} s -> {us:.2f} us/token ({n / wall:,.0f} tokens/s)",
                     flush=True,
                 )
+        if sink is not None:
+            print(f"OTLP sink: {seen['posts']} exports, {seen['bytes']:,} bytes", flush=True)
+            if not seen["posts"]:
+                raise RuntimeError("--otel: the gateway exported nothing")
     finally:
-        gw.stop(timeout=60)
+        # its last export goes to the sink, served by this loop; under valgrind it stops slowly
+        await asyncio.to_thread(gw.stop, timeout=60)
         sim.stop()
+        if sink is not None:
+            await sink.cleanup()
     return results
 
 
@@ -156,6 +196,7 @@ def main() -> None:
     p.add_argument(
         "--callgrind", action="store_true", help="count instructions per token under valgrind (load-independent)"
     )
+    p.add_argument("--otel", action="store_true", help="OpenTelemetry export on, to a local OTLP/HTTP sink")
     args = p.parse_args()
     print(f"gateway under test: {gateway_tree()}", flush=True)
     results = asyncio.run(measure(args))
@@ -169,7 +210,8 @@ def main() -> None:
     print(
         f"\ngateway CPU per relayed token: median {statistics.median(results):.2f} us, "
         f"min {min(results):.2f} us over {len(results)} rounds "
-        f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop})"
+        f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop}, "
+        f"OTel {'on' if args.otel else 'off'})"
     )
 
 
