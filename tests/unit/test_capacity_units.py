@@ -159,6 +159,8 @@ def test_verdicts_name_what_limited_the_row() -> None:
     assert verdict(_row(stalled=2, stall_free=248)) == "2 stalled streams"
     assert verdict(_row(pinned=False, load_core_share=None)) == "unpinned"
     assert "waited for its core 30 %" in verdict(_row(gateway_wait_share=0.3))
+    both = verdict(_row(load_core_share=0.97, gateway_wait_share=0.85))
+    assert both.startswith("load generator short of CPU") and "; gateway waited for its core 85 %" in both
     assert verdict(_row(short_replies=1)).startswith("1 replies with missing tokens")
 
 

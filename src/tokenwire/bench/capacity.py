@@ -172,11 +172,11 @@ def verdict(row: dict[str, Any]) -> str:
         )
     elif gateway_busy:
         notes.append("gateway saturated")
-    elif row["gateway_wait_share"] >= 0.1:
+    if row["gateway_wait_share"] >= 0.1:  # whatever else: the gateway did not have its core to itself
         notes.append(
             f"gateway waited for its core {row['gateway_wait_share'] * 100:.0f} % of the time (shared machine)"
         )
-    elif short:
+    elif short and not notes:
         notes.append(f"relayed {relayed * 100:.0f} % of the tokens due")
     if late_clients and not notes:
         notes.append(f"client lag p99 {lag:.0f} ms: the gaps and TTFTs include it")
@@ -540,6 +540,12 @@ def render(report: dict[str, Any]) -> str:
                 + ": the gateway's share of its core(s) there was "
                 + ", ".join(f"{r['gateway_core_share'] * 100:.0f} %" for r in limited)
                 + " at the load it was offered (its µs/token is still a fair per-token cost)."
+            )
+    for n, fl in report["floor"].items():
+        if fl["offered_share"] < 0.95:
+            parts.append(
+                f"Note: the floor's source sent only {fl['offered_share'] * 100:.0f} % of the messages due at {n} "
+                "streams (it shares the load CPUs): its µs/message is at that lower rate."
             )
     parts += [f"Note: {n}" for n in report["notes"]]
     parts.append("Columns:")
