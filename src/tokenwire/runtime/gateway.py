@@ -12,7 +12,9 @@ composition root (``server.app.build_gateway``) builds them and hands them in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, Protocol
 
 from ..config import ConfigError, Settings, StartupError
@@ -163,6 +165,8 @@ class Gateway:
         cluster: RemoteStreams | None = None,
     ) -> None:
         self.settings = settings
+        #: runtime.telemetry.Telemetry when OpenTelemetry export is on (runtime.tracing.start_telemetry)
+        self.telemetry: Any = None
         self.limits = Limits(settings.max_frame_bytes, settings.max_messages, settings.max_output_tokens)
         self.http = SharedSession(settings.connect_timeout)
         self.router = Router(settings, self.http)
@@ -248,6 +252,8 @@ class Gateway:
                 f"stream {req.stream_id} is unknown or past its retention window; it cannot be resumed",
                 extra={"id": req.id, "stream_id": req.stream_id},
             )
+        if isinstance(run, Run) and not run.gen.ended:
+            run.resumes.append(time.time_ns())  # a "resume" event on its span (runtime.telemetry)
         return run
 
     async def aclose(self) -> None:
@@ -258,3 +264,5 @@ class Gateway:
         await self.http.aclose()
         await self.store.aclose()
         await self.access.aclose()
+        if self.telemetry is not None:  # the exporters' last POSTs block: off the loop
+            await asyncio.to_thread(self.telemetry.shutdown)

@@ -27,8 +27,9 @@ from ..store.base import ConversationStore, owner_of
 from ..upstream.base import ChatCall, UpstreamStream
 from .history import fit_history
 from .routing import Route
-from .routing.plan import open_stream
+from .routing.plan import Attempt, open_stream
 from .summary import RunSummary
+from .tracing import INCOMING, start_trace
 
 __all__ = ["Registry", "Run", "Subscriber", "conversation_key", "sane_usage", "stream_key"]
 
@@ -84,6 +85,7 @@ class Run:
 
     __slots__ = (
         "_expiry",
+        "attempts",
         "cancel_reason",
         "chat",
         "conversation_id",
@@ -99,7 +101,9 @@ class Run:
         "reads",
         "registry",
         "resumable",
+        "resumes",
         "route",
+        "started_ns",
         "subs",
         "summary",
         "task",
@@ -148,6 +152,10 @@ class Run:
         #: awaited with the run once its summary is set and before ``end`` goes out (an entry
         #: point's own bookkeeping, e.g. a stored Responses API object); errors are logged
         self.on_end: Callable[[Run], Awaitable[None]] | None = None
+        #: the requests made to providers (routing.open_stream), for the summary's attempts
+        self.attempts: list[Attempt] = []
+        self.started_ns = 0
+        self.resumes: list[int] = []  #: time.time_ns() of each re-attach (Gateway.find_stream)
 
     @property
     def owner_key(self) -> str | None:
@@ -262,6 +270,7 @@ class Run:
         gen = self.gen
         registry = self.registry
         t0 = time.monotonic()
+        self.started_ns = time.time_ns()
         ttft: float | None = None
         error: GatewayError | None = None
         status = COMPLETED
@@ -277,7 +286,7 @@ class Run:
         try:
             # Retries, fallbacks and circuit breakers happen before the first token
             # (routing.open_stream); ``start`` then names who actually answers.
-            stream, events, route, attempts = await open_stream(self.route, call)
+            stream, events, route, attempts = await open_stream(self.route, call, self.attempts)
             self.upstream = stream
             if route is not self.route:
                 self.route = route
@@ -473,6 +482,10 @@ class Run:
             upstream_model=fields.get("upstream_model"),
             reply=gen.answer,
             store_error=store_error,
+            started_ns=self.started_ns,
+            attempts=tuple(self.attempts),
+            trace=call.trace,
+            resumes=tuple(self.resumes),
         )
         if self.on_end is not None:
             try:
@@ -557,6 +570,8 @@ class Registry:
     max_history_bytes = 0
     #: Settings.max_conversations_per_key: stored conversations one key may have (0: no cap)
     max_conversations = 0
+    #: give each generation trace ids (runtime.tracing) for its spans: set by runtime.telemetry.install
+    tracing = False
 
     def __init__(
         self,
@@ -616,6 +631,8 @@ class Registry:
             self._forget(run)
             raise
         call = ChatCall(route.upstream_model, messages, chat.params)
+        if self.tracing:
+            call.trace = start_trace(chat.traceparent or INCOMING.get())
         start_fields: dict[str, Any] = {
             "model": route.model,
             "provider": route.provider.name,
