@@ -264,8 +264,11 @@ class AccessPolicy:
     async def authenticate_http(self, request: web.Request) -> Principal:
         return await self.authenticate(request)
 
-    async def admit(self, p: Any, chat: Chat, route: Route) -> None:
-        """Refuse a generation over a limit (before it starts); charge it to its principal."""
+    async def admit(self, p: Any, chat: Chat, route: Route, sent: list[dict[str, Any]] | None = None) -> None:
+        """Refuse a generation over a limit (before it starts); charge it to its principal.
+
+        ``sent``: the messages that go upstream (with a stored conversation's history), if known.
+        """
         if not isinstance(p, Principal):
             return
         now = time.monotonic()
@@ -305,15 +308,18 @@ class AccessPolicy:
             wait = p.rpm.take(now)
             if wait > 0:
                 raise _limited(chat, f"{p.label} reached its {rpm} requests per minute", wait)
-        await self._reserve(p, chat, route, tpm, now)
+        await self._reserve(p, chat, route, tpm, now, sent)
         chat.owner = p
 
-    async def _reserve(self, p: Principal, chat: Chat, route: Route, tpm: int | None, now: float) -> None:
+    async def _reserve(
+        self, p: Principal, chat: Chat, route: Route, tpm: int | None, now: float, sent: list[dict[str, Any]] | None
+    ) -> None:
         """Hold the reply's worst case against the key's budget and tokens per minute (see auth.ledger).
 
         ``max_tokens`` is cut to what is left, so that a reply can never spend past either; the
-        reply's end then settles with the real figures. The prompt counted here is the request's
-        own messages (a stored conversation's history is counted when the reply settles).
+        reply's end then settles with the real figures. The prompt counted here is ``sent``, what
+        goes upstream: a stored conversation's history with it (counting only the request's own
+        messages let a long conversation overrun a budget or TPM by its whole history each turn).
         """
         record = p.record
         budget = record.budget_usd if record is not None else None
@@ -324,9 +330,12 @@ class AccessPolicy:
         asked = params.get("max_tokens") or params.get("max_completion_tokens")
         # a reply that names no max_tokens holds reserve_tokens of the budget, not all of it
         cap = asked or min(self.settings.max_output_tokens, self.settings.reserve_tokens)
-        prompt = estimate_tokens(chat.messages or [{"content": chat.content or ""}]) + (
-            estimate_tokens([{"content": chat.system}]) if chat.system else 0
-        )
+        if sent is not None:
+            prompt = estimate_tokens(sent)
+        else:
+            prompt = estimate_tokens(chat.messages or [{"content": chat.content or ""}]) + (
+                estimate_tokens([{"content": chat.system}]) if chat.system else 0
+            )
         res = Reservation()
         cut_by: str | None = None
         if budget is not None and record is not None:

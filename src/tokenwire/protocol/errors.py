@@ -36,6 +36,7 @@ HTTP_STATUS: dict[str, int] = {
     "rate_limited": 429,
     "budget_exceeded": 402,
     "conversation_busy": 409,
+    "too_many_conversations": 403,
     "duplicate_id": 409,
     "unknown_stream": 404,
     "stream_expired": 410,

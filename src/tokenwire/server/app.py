@@ -25,6 +25,7 @@ from ..protocol.events import CLOSE_DRAIN
 from ..runtime.gateway import Gateway, make_store
 from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key, conversation_owner
+from ..runtime.tracing import start_telemetry
 from ..store.base import MAX_TITLE
 from ..version import __version__
 from .access import handshake_middleware, host_middleware
@@ -38,6 +39,7 @@ from .liveness import Liveness
 from .metrics_http import access_log_middleware, connection_reader, metrics_handler
 from .poll import POLLS, poll_events, poll_start
 from .responses_api import cancel_response, create_response, get_response, responses_websocket
+from .tracing import traceparent_middleware
 from .ws import websocket_handler
 
 __all__ = ["build_gateway", "create_app", "run_server"]
@@ -62,6 +64,7 @@ def build_gateway(settings: Settings) -> Gateway:
     access = AccessPolicy(settings)
     gw = Gateway(settings, store=store, registry=registry, access=access, cluster=cluster)
     registry.on_finish.append(access.on_finish)  # after the metrics' hook, which Gateway adds
+    gw.telemetry = start_telemetry(registry, os.environ)  # OpenTelemetry, if OTEL_EXPORTER_OTLP_ENDPOINT is set
     warn_unpriced(gw)  # one line if budgeted keys exist and some served models have no price
     return gw
 
@@ -221,6 +224,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     middlewares = [access_log_middleware(gw, settings.access_log)]
     if isinstance(gw.access, AccessPolicy):
         middlewares += [host_middleware(gw.access), handshake_middleware(gw.access)]
+    if gw.registry.tracing:
+        middlewares.append(traceparent_middleware)  # the caller's span, for the chats a request starts
     app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2, middlewares=middlewares)
     app["gateway"] = gw
     app[POLLS] = {}

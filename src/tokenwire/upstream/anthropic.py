@@ -278,7 +278,7 @@ class AnthropicProvider(OpenAIProvider):
     async def start(self, call: ChatCall) -> _OpenAIStream:
         # ANTHROPIC_BASE_URL is often given as the SDK takes it, without /v1
         path = "/messages" if self.base_url.endswith("/v1") else "/v1/messages"
-        resp = await self.post(path, to_anthropic_request(call))
+        resp = await self.post(path, to_anthropic_request(call), call.headers)
         if resp.status != 200:
             raise await self._error(resp)
         bad = await not_an_event_stream(self, resp)

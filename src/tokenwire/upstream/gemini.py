@@ -262,7 +262,7 @@ class GeminiProvider(HTTPUpstream):
     async def start(self, call: ChatCall) -> _OpenAIStream:
         version = "" if self.base_url.endswith(("/v1beta", "/v1", "/v1alpha")) else "/v1beta"
         path = f"{version}/models/{call.model}:streamGenerateContent?alt=sse"
-        resp = await self.post(path, to_gemini_request(call))
+        resp = await self.post(path, to_gemini_request(call), call.headers)
         if resp.status != 200:
             raise await self._error(resp)
         bad = await not_an_event_stream(self, resp)

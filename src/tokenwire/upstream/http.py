@@ -98,10 +98,14 @@ class HTTPUpstream:
         if headers:
             self._headers.update(headers)
 
-    async def post(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def post(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        """``headers``: this call's own (ChatCall.headers, e.g. ``traceparent``) on top of the provider's."""
         url = self.base_url + path
+        sent = self._headers if not headers else {**self._headers, **headers}
         try:
-            return await self._session.get().post(url, data=orjson.dumps(body), headers=self._headers)
+            return await self._session.get().post(url, data=orjson.dumps(body), headers=sent)
         except TimeoutError:
             raise GatewayError(
                 "upstream_timeout",

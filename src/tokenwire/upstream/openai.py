@@ -276,7 +276,7 @@ class OpenAIProvider(HTTPUpstream):
         }
         if call.params:
             body.update(call.params)
-        resp = await self.post("/chat/completions", body)
+        resp = await self.post("/chat/completions", body, call.headers)
         if resp.status != 200:
             raise await self._error(resp)
         bad = await not_an_event_stream(self, resp)
