@@ -37,6 +37,7 @@ HTTP_STATUS: dict[str, int] = {
     "budget_exceeded": 402,
     "conversation_busy": 409,
     "duplicate_id": 409,
+    "conflict": 409,  #: the admin API: a key name in use, a revoked key edited
     "unknown_stream": 404,
     "stream_expired": 410,
     "upstream_error": 502,
