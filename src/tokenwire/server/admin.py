@@ -109,6 +109,7 @@ _PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "frame-ancestors 'none'",  # (a <meta> CSP cannot say this)
 }
 
 
