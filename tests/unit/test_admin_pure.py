@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -135,6 +136,44 @@ def test_a_generations_detail_has_a_timeline_in_order_and_its_cost() -> None:
     }
     assert failed["timeline"][1]["attempts"] == 3 and failed["timeline"][-1]["error"] == "upstream_error"
     assert all(e["event"] != "first token" for e in failed["timeline"])
+
+
+def test_the_timeline_lists_each_upstream_attempt_when_the_summary_carries_them() -> None:
+    """A summary with ``started_ns``, ``attempts`` (retries, fallbacks) and ``max_gap_s``, as the
+    tracing and metrics changes give it, read by name: a fallback after a 503 shows as two attempts."""
+    base = summary("s_3", ttft=300.0, total=1200.0)
+    t0 = 1_800_000_000_000_000_000
+    failed = SimpleNamespace(
+        provider="a",
+        model="m-a",
+        start_ns=t0 + 1_000_000,
+        end_ns=t0 + 101_000_000,
+        error=GatewayError("upstream_error", "503"),
+    )
+    answered = SimpleNamespace(
+        provider="b", model="m-b", start_ns=t0 + 102_000_000, end_ns=t0 + 290_000_000, error=None
+    )
+    fields = {f: getattr(base, f) for f in RunSummary.__dataclass_fields__}
+    rich = SimpleNamespace(**fields, owner=None, started_ns=t0, attempts=(failed, answered), max_gap_s=0.25)
+    d = detail(rich, ended=t0 / 1e9 + 1.2)  # type: ignore[arg-type]
+    assert [(e["event"], e["at_ms"]) for e in d["timeline"]] == [
+        ("request", 0.0),
+        ("upstream attempt 1", 1.0),
+        ("upstream attempt 2", 102.0),
+        ("first token", 300.0),
+        ("completed", 1200.0),
+    ]
+    assert d["timeline"][1] == {
+        "at_ms": 1.0,
+        "event": "upstream attempt 1",
+        "provider": "a",
+        "model": "m-a",
+        "took_ms": 100.0,
+        "outcome": "upstream_error",
+    }
+    assert d["timeline"][2]["outcome"] == "answered" and d["timeline"][2]["took_ms"] == 188.0
+    assert d["started"] == round(t0 / 1e9, 3) and d["max_gap_ms"] == 250.0
+    assert detail(base, ended=NOW)["max_gap_ms"] is None  # a summary without it
 
 
 def test_recent_keeps_only_the_last_n_details() -> None:

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
+from ..protocol.errors import GatewayError
 from .summary import RunSummary
 
 __all__ = ["Recent", "detail", "percentile"]
@@ -41,25 +42,54 @@ def _owner(summary: RunSummary) -> dict[str, Any] | None:
     return {"label": label} if label else None
 
 
+def _attempts(summary: RunSummary, started_ns: int) -> list[dict[str, Any]] | None:
+    """The upstream attempts as timeline entries, when the summary carries them.
+
+    Read by name (``summary.attempts``: objects with ``provider``, ``model``, ``start_ns``,
+    ``end_ns``, ``error``; ``summary.started_ns``), so that a summary without them (an older
+    relay) still gives a timeline, with one "upstream request" entry instead.
+    """
+    attempts = getattr(summary, "attempts", None)
+    if not attempts or not started_ns:
+        return None
+    out = []
+    for i, a in enumerate(attempts, 1):
+        start, end = getattr(a, "start_ns", 0), getattr(a, "end_ns", 0)
+        entry: dict[str, Any] = {
+            "at_ms": round((start - started_ns) / 1e6, 2),
+            "event": f"upstream attempt {i}",
+            "provider": getattr(a, "provider", None),
+            "model": getattr(a, "model", None),
+        }
+        if end:
+            entry["took_ms"] = round((end - start) / 1e6, 2)
+        err = getattr(a, "error", None)
+        entry["outcome"] = err.code if isinstance(err, GatewayError) else "answered"
+        out.append(entry)
+    return out
+
+
 def detail(summary: RunSummary, ended: float) -> dict[str, Any]:
     """One generation as the admin API shows it: what it asked, who answered, a timeline, cost.
 
     The timeline's times are milliseconds from the request. Upstream attempts are listed one by
-    one when the summary carries them (``attempts``, a list of dicts); otherwise the number of
-    attempts the error reported. The gap between tokens is the run's mean (``timing.tokens_per_s``):
-    the relay does not time each token (that would be work per token).
+    one when the summary carries them (retries and fallbacks, see :func:`_attempts`); otherwise
+    one "upstream request" with the number of attempts a failure reported. Gaps between tokens:
+    the run's longest (``max_gap_s``, measured per upstream read) when the summary has it, and
+    the mean from ``timing.tokens_per_s``; the relay never times tokens one by one.
     """
     timing = summary.timing
     total = timing.get("total_ms") or 0.0
     ttft = timing.get("ttft_ms")
     tps = timing.get("tokens_per_s")
     chat = summary.chat
+    started_ns = getattr(summary, "started_ns", 0) or 0
+    started = started_ns / 1e9 if started_ns else ended - total / 1000
     timeline: list[dict[str, Any]] = [{"at_ms": 0.0, "event": "request", "model": chat.model or summary.model}]
-    attempts = getattr(summary, "attempts", None)
     error = summary.error
-    if isinstance(attempts, list):
-        for i, a in enumerate(attempts, 1):
-            timeline.append({"event": f"upstream attempt {i}", **a})
+    attempts = _attempts(summary, started_ns)
+    if attempts is not None:
+        timeline += attempts
     else:
         n = error.extra.get("attempts") if error is not None else None
         timeline.append(
@@ -80,6 +110,7 @@ def detail(summary: RunSummary, ended: float) -> dict[str, Any]:
         end["error"] = error.code
     timeline.append(end)
     timeline.sort(key=lambda e: e.get("at_ms", 0.0))
+    max_gap = getattr(summary, "max_gap_s", None)
     out: dict[str, Any] = {
         "stream_id": summary.stream_id,
         "status": summary.status,
@@ -89,13 +120,14 @@ def detail(summary: RunSummary, ended: float) -> dict[str, Any]:
         "provider": summary.provider,
         "upstream_model": summary.upstream_model,
         "key": _owner(summary),
-        "started": round(ended - total / 1000, 3),
+        "started": round(started, 3),
         "ended": round(ended, 3),
         "tokens": summary.tokens,
         "usage": summary.usage,
         "usage_estimated": summary.usage_estimated,
         "timing": timing,
         "mean_gap_ms": round(1000 / tps, 2) if tps else None,
+        "max_gap_ms": round(max_gap * 1000, 2) if max_gap is not None else None,
         "cost_usd": summary.cost_usd,
         "resumable": summary.resumable,
         "timeline": timeline,

@@ -476,7 +476,7 @@ async function showGeneration(id) {
     ["Model", `${g.model} via ${g.provider}${g.upstream_model ? ` (answered as ${g.upstream_model})` : ""}`],
     ["Started", g.started ? new Date(g.started * 1000).toLocaleString() : "–"],
     ["Tokens", `${fmtInt(g.tokens)} (prompt ${fmtInt(g.usage?.prompt_tokens)}, completion ${fmtInt(g.usage?.completion_tokens)}${g.usage_estimated ? ", estimated" : ""})`],
-    ["Timing", g.timing ? `first token ${fmtMs(g.timing.ttft_ms)}, total ${fmtMs(g.timing.total_ms)}, ${g.timing.tokens_per_s ?? "–"} tokens/s, mean gap ${fmtMs(g.mean_gap_ms)}` : "–"],
+    ["Timing", g.timing ? `first token ${fmtMs(g.timing.ttft_ms)}, total ${fmtMs(g.timing.total_ms)}, ${g.timing.tokens_per_s ?? "–"} tokens/s, mean gap ${fmtMs(g.mean_gap_ms)}${g.max_gap_ms != null ? `, longest gap ${fmtMs(g.max_gap_ms)}` : ""}` : "–"],
     ["Cost", fmtUsd(g.cost_usd)],
   ];
   if (g.error) facts.push(["Error", `${g.error.code}: ${g.error.message}`]);
