@@ -154,7 +154,8 @@ def test_the_timeline_lists_each_upstream_attempt_when_the_summary_carries_them(
         provider="b", model="m-b", start_ns=t0 + 102_000_000, end_ns=t0 + 290_000_000, error=None
     )
     fields = {f: getattr(base, f) for f in RunSummary.__dataclass_fields__}
-    rich = SimpleNamespace(**fields, owner=None, started_ns=t0, attempts=(failed, answered), max_gap_s=0.25)
+    fields.update(owner=None, started_ns=t0, attempts=(failed, answered), max_gap_s=0.25)
+    rich = SimpleNamespace(**fields)
     d = detail(rich, ended=t0 / 1e9 + 1.2)  # type: ignore[arg-type]
     assert [(e["event"], e["at_ms"]) for e in d["timeline"]] == [
         ("request", 0.0),
