@@ -4,6 +4,7 @@ the key store's admin flag, edits, usage rows and the migration of an older key 
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -223,6 +224,7 @@ async def test_memory_store_edits_keys_and_keeps_usage_rows_per_model_and_minute
     await store.add_usage(rec.id, 1, 1, 0.1, model="m", bucket=660)
     assert await store.usage_since(665) == [(660, rec.id, "m", 1, 1, 1, 0.1)]  # from the minute holding it
     assert (await store.usage_since(0))[0] == (600, rec.id, "m", 2, 2, 4, 1.0)
+    assert await store.usage_since(0, 3600) == [(0, rec.id, "m", 3, 3, 5, 1.1)]
     assert (await store.get(rec.id)).requests == 3  # type: ignore[union-attr]
 
 
@@ -251,10 +253,20 @@ async def test_a_key_table_from_before_admin_keys_is_migrated_and_keeps_its_keys
         assert [(r.name, r.admin) for r in await store.list()] == [("old", False), ("boss", True)]
         changed = await store.update(rec.id, {"budget_usd": 2.5, "models": ["a", "b"], "rpm": None})
         assert changed is not None and (changed.budget_usd, changed.models, changed.admin) == (2.5, ["a", "b"], True)
-        await store.add_usage(rec.id, 3, 4, 0.25, model="gpt-4.1", bucket=1200)
-        await store.add_usage(rec.id, 3, 4, 0.25, model="gpt-4.1", bucket=1200)
-        assert await store.usage_since(1200) == [(1200, rec.id, "gpt-4.1", 2, 6, 8, 0.5)]
-        assert (await store.get(rec.id)).cost_usd == 0.5  # type: ignore[union-attr]
+        hour = int(time.time() // 3600) * 3600 - 3600  # the last whole hour: recent enough to be kept
+        await store.add_usage(rec.id, 3, 4, 0.25, model="gpt-4.1", bucket=hour)
+        await store.add_usage(rec.id, 3, 4, 0.25, model="gpt-4.1", bucket=hour)
+        await store.add_usage(rec.id, 1, 1, 0.125, model="gpt-4.1", bucket=hour + 120)
+        assert await store.usage_since(hour) == [
+            (hour, rec.id, "gpt-4.1", 2, 6, 8, 0.5),
+            (hour + 120, rec.id, "gpt-4.1", 1, 1, 1, 0.125),
+        ]
+        assert await store.usage_since(hour, 3600) == [(hour, rec.id, "gpt-4.1", 3, 7, 9, 0.625)]  # summed per step
+        assert (await store.get(rec.id)).cost_usd == 0.625  # type: ignore[union-attr]
+        await store.add_usage(rec.id, 1, 1, 0.0, model="gpt-4.1", bucket=600)  # (1970: past the retention)
+        store._pruned = 0.0  # the hourly pruning is due
+        await store.add_usage(rec.id, 1, 1, 0.0, model="gpt-4.1", bucket=hour)
+        assert [r[0] for r in await store.usage_since(0)] == [hour, hour + 120]
     finally:
         await store.aclose()
     again = SQLiteKeyStore(str(path))  # opening a migrated file again changes nothing

@@ -22,7 +22,7 @@ import orjson
 
 from ..config import load_settings
 from .keys import KeyRecord, KeyStore, new_record, open_key_store
-from .usage import parse_window, summarize
+from .usage import parse_window, plan, summarize
 
 __all__: list[str] = []
 
@@ -350,7 +350,7 @@ async def _usage(args: argparse.Namespace) -> int:
             records = await store.list()
             if args.window is not None:
                 now = time.time()
-                out = summarize(await store.usage_since(now - window), records, window, now)
+                out = summarize(await store.usage_since(*plan(window, now)), records, window, now)
                 print(orjson.dumps(out).decode() if args.json else _window_tables(out))
                 return 0
         finally:

@@ -39,6 +39,7 @@ __all__ = [
 KEY_PREFIX = "tw_"
 _SHOWN = 10  #: characters of a key kept in clear to recognise it in listings ("tw_" + 7)
 USAGE_BUCKET = 60  #: seconds per row of the usage table (spend over a window is summed from these)
+USAGE_RETENTION = 92 * 86400  #: seconds the usage table's rows are kept (the longest window is 90 days)
 #: the fields of a key that can be changed after it was created (``KeyStore.update``)
 EDITABLE = ("name", "rpm", "tpm", "budget_usd", "models", "admin")
 
@@ -161,8 +162,9 @@ class KeyStore(Protocol):
         """Add to a key's totals and, with ``model``, to its row of that model and minute (``bucket``)."""
         ...
 
-    async def usage_since(self, since: float) -> list[UsageRow]:
-        """The usage rows of every key and model from the bucket holding ``since`` on."""
+    async def usage_since(self, since: float, step: int = USAGE_BUCKET) -> list[UsageRow]:
+        """Every key's and model's usage from the bucket holding ``since`` on, summed per ``step``
+        seconds (a multiple of :data:`USAGE_BUCKET`; each row's first field is its step's start)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -252,6 +254,7 @@ class SQLiteKeyStore:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenwire-keys")
         self._db: sqlite3.Connection | None = None
+        self._pruned = 0.0  #: when old usage rows were last dropped
         self._pool.submit(self._open).result()
 
     def _open(self) -> None:
@@ -362,18 +365,26 @@ class SQLiteKeyStore:
                     "cost_usd = cost_usd + excluded.cost_usd",
                     (bucket_of(now) if bucket is None else bucket, key_id, model, requests, prompt, completion, cost),
                 )
+                self._prune_usage(now)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _usage_since(self, since: float) -> list[UsageRow]:
+    def _usage_since(self, since: float, step: int) -> list[UsageRow]:
         assert self._db is not None
         sql = (
-            "SELECT bucket, key_id, model, requests, prompt_tokens, completion_tokens, cost_usd FROM usage_buckets "
-            "WHERE bucket >= ? ORDER BY bucket"
+            "SELECT (bucket / ?) * ? AS b, key_id, model, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), "
+            "SUM(cost_usd) FROM usage_buckets WHERE bucket >= ? GROUP BY b, key_id, model ORDER BY b"
         )
-        return [tuple(r) for r in self._db.execute(sql, (bucket_of(since),))]  # type: ignore[misc]
+        return [tuple(r) for r in self._db.execute(sql, (step, step, bucket_of(since)))]  # type: ignore[misc]
+
+    def _prune_usage(self, now: float) -> None:
+        """Drop usage rows past :data:`USAGE_RETENTION` (at most once an hour, on a write)."""
+        assert self._db is not None
+        if now - self._pruned >= 3600:
+            self._pruned = now
+            self._db.execute("DELETE FROM usage_buckets WHERE bucket < ?", (bucket_of(now - USAGE_RETENTION),))
 
     # -- the KeyStore interface ---------------------------------------------
     async def insert(self, record: KeyRecord) -> None:
@@ -409,8 +420,8 @@ class SQLiteKeyStore:
     ) -> None:
         await self._run(self._add_usage, key_id, prompt_tokens, completion_tokens, cost_usd, requests, model, bucket)
 
-    async def usage_since(self, since: float) -> list[UsageRow]:
-        return await self._run(self._usage_since, since)
+    async def usage_since(self, since: float, step: int = USAGE_BUCKET) -> list[UsageRow]:
+        return await self._run(self._usage_since, since, step)
 
     async def aclose(self) -> None:
         if self._db is not None:
@@ -486,9 +497,15 @@ class MemoryKeyStore:
             row[2] += completion_tokens
             row[3] += cost_usd
 
-    async def usage_since(self, since: float) -> list[UsageRow]:
+    async def usage_since(self, since: float, step: int = USAGE_BUCKET) -> list[UsageRow]:
         start = bucket_of(since)
-        return sorted((b, k, m, *v) for (b, k, m), v in self.buckets.items() if b >= start)  # type: ignore[misc]
+        sums: dict[tuple[int, str, str], list[Any]] = {}
+        for (b, k, m), v in self.buckets.items():
+            if b >= start:
+                row = sums.setdefault((b // step * step, k, m), [0, 0, 0, 0.0])
+                for i in range(4):
+                    row[i] += v[i]
+        return sorted((b, k, m, *v) for (b, k, m), v in sums.items())  # type: ignore[misc]
 
     async def aclose(self) -> None:
         return None

@@ -13,7 +13,7 @@ from typing import Any
 
 from .keys import USAGE_BUCKET, KeyRecord, UsageRow
 
-__all__ = ["MAX_WINDOW", "WINDOWS", "parse_window", "summarize"]
+__all__ = ["MAX_WINDOW", "WINDOWS", "parse_window", "plan", "summarize"]
 
 #: the windows the dashboard offers (any "<n><unit>" up to MAX_WINDOW is accepted)
 WINDOWS = ("15m", "1h", "6h", "24h", "7d", "30d")
@@ -35,15 +35,24 @@ def parse_window(text: str | None) -> int:
     return seconds
 
 
+def plan(window: int, now: float) -> tuple[int, int]:
+    """``(first, step)``: the start of a window's first step and the step, in whole buckets.
+
+    The window is widened back to a step boundary, so each point of the series is a whole step
+    and the store can sum the rows per step (``KeyStore.usage_since(first, step)``).
+    """
+    step = max(1, math.ceil(window / POINTS / USAGE_BUCKET)) * USAGE_BUCKET
+    return int((now - window) // step) * step, step
+
+
 def summarize(rows: list[UsageRow], keys: list[KeyRecord], window: int, now: float) -> dict[str, Any]:
     """Totals per key and per model, and a series of spend and tokens, over ``window`` seconds to ``now``.
 
-    The series has at most :data:`POINTS` points of a whole number of buckets each, oldest
-    first, with empty steps as zeros (a chart's x axis must not skip quiet minutes).
+    ``rows`` are the store's from :func:`plan`'s ``first`` on (per bucket or already per step).
+    The series has at most :data:`POINTS` + 1 points of a whole step each, oldest first, with
+    quiet steps as zeros (a chart's x axis must not skip quiet minutes).
     """
-    since = now - window
-    step = max(1, math.ceil(window / POINTS / USAGE_BUCKET)) * USAGE_BUCKET
-    first = int(since // step) * step
+    first, step = plan(window, now)
     n = int((now - first) // step) + 1
     times = [first + i * step for i in range(n)]
     cost = [0.0] * n
@@ -52,9 +61,9 @@ def summarize(rows: list[UsageRow], keys: list[KeyRecord], window: int, now: flo
     by_key: dict[str, list[Any]] = {}
     by_model: dict[str, list[Any]] = {}
     for bucket, key_id, model, requests, prompt, completion, usd in rows:
-        if bucket + USAGE_BUCKET <= since:
+        if bucket < first:
             continue
-        i = min(n - 1, max(0, int((bucket - first) // step)))
+        i = min(n - 1, int((bucket - first) // step))
         cost[i] += usd
         tokens[i] += prompt + completion
         for table, name in ((by_key, key_id), (by_model, model or "?")):
@@ -83,7 +92,7 @@ def summarize(rows: list[UsageRow], keys: list[KeyRecord], window: int, now: flo
     order = lambda r: (-r["cost_usd"], -r["tokens"])  # noqa: E731
     return {
         "window_s": window,
-        "since": since,
+        "since": first,
         "until": now,
         "step_s": step,
         "by_key": sorted(key_rows, key=order),

@@ -30,7 +30,7 @@ from aiohttp import web
 from ..auth.keys import EDITABLE, KeyRecord, new_record
 from ..auth.limits import Principal
 from ..auth.policy import AccessPolicy
-from ..auth.usage import parse_window, summarize
+from ..auth.usage import parse_window, plan, summarize
 from ..protocol.errors import GatewayError
 from ..runtime.gateway import Gateway
 from ..runtime.recent import Recent
@@ -231,7 +231,8 @@ async def usage(request: web.Request, gw: Gateway, p: Principal) -> web.Response
         raise GatewayError("bad_request", str(exc)) from None
     policy = _policy(gw)
     now = time.time()
-    rows = await policy.store.usage_since(now - window)
+    first, step = plan(window, now)
+    rows = await policy.store.usage_since(first, step)
     rows += _unsaved_rows(policy)
     return _json(summarize(rows, await policy.store.list(), window, now))
 
