@@ -19,7 +19,7 @@ import orjson
 import pytest
 from eventually import eventually
 from procs import Proc
-from secutil import create_key
+from secutil import cli, create_key
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -201,6 +201,14 @@ def test_the_cli_manages_keys_and_reads_usage_through_a_running_gateway(keyed: P
     assert out.returncode == 0 and "carol" in out.stdout and "gpt-4.1" in out.stdout, out.stderr
     out = twcli(keyed, "usage", "--window", "1h", "--json", env=env)
     assert orjson.loads(out.stdout)["total"]["requests"] >= 1
+    # the same figures from the SQLite file, without a gateway (what the gateway wrote)
+    local = cli(keyed.db, "usage", "--window", "1h", "--json")  # type: ignore[attr-defined]
+    assert local.returncode == 0, local.stderr
+    assert orjson.loads(local.stdout)["by_key"] == orjson.loads(out.stdout)["by_key"]
+    local = cli(keyed.db, "keys", "edit", carol_id, "--rpm", "0", "--models", "gpt-*")  # type: ignore[attr-defined]
+    assert local.returncode == 0 and "within key_cache_ttl" in local.stdout, local.stderr
+    listed = orjson.loads(cli(keyed.db, "keys", "list", "--json").stdout)  # type: ignore[attr-defined]
+    assert [(k["rpm"], k["models"]) for k in listed if k["id"] == carol_id] == [(None, ["gpt-*"])]
     out = twcli(keyed, "keys", "revoke", "carol", env=env)
     assert out.returncode == 0 and f"revoked {carol_id}" in out.stdout, out.stderr
     assert chat(keyed, carol)[0] == 401  # at once
