@@ -65,8 +65,8 @@ def request(
         return status, raw.decode(), hdrs
 
 
-def chat(gw: Proc, key: str, max_tokens: int = 20) -> tuple[int, dict]:
-    body = {"model": "gpt-4.1", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "tell me a story"}]}
+def chat(gw: Proc, key: str, max_tokens: int = 20, model: str = "gpt-4.1") -> tuple[int, dict]:
+    body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "tell me a story"}]}
     status, out, _ = request(gw, "/v1/chat/completions", key, body)
     assert isinstance(out, dict), out
     return status, out
@@ -75,6 +75,12 @@ def chat(gw: Proc, key: str, max_tokens: int = 20) -> tuple[int, dict]:
 @pytest.fixture
 def keyed(spawn: Callable[..., Proc], tmp_path: Path) -> Proc:
     db = tmp_path / "gw.db"
+    # the simulated models, and one model whose provider is down (for the errors table)
+    (tmp_path / "tokenwire.toml").write_text(
+        '[providers.sim]\nkind = "simulated"\nmodels = ["gpt-4.1", "claude-sonnet-4.5"]\n\n'
+        '[providers.down]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\napi_key = "sk-x"\n'
+        'models = ["broken-model"]\n'
+    )
     admin = create_key(db, "ops", "--admin")
     user = create_key(db, "alice")
     # real-time simulated speed: a 150-token reply takes about two seconds, long enough to be seen in flight
@@ -166,6 +172,14 @@ def test_live_view_shows_streams_in_flight_rise_and_fall_under_load(keyed: Proc,
     poll(page, "() => document.querySelector('#models-table').textContent.includes('gpt-4.1')")
     poll(page, "() => / m?s$/.test(document.querySelector('#live-ttft50').textContent)")
     assert page.inner_text("#live-ended") == "6 / 0"
+    # a provider that is down: its errors, by provider and code
+    status, out = chat(keyed, keyed.user, model="broken-model")  # type: ignore[attr-defined]
+    assert status >= 500, out
+    code = out["error"]["code"]
+    poll(page, "() => document.querySelector('#errors-table').textContent.includes('down')")
+    row = page.inner_text("#errors-table tbody tr")
+    assert row.split("\t")[:2] == ["down", code] and row.split("\t")[-1] == "1", row
+    assert page.inner_text("#live-ended") == "7 / 1"
     shot(page, "admin-live")
     # the usage panel has alice's spend over the last hour (written when each reply ended)
     page.click("#usage-refresh")
