@@ -131,6 +131,8 @@ class Settings:
     #: seconds of silence after which an SSE reply gets a keep-alive comment (or its dialect's ping)
     sse_keepalive: float = 15.0
     resume_retention: float = 120.0
+    #: generations whose detail each process keeps for the admin dashboard (docs/admin.md)
+    admin_recent: int = 500
     simulated_speed: float = 1.0
     connect_timeout: float = 10.0
     read_timeout: float = 120.0

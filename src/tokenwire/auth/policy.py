@@ -24,7 +24,7 @@ from ..protocol.errors import GatewayError, set_redactor
 from ..protocol.frames import Chat
 from ..runtime.routing import Route
 from ..simulate.reply import estimate_tokens
-from .keys import KeyRecord, SQLiteKeyStore, hash_key, open_key_store
+from .keys import KeyRecord, SQLiteKeyStore, bucket_of, hash_key, open_key_store
 from .ledger import Ledger, LocalLedger, RedisLedger
 from .limits import Principal, Reservation, TokenBucket
 from .redact import Redactor, install_log_filter
@@ -122,8 +122,8 @@ class AccessPolicy:
 
             self.ledger = RedisLedger(RedisLink(settings.redis_url, settings.redis_timeout), settings.redis_prefix)
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: usage not yet written to the key store, per key id: [requests, prompt, completion, cost]
-        self.unsaved_usage: dict[str, list[Any]] = {}
+        #: usage not yet written to the key store, per (key id, model, minute): [requests, prompt, completion, cost]
+        self.unsaved_usage: dict[tuple[str, str, int], list[Any]] = {}
         self.usage_error: str | None = None  #: the last error writing usage, while some is unsaved
         self._usage_task: asyncio.Task[None] | None = None
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
@@ -238,6 +238,21 @@ class AccessPolicy:
             p.spent = max(p.spent, record.cost_usd)
         p.checked = time.monotonic()
         return p
+
+    def changed(self, record: KeyRecord) -> None:
+        """A key was revoked or edited through this process (``/admin``): it takes effect now,
+        not after ``key_cache_ttl``; its live rate buckets start again from the new limits."""
+        self._cache.pop(record.hash, None)
+        p = self.principals.get("k:" + record.id)
+        if p is not None:
+            if p.record is None or p.record.rpm != record.rpm:
+                p.rpm = None
+            if p.record is None or p.record.tpm != record.tpm:
+                p.tpm = None
+            p.record = record
+            p.checked = time.monotonic()
+        if record.revoked is None:
+            self.keys_exist = True
 
     def _ip_principal(self, ip: str) -> Principal:
         p = self.principals.get("ip:" + ip)
@@ -416,11 +431,16 @@ class AccessPolicy:
                     await self.ledger.settle(record.id, res.usd, cost)
                 except GatewayError:
                     log.warning("could not settle the budget of %s (Redis down?)", p.label)
-            self._record_usage(record.id, prompt, completion, cost)
+            self._record_usage(record.id, prompt, completion, cost, summary.model)
 
-    def _record_usage(self, key_id: str, prompt: int, completion: int, cost: float) -> None:
-        """Add a reply's usage to what is waiting to be written, and write it (retried until it lands)."""
-        pending = self.unsaved_usage.setdefault(key_id, [0, 0, 0, 0.0])
+    def _record_usage(self, key_id: str, prompt: int, completion: int, cost: float, model: str = "") -> None:
+        """Add a reply's usage to what is waiting to be written, and write it (retried until it lands).
+
+        Pending usage is kept per key, model and minute, so the usage table (spend per key and
+        per model over a window, ``/admin``) gets the minute the reply ended in, even when the
+        write lands later.
+        """
+        pending = self.unsaved_usage.setdefault((key_id, model, bucket_of(time.time())), [0, 0, 0, 0.0])
         pending[0] += 1
         pending[1] += prompt
         pending[2] += completion
@@ -436,10 +456,12 @@ class AccessPolicy:
         """
         delay = USAGE_RETRY_FIRST
         while self.unsaved_usage:
-            key_id, pending = next(iter(self.unsaved_usage.items()))
+            (key_id, model, bucket), pending = next(iter(self.unsaved_usage.items()))
             requests, prompt, completion, cost = pending
             try:
-                await self.store.add_usage(key_id, prompt, completion, cost, requests=requests)
+                await self.store.add_usage(
+                    key_id, prompt, completion, cost, requests=requests, model=model, bucket=bucket
+                )
             except Exception as exc:
                 if self.usage_error is None:
                     log.error("could not write the usage of key %s (kept in memory, retried): %s", key_id, exc)
@@ -453,7 +475,7 @@ class AccessPolicy:
             pending[2] -= completion
             pending[3] -= cost
             if pending[0] <= 0:
-                self.unsaved_usage.pop(key_id, None)
+                self.unsaved_usage.pop((key_id, model, bucket), None)
             if self.usage_error is not None and not self.unsaved_usage:
                 log.warning("the unsaved usage has been written")
             self.usage_error = None

@@ -29,6 +29,7 @@ from ..runtime.tracing import start_telemetry
 from ..store.base import MAX_TITLE
 from ..version import __version__
 from .access import handshake_middleware, host_middleware
+from .admin import setup_admin
 from .aisdk_http import chat_post, chat_stop, chat_stream
 from .anthropic_api import count_tokens, list_models, messages
 from .disconnects import DisconnectWatch
@@ -265,7 +266,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/tokenwire.js", _static("tokenwire.js", "text/javascript", cors=True))
     app.router.add_get("/favicon.ico", _static("favicon.svg", "image/svg+xml"))  # browsers ask on every page
     app.router.add_get("/static/{name}", _static_dir)
-    app.router.add_get("/static/vendor/{name}", _static_dir)  # web/vendor/: markdown-it, highlight.js (npm)
+    app.router.add_get("/static/vendor/{name}", _static_dir)  # web/vendor/: markdown-it, highlight.js, uPlot (npm)
+    setup_admin(app, gw)  # /admin and /admin/api/* (server/admin.py, docs/admin.md)
 
     async def on_shutdown(app: web.Application) -> None:
         gw.metrics.stop()
