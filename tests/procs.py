@@ -57,14 +57,17 @@ def start(
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
     cwd: str | Path | None = None,
+    prefix: Iterable[str] = (),
 ) -> Proc:
-    """Run ``python -m tokenwire ARGS`` and wait for its "listening on" line."""
+    """Run ``python -m tokenwire ARGS`` and wait for its "listening on" line.
+
+    ``prefix`` goes before the interpreter (e.g. ``valgrind --tool=callgrind``, for benchmarks)."""
     full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("TOKENWIRE_")}
     full_env.pop("OPENAI_BASE_URL", None)
     full_env["PYTHONUNBUFFERED"] = "1"
     full_env.update(env or {})
     popen = subprocess.Popen(
-        [sys.executable, "-m", "tokenwire", *args],
+        [*prefix, sys.executable, "-m", "tokenwire", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=full_env,

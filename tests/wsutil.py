@@ -66,3 +66,17 @@ class WS:
 
 def text_of(events: list[dict[str, Any]]) -> str:
     return "".join(e["content"] for e in events if e.get("type") == "token")
+
+
+async def connect_worker(url: str) -> tuple[WS, str]:
+    """A socket, and which ``serve --workers`` process took it (the upgrade's X-Tokenwire-Worker)."""
+    seen: dict[str, str] = {}
+
+    async def on_end(session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        seen["worker"] = params.response.headers.get("X-Tokenwire-Worker", "")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_end)
+    session = aiohttp.ClientSession(trace_configs=[trace])
+    ws = await session.ws_connect(url)
+    return WS(session, ws), seen["worker"]

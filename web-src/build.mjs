@@ -1,4 +1,4 @@
-// Copy the chat page's third-party browser code from node_modules into src/tokenwire/web/vendor/,
+// Copy the web pages' (chat, admin dashboard) third-party browser code from node_modules into src/tokenwire/web/vendor/,
 // with every licence, so the Python package ships it and needs no npm (and no CDN) at run time.
 // Usage: cd web-src && npm ci && npm run build   (then commit src/tokenwire/web/vendor/)
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -16,6 +16,9 @@ const FILES = [
   ["@highlightjs/cdn-assets/es/highlight.min.js", "highlight.min.js"],
   ["@highlightjs/cdn-assets/styles/github.min.css", "highlight-github.min.css"],
   ["@highlightjs/cdn-assets/styles/github-dark.min.css", "highlight-github-dark.min.css"],
+  // the admin dashboard's charts (a classic script: it defines the global uPlot)
+  ["uplot/dist/uPlot.iife.min.js", "uplot.iife.min.js"],
+  ["uplot/dist/uPlot.min.css", "uplot.min.css"],
 ];
 // markdown-it's browser build bundles these; their licences travel with it
 const LICENCES = [
@@ -26,6 +29,7 @@ const LICENCES = [
   ["uc.micro", "LICENSE.txt"],
   ["punycode.js", "LICENSE-MIT.txt"],
   ["@highlightjs/cdn-assets", "LICENSE"],
+  ["uplot", "LICENSE"],
 ];
 
 rmSync(out, { recursive: true, force: true });
@@ -35,7 +39,7 @@ for (const [src, name] of FILES) {
   text = text.replace(/\n?\/\/# sourceMappingURL=\S+\s*$/, "\n").replace(/\n?\/\*# sourceMappingURL=\S+ \*\/\s*$/, "\n");
   writeFileSync(join(out, name), text);
 }
-const lines = ["Third-party code of the chat page, copied from npm by web-src/build.mjs (do not edit by hand).", ""];
+const lines = ["Third-party code of the web pages (chat, /admin), copied from npm by web-src/build.mjs (do not edit by hand).", ""];
 for (const [pkg, file] of LICENCES) {
   const name = `LICENSE.${pkg.replace("@", "").replace("/", "-")}.txt`;
   copyFileSync(join(nm, pkg, file), join(out, name));

@@ -14,6 +14,8 @@ lt() { name=$1; shift; echo "== $name: $*"; python -m tokenwire loadtest "$@" --
 python "$here/relay_cpu.py" --rounds 7 | tee "$out/relay_cpu.txt"
 # the floor under any Python relay on this machine (bytes only: no HTTP, WebSocket or JSON)
 python "$here/wakeup_floor.py" --streams 20 100 250 500 --seconds 10 | tee "$out/wakeup_floor.txt"
+# per-core capacity: gateway pinned to one CPU, stall-free streams, the floor at the same N (same sitting)
+python -m tokenwire capacity --streams 100,250,500,1000 --window 60 --json "$out/capacity.json" | tee "$out/capacity.txt"
 # a sweep to show where latency starts to depend on CPU saturation
 for n in 20 100 250 500; do lt "stream-$n" --streams "$n" --tps 50 --duration 20 --warmup 5 --clients 2; done
 # targets: 1,000 streams (added TTFT), 2,000 streams (added inter-token gap)

@@ -6,6 +6,19 @@ SSE chunk), and divides the gateway process's CPU time (user + sys, from
 /proc/PID/stat) over the measured rounds by the tokens relayed.
 
     python bench/research/relay_cpu.py --streams 20 --tokens 2000 --rounds 5
+    python bench/research/relay_cpu.py --otel ...   # the same with OpenTelemetry export on
+
+``--otel`` points the gateway's OTEL_EXPORTER_OTLP_ENDPOINT at a sink in this process (it
+answers every OTLP/HTTP POST with 200 and counts the bytes), with a 0.5 s span batch delay
+and a 1 s metric interval, so the exporters' own threads run inside the measured rounds and
+their CPU is counted with the gateway's (/proc/PID/stat covers every thread).
+
+``--callgrind`` runs the gateway under ``valgrind --tool=callgrind`` and reports machine
+instructions per relayed token instead of CPU time: a count that does not move with the load
+other processes put on the machine (the same binary, inputs and environment give the same total
+within a fraction of a per cent), so an A/B on a busy shared VM still means something. Only the
+measured rounds are counted (instrumentation is switched on after start-up and the warm-up,
+and the counters are zeroed and dumped around each round with ``callgrind_control``).
 
 The gateway is whichever tree ``PYTHONPATH`` points at; the fake upstream, the process
 starter and the /proc reader always come from this script's own tree (see _common.py), so
@@ -16,12 +29,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 import orjson
 from _common import cpu_seconds, gateway_tree, simulate, start
+from aiohttp import web
+
+
+async def otlp_sink() -> tuple[web.AppRunner, str, dict[str, int]]:
+    """An OTLP/HTTP endpoint that accepts everything: where ``--otel`` exports go."""
+    seen = {"posts": 0, "bytes": 0}
+
+    async def accept(request: web.Request) -> web.Response:
+        seen["posts"] += 1
+        seen["bytes"] += len(await request.read())
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", accept)
+    app.router.add_post("/v1/metrics", accept)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}", seen
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int) -> int:
@@ -46,23 +84,69 @@ async def one_stream(session: aiohttp.ClientSession, url: str, model: str, token
     raise RuntimeError("socket closed early")
 
 
+class Callgrind:
+    """Instruction counts of a process started under ``valgrind --tool=callgrind --instr-atstart=no``."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="relay-cg-"))
+        self.prefix = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={self.dir}/cg.out.%p",
+        ]
+
+    def _control(self, pid: int, *args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
+
+    def start(self, pid: int) -> None:
+        self._control(pid, "--instr=on")
+
+    def zero(self, pid: int) -> None:
+        self._control(pid, "--zero")
+
+    def dump(self, pid: int) -> int:
+        """Dump the counters since the last zero; return their instruction total."""
+        before = set(self.dir.iterdir())
+        self._control(pid, "--dump")
+        (new,) = set(self.dir.iterdir()) - before
+        m = re.search(rb"^(?:summary|totals): (\d+)", new.read_bytes(), re.M)
+        if m is None:
+            raise RuntimeError(f"no instruction total in {new}")
+        return int(m.group(1))
+
+
 async def measure(args: argparse.Namespace) -> list[float]:
     sim = simulate("--fast", "--batch", str(args.batch))
+    cg = Callgrind() if args.callgrind else None
+    env = {
+        "OPENAI_API_KEY": "sk-bench",
+        "OPENAI_BASE_URL": sim.http + "/v1",
+        "TOKENWIRE_DB": ":memory:",
+        "TOKENWIRE_EVENT_LOOP": args.loop,
+    }
+    sink = None
+    if args.otel:
+        sink, url, seen = await otlp_sink()
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
+        env |= {"OTEL_BSP_SCHEDULE_DELAY": "500", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
     gw = start(
         ["serve", "--port", "0", "--log-level", "warning"],
-        env={
-            "OPENAI_API_KEY": "sk-bench",
-            "OPENAI_BASE_URL": sim.http + "/v1",
-            "TOKENWIRE_DB": ":memory:",
-            "TOKENWIRE_EVENT_LOOP": args.loop,
-        },
+        env=env,
+        prefix=cg.prefix if cg else (),
+        timeout=300 if cg else 20,
     )
     results: list[float] = []
     try:
         async with aiohttp.ClientSession() as session:
             model = f"gpt-4.1@tokens={args.tokens}@tps=0@batch={args.batch}"
             await one_stream(session, gw.ws, model, 10)  # warm-up
+            if cg:
+                cg.start(gw.pid)
+                await one_stream(session, gw.ws, model, 10)  # warm-up under instrumentation
             for r in range(args.rounds):
+                if cg:
+                    cg.zero(gw.pid)
                 c0 = cpu_seconds(gw.pid)
                 t0 = time.perf_counter()
                 counts = await asyncio.gather(
@@ -73,6 +157,15 @@ async def measure(args: argparse.Namespace) -> list[float]:
                 n = sum(counts)
                 if n != args.streams * args.tokens:
                     raise RuntimeError(f"expected {args.streams * args.tokens} tokens, got {n}")
+                if cg:
+                    per = cg.dump(gw.pid) / n
+                    results.append(per)
+                    print(
+                        f"round {r + 1}/{args.rounds}: {n} tokens in {wall:.2f} s wall under callgrind "
+                        f"-> {per:,.0f} instructions/token",
+                        flush=True,
+                    )
+                    continue
                 us = cpu / n * 1e6
                 results.append(us)
                 print(
@@ -80,9 +173,16 @@ async def measure(args: argparse.Namespace) -> list[float]:
                     f"gateway CPU {cpu:.2f} s -> {us:.2f} us/token ({n / wall:,.0f} tokens/s)",
                     flush=True,
                 )
+        if sink is not None:
+            print(f"OTLP sink: {seen['posts']} exports, {seen['bytes']:,} bytes", flush=True)
+            if not seen["posts"]:
+                raise RuntimeError("--otel: the gateway exported nothing")
     finally:
-        gw.stop()
+        # its last export goes to the sink, served by this loop; under valgrind it stops slowly
+        await asyncio.to_thread(gw.stop, timeout=60)
         sim.stop()
+        if sink is not None:
+            await sink.cleanup()
     return results
 
 
@@ -93,13 +193,25 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=1, help="tokens per upstream network write (1 = one per chunk)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the gateway's event loop")
+    p.add_argument(
+        "--callgrind", action="store_true", help="count instructions per token under valgrind (load-independent)"
+    )
+    p.add_argument("--otel", action="store_true", help="OpenTelemetry export on, to a local OTLP/HTTP sink")
     args = p.parse_args()
     print(f"gateway under test: {gateway_tree()}", flush=True)
     results = asyncio.run(measure(args))
+    if args.callgrind:
+        print(
+            f"\ngateway instructions per relayed token: median {statistics.median(results):,.0f}, "
+            f"min {min(results):,.0f} over {len(results)} rounds "
+            f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop})"
+        )
+        return
     print(
         f"\ngateway CPU per relayed token: median {statistics.median(results):.2f} us, "
         f"min {min(results):.2f} us over {len(results)} rounds "
-        f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop})"
+        f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop}, "
+        f"OTel {'on' if args.otel else 'off'})"
     )
 
 

@@ -84,6 +84,11 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
         help="the lean load-test engine: one timer for every stream, timestamped tokens, OpenAI only "
         "(--tps default 50, --tokens 100, --ttft-ms 100)",
     )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="with --wheel: SO_REUSEPORT, so several simulators share one port (load beyond one process)",
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -105,7 +110,7 @@ def _simulate(args: argparse.Namespace) -> int:
             return 2
         tps = 0.0 if args.fast else (50.0 if args.tps is None else args.tps)
         ttft = 100.0 if args.ttft_ms is None else args.ttft_ms
-        run_wheel(args.host, args.port, tps, args.tokens or 100, ttft)
+        run_wheel(args.host, args.port, tps, args.tokens or 100, ttft, reuse_port=args.reuse_port)
         return 0
     from .simulate.server import SimOptions, run_simulator
 

@@ -111,6 +111,15 @@ class Settings:
     #: context window); the oldest go first, never the system prompt (0: no cap)
     max_history_messages: int = 200
     max_history_bytes: int = 1_000_000
+    #: what one stored conversation may hold: past either, its oldest turns are dropped from storage
+    #: at the next append (the newest turn is always kept; 0: no cap)
+    max_conversation_messages: int = 1000
+    max_conversation_bytes: int = 4_000_000
+    #: stored conversations per API key (per open-mode gateway without keys); a new one past it is
+    #: refused with ``too_many_conversations`` (delete some, or wait for conversation_ttl; 0: no cap)
+    max_conversations_per_key: int = 1000
+    #: seconds a stored conversation is kept after its last turn (0: for ever); 30 days
+    conversation_ttl: float = 30 * 86400.0
     #: the largest max_tokens a request may ask for; a reply is also cut there if a provider ignores it
     max_output_tokens: int = 1_000_000
     max_generations_per_socket: int = 32
@@ -122,6 +131,8 @@ class Settings:
     #: seconds of silence after which an SSE reply gets a keep-alive comment (or its dialect's ping)
     sse_keepalive: float = 15.0
     resume_retention: float = 120.0
+    #: generations whose detail each process keeps for the admin dashboard (docs/admin.md)
+    admin_recent: int = 500
     simulated_speed: float = 1.0
     connect_timeout: float = 10.0
     read_timeout: float = 120.0

@@ -55,17 +55,39 @@ def test_bench_compares_ws_sse_and_poll(gateway: Proc, tmp_path: Path) -> None:
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" in data[-12:]
 
 
+def test_plot_without_the_bench_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    """matplotlib hidden (a module named matplotlib that fails to import): one line, before any run."""
+    fake = tmp_path / "hide" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('hidden for the test')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "hide"), env.get("PYTHONPATH", "")])
+    r = subprocess.run(
+        [sys.executable, "-m", "tokenwire", "loadtest", "--plot", str(tmp_path / "x.png")],
+        capture_output=True, text=True, timeout=30, env=env,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "tokenwire loadtest: figures need matplotlib, which is not installed: pip install 'tokenwire[bench]'"
+    ]
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_bench_says_when_the_gateway_is_not_there() -> None:
     r = run_cli("bench", "--url", "ws://127.0.0.1:9/ws/chat", "--runs", "1")
     assert r.returncode == 1 and "cannot reach" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_loadtest_small_stream_run() -> None:
+def test_loadtest_small_stream_run(tmp_path: Path) -> None:
+    plot, page = tmp_path / "load.png", tmp_path / "load.html"
     r = run_cli(
         "loadtest", "--streams", "20", "--tps", "50", "--tokens", "30", "--duration", "2", "--warmup", "1",
-        "--clients", "1", "--json", "-",
+        "--clients", "1", "--json", "-", "--plot", str(plot), "--report", str(page),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr + r.stdout
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and f"figure written to {plot}" in r.stderr
+    html = page.read_text()
+    assert html.count('src="data:image/png;base64,') == 1 and "added TTFT" in html
     report = orjson.loads(r.stdout)
     assert report["errors"] == 0 and report["tokens_relayed"] > 500
     assert report["added_ttft_ms"]["n"] > 0 and report["added_gap_ms"]["n"] > 0

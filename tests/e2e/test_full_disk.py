@@ -125,9 +125,15 @@ async def test_a_full_disk_is_reported_and_usage_is_kept_until_it_lands(tmp_path
             await ws.send({"type": "chat", "id": "after", "model": "gpt-4.1", "conversation_id": "c1", "content": "hi"})
             end = (await ws.until_end("after"))[-1]
             assert "stored" not in end, end
-        async with aiohttp.ClientSession() as s, s.get(base + "/healthz") as r:
-            health = await r.json()
-        assert health["status"] == "ok" and health["store"]["ok"] is True, health
+
+
+        async def healthy() -> dict | None:
+            # usage is written behind the reply (Ledger), so the last turn's may still be in flight
+            async with aiohttp.ClientSession() as s, s.get(base + "/healthz") as r:
+                health = await r.json()
+            return health if health["status"] == "ok" and health["store"]["ok"] is True else None
+
+        await aeventually(healthy, timeout=20, interval=0.2, message="/healthz never went back to ok")
         assert b"Traceback" not in b"".join(lines)
     finally:
         popen.terminate()

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from eventually import aeventually
 from redisutil import new_prefix, shared_or_private
-from wsutil import WS, text_of
+from wsutil import connect_worker as connect
+from wsutil import text_of
 
 import tokenwire
 from tokenwire.simulate.reply import reply_tokens
@@ -37,20 +38,6 @@ def workers_env(sim: Any, redis_url: str) -> dict[str, str]:
         "TOKENWIRE_REDIS_PREFIX": new_prefix(),
         "TOKENWIRE_DB": ":memory:",
     }
-
-
-async def connect(url: str) -> tuple[WS, str]:
-    """A socket, and which worker took it (the upgrade response's X-Tokenwire-Worker)."""
-    seen: dict[str, str] = {}
-
-    async def on_end(session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
-        seen["worker"] = params.response.headers.get("X-Tokenwire-Worker", "")
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_end.append(on_end)
-    session = aiohttp.ClientSession(trace_configs=[trace])
-    ws = await session.ws_connect(url)
-    return WS(session, ws), seen["worker"]
 
 
 def children(pid: int) -> list[int]:

@@ -24,7 +24,7 @@ from ..protocol.errors import GatewayError, set_redactor
 from ..protocol.frames import Chat
 from ..runtime.routing import Route
 from ..simulate.reply import estimate_tokens
-from .keys import KeyRecord, SQLiteKeyStore, hash_key, open_key_store
+from .keys import KeyRecord, SQLiteKeyStore, bucket_of, hash_key, open_key_store
 from .ledger import Ledger, LocalLedger, RedisLedger
 from .limits import Principal, Reservation, TokenBucket
 from .redact import Redactor, install_log_filter
@@ -122,8 +122,8 @@ class AccessPolicy:
 
             self.ledger = RedisLedger(RedisLink(settings.redis_url, settings.redis_timeout), settings.redis_prefix)
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: usage not yet written to the key store, per key id: [requests, prompt, completion, cost]
-        self.unsaved_usage: dict[str, list[Any]] = {}
+        #: usage not yet written to the key store, per (key id, model, minute): [requests, prompt, completion, cost]
+        self.unsaved_usage: dict[tuple[str, str, int], list[Any]] = {}
         self.usage_error: str | None = None  #: the last error writing usage, while some is unsaved
         self._usage_task: asyncio.Task[None] | None = None
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
@@ -239,6 +239,21 @@ class AccessPolicy:
         p.checked = time.monotonic()
         return p
 
+    def changed(self, record: KeyRecord) -> None:
+        """A key was revoked or edited through this process (``/admin``): it takes effect now,
+        not after ``key_cache_ttl``; its live rate buckets start again from the new limits."""
+        self._cache.pop(record.hash, None)
+        p = self.principals.get("k:" + record.id)
+        if p is not None:
+            if p.record is None or p.record.rpm != record.rpm:
+                p.rpm = None
+            if p.record is None or p.record.tpm != record.tpm:
+                p.tpm = None
+            p.record = record
+            p.checked = time.monotonic()
+        if record.revoked is None:
+            self.keys_exist = True
+
     def _ip_principal(self, ip: str) -> Principal:
         p = self.principals.get("ip:" + ip)
         if p is None:
@@ -264,8 +279,11 @@ class AccessPolicy:
     async def authenticate_http(self, request: web.Request) -> Principal:
         return await self.authenticate(request)
 
-    async def admit(self, p: Any, chat: Chat, route: Route) -> None:
-        """Refuse a generation over a limit (before it starts); charge it to its principal."""
+    async def admit(self, p: Any, chat: Chat, route: Route, sent: list[dict[str, Any]] | None = None) -> None:
+        """Refuse a generation over a limit (before it starts); charge it to its principal.
+
+        ``sent``: the messages that go upstream (with a stored conversation's history), if known.
+        """
         if not isinstance(p, Principal):
             return
         now = time.monotonic()
@@ -305,15 +323,18 @@ class AccessPolicy:
             wait = p.rpm.take(now)
             if wait > 0:
                 raise _limited(chat, f"{p.label} reached its {rpm} requests per minute", wait)
-        await self._reserve(p, chat, route, tpm, now)
+        await self._reserve(p, chat, route, tpm, now, sent)
         chat.owner = p
 
-    async def _reserve(self, p: Principal, chat: Chat, route: Route, tpm: int | None, now: float) -> None:
+    async def _reserve(
+        self, p: Principal, chat: Chat, route: Route, tpm: int | None, now: float, sent: list[dict[str, Any]] | None
+    ) -> None:
         """Hold the reply's worst case against the key's budget and tokens per minute (see auth.ledger).
 
         ``max_tokens`` is cut to what is left, so that a reply can never spend past either; the
-        reply's end then settles with the real figures. The prompt counted here is the request's
-        own messages (a stored conversation's history is counted when the reply settles).
+        reply's end then settles with the real figures. The prompt counted here is ``sent``, what
+        goes upstream: a stored conversation's history with it (counting only the request's own
+        messages let a long conversation overrun a budget or TPM by its whole history each turn).
         """
         record = p.record
         budget = record.budget_usd if record is not None else None
@@ -324,9 +345,12 @@ class AccessPolicy:
         asked = params.get("max_tokens") or params.get("max_completion_tokens")
         # a reply that names no max_tokens holds reserve_tokens of the budget, not all of it
         cap = asked or min(self.settings.max_output_tokens, self.settings.reserve_tokens)
-        prompt = estimate_tokens(chat.messages or [{"content": chat.content or ""}]) + (
-            estimate_tokens([{"content": chat.system}]) if chat.system else 0
-        )
+        if sent is not None:
+            prompt = estimate_tokens(sent)
+        else:
+            prompt = estimate_tokens(chat.messages or [{"content": chat.content or ""}]) + (
+                estimate_tokens([{"content": chat.system}]) if chat.system else 0
+            )
         res = Reservation()
         cut_by: str | None = None
         if budget is not None and record is not None:
@@ -407,11 +431,16 @@ class AccessPolicy:
                     await self.ledger.settle(record.id, res.usd, cost)
                 except GatewayError:
                     log.warning("could not settle the budget of %s (Redis down?)", p.label)
-            self._record_usage(record.id, prompt, completion, cost)
+            self._record_usage(record.id, prompt, completion, cost, summary.model)
 
-    def _record_usage(self, key_id: str, prompt: int, completion: int, cost: float) -> None:
-        """Add a reply's usage to what is waiting to be written, and write it (retried until it lands)."""
-        pending = self.unsaved_usage.setdefault(key_id, [0, 0, 0, 0.0])
+    def _record_usage(self, key_id: str, prompt: int, completion: int, cost: float, model: str = "") -> None:
+        """Add a reply's usage to what is waiting to be written, and write it (retried until it lands).
+
+        Pending usage is kept per key, model and minute, so the usage table (spend per key and
+        per model over a window, ``/admin``) gets the minute the reply ended in, even when the
+        write lands later.
+        """
+        pending = self.unsaved_usage.setdefault((key_id, model, bucket_of(time.time())), [0, 0, 0, 0.0])
         pending[0] += 1
         pending[1] += prompt
         pending[2] += completion
@@ -427,10 +456,12 @@ class AccessPolicy:
         """
         delay = USAGE_RETRY_FIRST
         while self.unsaved_usage:
-            key_id, pending = next(iter(self.unsaved_usage.items()))
+            (key_id, model, bucket), pending = next(iter(self.unsaved_usage.items()))
             requests, prompt, completion, cost = pending
             try:
-                await self.store.add_usage(key_id, prompt, completion, cost, requests=requests)
+                await self.store.add_usage(
+                    key_id, prompt, completion, cost, requests=requests, model=model, bucket=bucket
+                )
             except Exception as exc:
                 if self.usage_error is None:
                     log.error("could not write the usage of key %s (kept in memory, retried): %s", key_id, exc)
@@ -444,7 +475,7 @@ class AccessPolicy:
             pending[2] -= completion
             pending[3] -= cost
             if pending[0] <= 0:
-                self.unsaved_usage.pop(key_id, None)
+                self.unsaved_usage.pop((key_id, model, bucket), None)
             if self.usage_error is not None and not self.unsaved_usage:
                 log.warning("the unsaved usage has been written")
             self.usage_error = None

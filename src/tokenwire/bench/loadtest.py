@@ -43,17 +43,15 @@ import orjson
 
 from .. import procstat
 from ..simulate.fastloop import run_fast
+from .plots import INSTALL
+from .stats import RES_US, StreamStalls, added_gap
+from .stats import hist_add as _hist_add
+from .stats import hist_merge as _merge
+from .stats import hist_summary as _hist_summary
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "added_gap", "main"]
 
 _LISTEN = re.compile(rb"listening on http://([\d.]+):(\d+)")
-RES_US = 10  #: histogram resolution, microseconds
-
-
-# -- statistics on {bucket: count} histograms ------------------------------------
-def added_gap(latency: float, previous: float) -> float:
-    """Seconds the relay added to the gap before a token: a shorter gap (catching up) adds nothing."""
-    return max(0.0, latency - previous)
 
 
 #: what each figure of the report means (printed under it, and in --help)
@@ -105,37 +103,6 @@ def _wait(progress: _Progress, label: str, start: float, end: float) -> None:
         time.sleep(min(0.25, end - now))
 
 
-def _hist_add(h: Counter[int], seconds: float) -> None:
-    h[round(seconds * 1e6 / RES_US)] += 1
-
-
-def _hist_pct(h: dict[int, int], q: float) -> float | None:
-    total = sum(h.values())
-    if not total:
-        return None
-    rank = max(1, int(q / 100 * total + 0.999999))
-    seen = 0
-    for k in sorted(h):
-        seen += h[k]
-        if seen >= rank:
-            return k * RES_US / 1000.0  # ms
-    return None
-
-
-def _hist_summary(h: dict[int, int]) -> dict[str, float | int | None]:
-    total = sum(h.values())
-    out: dict[str, float | int | None] = {"n": total}
-    for q in (50, 90, 99, 99.9):
-        out[f"p{q:g}"] = _hist_pct(h, q)
-    out["max"] = max(h) * RES_US / 1000.0 if h else None
-    return out
-
-
-def _merge(into: dict[int, int], other: dict[str, int]) -> None:
-    for k, v in other.items():
-        into[int(k)] = into.get(int(k), 0) + v
-
-
 # -- worker process ------------------------------------------------------------------
 async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import aiohttp
@@ -147,7 +114,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     relay: Counter[int] = Counter()
     gap: Counter[int] = Counter()
     lag: Counter[int] = Counter()
-    stats = {"tokens": 0, "generations": 0, "errors": 0, "closed": 0, "connect_errors": 0}
+    stats = {"tokens": 0, "generations": 0, "errors": 0, "closed": 0, "connect_errors": 0, "short_replies": 0}
     errors: Counter[str] = Counter()
     connector = aiohttp.TCPConnector(limit=0)
     session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
@@ -224,10 +191,17 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     frame_head = '{"type":"chat","model":' + orjson.dumps(model).decode()
     frame_tail = ',"messages":[{"role":"user","content":"load"}],"params":{"max_tokens":' + str(cfg["tokens"]) + "}}"
 
+    stall_s = cfg.get("stall_s") or 0.0
+    per_stream: list[StreamStalls] = []
+    expected = cfg["tokens"]
+
     async def streamer(i: int) -> None:
         await asyncio.sleep(max(0.0, t0 + random.random() * cfg["spread"] - time.monotonic()))
         ws = sockets[i]
         k = 0
+        track = StreamStalls(stall_s, w0, w1) if stall_s else None
+        if track is not None:
+            per_stream.append(track)
         while time.monotonic() < w1:
             if ws is None or ws.closed:
                 ws = await connect(i)
@@ -238,6 +212,9 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
             t_send = time.monotonic()
             await ws.send_str(frame_head + f',"id":"g{k}"' + frame_tail)
             prev = None
+            got = 0
+            if track is not None:
+                track.new_reply()
             while True:
                 msg = await ws.receive()
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -262,6 +239,9 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
                     if inside:
                         _hist_add(relay, lat)
                         stats["tokens"] += 1
+                    if track is not None:
+                        track.token(now, now - lat)
+                    got += 1
                     prev = lat
                 elif '"type":"end"' in data:
                     event = orjson.loads(data)
@@ -270,6 +250,8 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
                         if event.get("status") != "completed":
                             stats["errors"] += 1
                             errors[str(event.get("status"))] += 1
+                        elif got != expected:  # every token of the reply, no more, no fewer
+                            stats["short_replies"] += 1
                     break
                 elif '"type":"error"' in data:
                     if w0 <= now < w1:
@@ -317,6 +299,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "gap": dict(gap),
         "lag": dict(lag),
         "cpu_s": cpu,
+        "streams": [t.row() for t in per_stream],
     }
 
 
@@ -339,14 +322,19 @@ def _raise_nofile() -> int:
     return hard
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a server process (output to ``log``) and wait for its "listening on" line."""
+def _spawn(
+    args: list[str], log: Path, env: dict[str, str] | None = None, cores: set[int] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server process (output to ``log``) and wait for its "listening on" line.
+
+    ``cores``: the CPUs it may run on, set before it starts so every thread it makes inherits them."""
     fh = open(log, "wb")
     full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("TOKENWIRE_")}
     full_env.pop("OPENAI_BASE_URL", None)
     full_env["PYTHONUNBUFFERED"] = "1"
     full_env.update(env or {})
-    proc = subprocess.Popen([sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT, env=full_env)
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    proc = subprocess.Popen([sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT, env=full_env, preexec_fn=pin)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         m = _LISTEN.search(log.read_bytes())
@@ -367,6 +355,69 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def gateway_env(
+    upstream_port: int, loop: str, access_log: bool = False, workers: int = 1, redis_url: str | None = None
+) -> dict[str, str]:
+    """The environment of a gateway under load: the fake upstream as its only provider, nothing kept on
+    disk, no idle cut-off; with ``redis_url``, streams shared over Redis (as ``serve --workers N`` needs)."""
+    env = {
+        "OPENAI_API_KEY": "sk-loadtest",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+        "TOKENWIRE_DB": ":memory:",
+        "TOKENWIRE_ACCESS_LOG": "1" if access_log else "0",
+        "TOKENWIRE_IDLE_TIMEOUT": "600",
+        "TOKENWIRE_EVENT_LOOP": loop,
+        "TOKENWIRE_WORKERS": str(workers),
+    }
+    if redis_url:
+        env["TOKENWIRE_REDIS_URL"] = redis_url
+        env["TOKENWIRE_REDIS_PREFIX"] = f"tw-loadtest-{os.getpid()}-{time.monotonic_ns()}"
+    return env
+
+
+def start_clients(work: Path, streams: int, clients: int, cfg: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
+    """``clients`` load processes sharing ``streams`` between them; each connects, then says "ready"."""
+    q, extra = divmod(streams, clients)
+    procs = []
+    for i in range(clients):
+        one = {**cfg, "streams": q + (1 if i < extra else 0), "result_path": str(work / f"client-{i}.json")}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tokenwire.bench.loadtest", "--worker", orjson.dumps(one).decode()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        )
+    return procs
+
+
+def await_ready(procs: list[subprocess.Popen[bytes]]) -> None:
+    for w in procs:
+        assert w.stdout is not None
+        line = w.stdout.readline()
+        if not line.startswith(b"ready"):
+            raise RuntimeError(f"a load client failed to start: {line!r}")
+
+
+def go(procs: list[subprocess.Popen[bytes]], t0: float) -> None:
+    """Every client starts its clock at ``t0`` (monotonic: shared by the processes of a Linux host)."""
+    for w in procs:
+        assert w.stdin is not None
+        w.stdin.write(f"go {t0}\n".encode())
+        w.stdin.flush()
+
+
+def collect(procs: list[subprocess.Popen[bytes]], work: Path, timeout: float) -> list[dict[str, Any]]:
+    results = []
+    for i, w in enumerate(procs):
+        out, _ = w.communicate(timeout=timeout)
+        if b"result written" in out:
+            results.append(orjson.loads((work / f"client-{i}.json").read_bytes()))
+    if len(results) != len(procs):
+        raise RuntimeError("a load client failed; see its output")
+    return results
 
 
 def run(args: argparse.Namespace, progress: _Progress | None = None) -> dict[str, Any]:
@@ -392,18 +443,9 @@ def run(args: argparse.Namespace, progress: _Progress | None = None) -> dict[str
         ],
         work / "upstream.log",
     )
-    gw_env = {
-        "OPENAI_API_KEY": "sk-loadtest",
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
-        "TOKENWIRE_DB": ":memory:",
-        "TOKENWIRE_ACCESS_LOG": "1" if args.access_log else "0",
-        "TOKENWIRE_IDLE_TIMEOUT": "600",
-    }
-    gw_env["TOKENWIRE_EVENT_LOOP"] = args.loop
-    if args.workers > 1:  # `serve --workers N` shares streams over Redis
-        gw_env["TOKENWIRE_WORKERS"] = str(args.workers)
-        gw_env["TOKENWIRE_REDIS_URL"] = args.redis_url
-        gw_env["TOKENWIRE_REDIS_PREFIX"] = f"tw-loadtest-{os.getpid()}"
+    gw_env = gateway_env(
+        up_port, args.loop, args.access_log, args.workers, args.redis_url if args.workers > 1 else None
+    )
     gw_cmd = ["-m", "tokenwire", "serve", "--port", "0", "--log-level", "warning"]
     gw, gw_port = _spawn(gw_cmd, work / "gateway.log", gw_env)
     gw_pids = _children(gw.pid) if args.workers > 1 else [gw.pid]
@@ -426,36 +468,21 @@ def run(args: argparse.Namespace, progress: _Progress | None = None) -> dict[str
     try:
         time.sleep(0.5)
         rss0, _ = _usage(gw_pids)
-        q, extra = divmod(args.streams, args.clients)
-        per = [q + (1 if i < extra else 0) for i in range(args.clients)]
-        for i, n in enumerate(per):
-            cfg = {
-                "result_path": str(work / f"client-{i}.json"),
-                "url": f"ws://127.0.0.1:{gw_port}/ws/chat",
-                "streams": n,
-                "mode": args.mode,
-                "warmup": args.warmup,
-                "duration": args.duration,
-                "tokens": args.tokens,
-                "model": args.model,
-                "heartbeat": args.heartbeat,
-                "spread": args.tokens / args.tps if args.tps > 0 else 1.0,
-                "churn": args.churn,
-            }
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "tokenwire.bench.loadtest", "--worker", orjson.dumps(cfg).decode()],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                )
-            )
+        cfg = {
+            "url": f"ws://127.0.0.1:{gw_port}/ws/chat",
+            "mode": args.mode,
+            "warmup": args.warmup,
+            "duration": args.duration,
+            "tokens": args.tokens,
+            "model": args.model,
+            "heartbeat": args.heartbeat,
+            "spread": args.tokens / args.tps if args.tps > 0 else 1.0,
+            "churn": args.churn,
+        }
+        workers = start_clients(work, args.streams, args.clients, cfg)
         t_conn = time.monotonic()
         progress.show(f"connecting {args.streams:,} sockets from {args.clients} client process(es)…")
-        for w in workers:
-            assert w.stdout is not None
-            line = w.stdout.readline()
-            if not line.startswith(b"ready"):
-                raise RuntimeError(f"a load client failed to start: {line!r}")
+        await_ready(workers)
         report["connect_s"] = round(time.monotonic() - t_conn, 2)
         _wait(progress, "settling", time.monotonic(), time.monotonic() + 2.0)  # before reading its memory
         rss1, _ = _usage(gw_pids)
@@ -464,10 +491,7 @@ def run(args: argparse.Namespace, progress: _Progress | None = None) -> dict[str
             report["gateway_rss_connected_mb"] = round(rss1 / 2**20, 1)
             report["memory_per_socket_kb"] = round((rss1 - rss0) / max(1, args.streams) / 1024, 2)
         t0 = time.monotonic() + 0.3
-        for w in workers:
-            assert w.stdin is not None
-            w.stdin.write(f"go {t0}\n".encode())
-            w.stdin.flush()
+        go(workers, t0)
         w0, w1 = t0 + args.warmup, t0 + args.warmup + args.duration
         _wait(progress, "warm-up  ", t0, w0)
         _, c0 = _usage(gw_pids)
@@ -486,13 +510,7 @@ def run(args: argparse.Namespace, progress: _Progress | None = None) -> dict[str
         u1 = procstat.cpu_seconds(up.pid)
         s1 = _sched_all(gw_pids)
         rss_end, _ = _usage(gw_pids)
-        results = []
-        for i, w in enumerate(workers):
-            out, _ = w.communicate(timeout=args.warmup + args.duration + 120)
-            if b"result written" in out:
-                results.append(orjson.loads((work / f"client-{i}.json").read_bytes()))
-        if len(results) != len(workers):
-            raise RuntimeError("a load client failed; see its output")
+        results = collect(workers, work, args.warmup + args.duration + 120)
     finally:
         progress.clear()
         for w in workers:
@@ -661,9 +679,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis for --workers > 1")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (- = stdout)")
+    p.add_argument("--plot", metavar="FILE.png", help=f"write the figures as a PNG (needs {INSTALL})")
+    p.add_argument("--report", metavar="FILE.html", help="write an HTML report: the figures, the text, the JSON")
+
+
+def _write_figures(args: argparse.Namespace, report: dict[str, Any], text: str) -> None:
+    from . import plots
+
+    fig = plots.loadtest_figure(report)
+    if args.plot:
+        Path(args.plot).write_bytes(plots.png(fig))
+        print(f"figure written to {args.plot}", file=sys.stderr)
+    if args.report:
+        page = plots.html_report(f"tokenwire loadtest {report['date']}", text, [fig], report)
+        Path(args.report).write_text(page, encoding="utf-8")
+        print(f"report written to {args.report}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "plot", None) or getattr(args, "report", None):
+        from .plots import MissingExtra, require
+
+        try:
+            require()  # before a run of minutes, not after it
+        except MissingExtra as exc:
+            print(f"tokenwire loadtest: {exc}", file=sys.stderr)
+            return 2
     report = run(args)
     text = render(report)
     if args.json == "-":
@@ -673,6 +714,8 @@ def main(args: argparse.Namespace) -> int:
         print(text)
         if args.json:
             Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    if getattr(args, "plot", None) or getattr(args, "report", None):
+        _write_figures(args, report, text)
     return 0 if report.get("errors", 0) == 0 else 1
 
 

@@ -210,18 +210,10 @@ async def run_bench(
 
 
 def chart(report: dict[str, Any]) -> bytes:
-    from .png import bar_chart_png
+    """The PNG of ``--chart`` (matplotlib, the ``bench`` extra: bench.plots)."""
+    from .plots import bench_figure, png
 
-    colours = {t: i for i, t in enumerate(report["transports"])}
-    ttft, total = [], []
-    for r in report["results"]:
-        label = f"{r['model']} {r['transport']}"
-        ttft.append((label, r["ttft_ms"]["p50"] or 0.0, colours[r["transport"]]))
-        total.append((label, r["total_ms"]["p50"] or 0.0, colours[r["transport"]]))
-    return bar_chart_png(
-        f"tokenwire bench {report['date'][:10]} ({report['runs']} runs, p50)",
-        [("TTFT ms", ttft), (f"{report['max_tokens']} tokens ms", total)],
-    )
+    return png(bench_figure(report))
 
 
 def main(args: Any) -> int:
@@ -229,6 +221,14 @@ def main(args: Any) -> int:
     for t in transports:
         if t not in ("ws", "sse", "poll"):
             print(f"tokenwire bench: unknown transport {t!r} (known: ws, sse, poll)", file=sys.stderr)
+            return 2
+    if args.chart:
+        from .plots import MissingExtra, require
+
+        try:
+            require()  # before the run, not after it
+        except MissingExtra as exc:
+            print(f"tokenwire bench: {exc}", file=sys.stderr)
             return 2
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     json_to_stdout = args.json == "-"

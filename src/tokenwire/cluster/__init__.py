@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -80,7 +80,14 @@ class ClusterRegistry(Registry):
         #: stream_id -> (lock key, lock token) for conversations this instance is answering
         self.locks: dict[str, tuple[str, str]] = {}
 
-    async def begin(self, chat: Chat, route: Route, conversation_id: str | None, resumable: bool) -> Run:
+    async def begin(
+        self,
+        chat: Chat,
+        route: Route,
+        conversation_id: str | None,
+        resumable: bool,
+        admit: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+    ) -> Run:
         c = self.cluster
         link = c.link
         r = link.redis
@@ -110,7 +117,7 @@ class ClusterRegistry(Registry):
                         retryable=True,
                     )
                 lock = (lock_key, token)
-            run = await super().begin(chat, route, conversation_id, resumable)
+            run = await super().begin(chat, route, conversation_id, resumable, admit)
         except BaseException as exc:
             if meta is not None:
                 await self._release(meta[0], meta[2].decode())

@@ -224,6 +224,7 @@ class StreamShipper:
         if not plan:
             return
         self.stats["ticks"] += 1
+        t0 = time.monotonic()
         try:
             async with asyncio.timeout(self.link.deadline):
                 await self._ship(keys, args)
@@ -231,9 +232,11 @@ class StreamShipper:
             for ship, _, _ in plan:
                 ship.resync = True
             if isinstance(exc, FAULTS):
+                self.link.rtt("ship", t0)
                 self.link.fault(exc, "shipping stream events")
                 self.stats["resyncs"] += 1
             raise
+        self.link.rtt("ship", t0)
         self.link.ok()
         for ship, upto, done in plan:
             ship.sent = upto

@@ -36,7 +36,9 @@ HTTP_STATUS: dict[str, int] = {
     "rate_limited": 429,
     "budget_exceeded": 402,
     "conversation_busy": 409,
+    "too_many_conversations": 403,
     "duplicate_id": 409,
+    "conflict": 409,  #: the admin API: a key name in use, a revoked key edited
     "unknown_stream": 404,
     "stream_expired": 410,
     "upstream_error": 502,

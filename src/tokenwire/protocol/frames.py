@@ -19,6 +19,7 @@ from typing import Any, Literal
 import orjson
 
 from .errors import GatewayError
+from .tracecontext import parse_traceparent
 
 __all__ = [
     "Attach",
@@ -90,6 +91,8 @@ class Chat:
     owner: Any = field(default=None, repr=False, compare=False)
     #: set at admission when max_tokens was cut to what a limit leaves ("budget" or "tpm")
     cut_by: str | None = None
+    #: the caller's W3C ``traceparent`` (checked), the parent of the generation's span when tracing is on
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)
@@ -202,7 +205,18 @@ def _auto_id(raw: Any, next_id: int) -> str:
 
 
 #: the fields of a v1 ``chat`` frame; anything else is refused (a typo must not be dropped silently)
-V1_CHAT_FIELDS = ("type", "id", "model", "messages", "content", "system", "conversation_id", "stream_id", "params")
+V1_CHAT_FIELDS = (
+    "type",
+    "id",
+    "model",
+    "messages",
+    "content",
+    "system",
+    "conversation_id",
+    "stream_id",
+    "params",
+    "traceparent",
+)
 
 
 def closest(name: str, known: Any) -> str | None:
@@ -264,6 +278,11 @@ def _chat(obj: dict[str, Any], limits: Limits, dialect: Dialect, id: str) -> Cha
         if not isinstance(stream_id, str) or not _STREAM_ID_RE.fullmatch(stream_id):
             raise _bad('"stream_id" must be 8-64 letters, digits, "_" or "-"', id)
         chat.stream_id = stream_id
+    traceparent = obj.get("traceparent")
+    if traceparent is not None:
+        if parse_traceparent(traceparent) is None:
+            raise _bad('"traceparent" must be a W3C traceparent: "00-<32 hex>-<16 hex>-<2 hex>", ids not all zero', id)
+        chat.traceparent = traceparent.strip()
     params = obj.get("params")
     if params is not None:
         if type(params) is not dict:

@@ -12,13 +12,15 @@ composition root (``server.app.build_gateway``) builds them and hands them in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, Protocol
 
 from ..config import ConfigError, Settings, StartupError
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach, Chat, Limits
-from ..store.base import ConversationStore
+from ..store.base import ConversationStore, StoreCaps
 from ..upstream.http import SharedSession
 from .metrics import Metrics
 from .ownership import owns
@@ -48,8 +50,11 @@ class Admission(Protocol):
         """A per-socket check of each client frame (frames per second), or None."""
         ...
 
-    async def admit(self, principal: Any, chat: Chat, route: Route) -> None:
-        """Raise GatewayError to refuse; otherwise the chat is charged to ``principal``."""
+    async def admit(self, principal: Any, chat: Chat, route: Route, sent: list[dict[str, Any]] | None = None) -> None:
+        """Raise GatewayError to refuse; otherwise the chat is charged to ``principal``.
+
+        ``sent`` is what will go upstream: the request's messages with the stored history that fits.
+        """
         ...
 
     def release(self, principal: Any, chat: Chat) -> None:
@@ -71,7 +76,7 @@ class OpenAdmission:
     def frame_gate(self) -> Any:
         return None
 
-    async def admit(self, principal: Any, chat: Chat, route: Route) -> None:
+    async def admit(self, principal: Any, chat: Chat, route: Route, sent: list[dict[str, Any]] | None = None) -> None:
         return None
 
     def release(self, principal: Any, chat: Chat) -> None:
@@ -95,14 +100,28 @@ class RemoteStreams(Protocol):
     def health(self) -> dict[str, Any]: ...
 
 
+def store_caps(settings: Settings) -> StoreCaps:
+    """What a stored conversation may hold and how long (docs/security.md); a negative setting is refused."""
+    for name in (
+        "max_conversation_messages",
+        "max_conversation_bytes",
+        "conversation_ttl",
+        "max_conversations_per_key",
+    ):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name} must be 0 (no limit) or more, not {getattr(settings, name)}")
+    return StoreCaps(settings.max_conversation_messages, settings.max_conversation_bytes, settings.conversation_ttl)
+
+
 def make_store(settings: Settings) -> ConversationStore:
     """The conversation store the settings ask for: Redis, memory or SQLite (the default)."""
+    caps = store_caps(settings)
     if settings.redis_url:
         require_redis()
         from ..store.redis import RedisConversationStore
 
         try:
-            return RedisConversationStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout)
+            return RedisConversationStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout, caps=caps)
         except ValueError as exc:  # redis-py's "Redis URL must specify one of the following schemes…"
             raise ConfigError(
                 f"redis_url is not a Redis URL ({exc}); use redis://HOST:6379/0, rediss://… or unix:///PATH"
@@ -110,13 +129,13 @@ def make_store(settings: Settings) -> ConversationStore:
     if settings.db_path == ":memory:":
         from ..store.memory import MemoryConversationStore
 
-        return MemoryConversationStore()
+        return MemoryConversationStore(caps)
     import sqlite3
 
     from ..store.sqlite import SQLiteConversationStore
 
     try:
-        return SQLiteConversationStore(settings.db_path)
+        return SQLiteConversationStore(settings.db_path, caps)
     except (OSError, sqlite3.Error) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise StartupError(
@@ -146,6 +165,8 @@ class Gateway:
         cluster: RemoteStreams | None = None,
     ) -> None:
         self.settings = settings
+        #: runtime.telemetry.Telemetry when OpenTelemetry export is on (runtime.tracing.start_telemetry)
+        self.telemetry: Any = None
         self.limits = Limits(settings.max_frame_bytes, settings.max_messages, settings.max_output_tokens)
         self.http = SharedSession(settings.connect_timeout)
         self.router = Router(settings, self.http)
@@ -156,6 +177,7 @@ class Gateway:
         self.registry.max_output_tokens = settings.max_output_tokens
         self.registry.max_history_messages = settings.max_history_messages
         self.registry.max_history_bytes = settings.max_history_bytes
+        self.registry.max_conversations = settings.max_conversations_per_key
         self.access: Admission = access if access is not None else OpenAdmission()
         #: with ``redis_url``: shared conversations, cross-instance resume, cancel routing
         self.cluster = cluster
@@ -169,6 +191,10 @@ class Gateway:
         self.metrics = Metrics(self.registry, self.sessions)
         self.metrics.log_prompts = settings.log_prompts
         self.registry.on_finish.append(self.metrics.on_finish)
+        self.metrics.watch_store(self.registry)
+        # Redis round trips: the conversation store's link (shared by the cluster and its shipper), the ledger's
+        self.metrics.watch_redis(getattr(self.store, "link", None), "store")
+        self.metrics.watch_redis(getattr(getattr(self.access, "ledger", None), "link", None), "ledger")
 
     # -- the one path for a chat ----------------------------------------------
     async def start_chat(
@@ -184,18 +210,29 @@ class Gateway:
         Raises :class:`GatewayError` (unknown model, a limit, a busy conversation, …) with the
         chat's id in ``extra["id"]``, so a socket can tell which request was refused.
         """
-        try:
-            route = self.router.resolve(chat.model)
+        admitted = False
+
+        async def admit(sent: list[dict[str, Any]]) -> None:
+            # called by Registry.begin once the stored history is loaded and fitted, so that a budget
+            # or a TPM limit counts the prompt that is really sent, history included
+            nonlocal admitted
             try:
-                await self.access.admit(principal, chat, route)
+                await self.access.admit(principal, chat, route, sent)
             except GatewayError as err:
                 if err.code in _LIMIT_CODES:
                     self.metrics.reject(err.extra.get("limit") or err.code)
                 raise
+            admitted = True
+
+        try:
+            route = self.router.resolve(chat.model)
+            if chat.owner is None:
+                chat.owner = principal  # the conversation is looked up under its key before admission
             try:
-                return await self.registry.begin(chat, route, conversation_id, resumable)
+                return await self.registry.begin(chat, route, conversation_id, resumable, admit=admit)
             except BaseException:
-                self.access.release(principal, chat)
+                if admitted:
+                    self.access.release(principal, chat)
                 raise
         except GatewayError as err:
             err.extra.setdefault("id", chat.id)
@@ -219,6 +256,8 @@ class Gateway:
                 f"stream {req.stream_id} is unknown or past its retention window; it cannot be resumed",
                 extra={"id": req.id, "stream_id": req.stream_id},
             )
+        if isinstance(run, Run) and not run.gen.ended:
+            run.resumes.append(time.time_ns())  # a "resume" event on its span (runtime.telemetry)
         return run
 
     async def aclose(self) -> None:
@@ -229,3 +268,5 @@ class Gateway:
         await self.http.aclose()
         await self.store.aclose()
         await self.access.aclose()
+        if self.telemetry is not None:  # the exporters' last POSTs block: off the loop
+            await asyncio.to_thread(self.telemetry.shutdown)

@@ -14,19 +14,11 @@ from typing import Any
 
 from ..protocol.errors import GatewayError
 from ..simulate.reply import estimate_tokens
+from ..store.base import message_bytes
 
 __all__ = ["fit_history", "message_bytes"]
 
 Message = dict[str, Any]
-
-
-def message_bytes(message: Message) -> int:
-    content = message.get("content")
-    if isinstance(content, str):
-        return len(content.encode("utf-8", "surrogatepass"))
-    if isinstance(content, list):
-        return sum(len(str(p.get("text", "")).encode("utf-8", "surrogatepass")) for p in content if isinstance(p, dict))
-    return 0
 
 
 def fit_history(

@@ -22,12 +22,13 @@ from ..protocol.events import END, ERROR, FINISH, MODEL, REASONING, START, TOKEN
 from ..protocol.frames import Chat
 from ..protocol.stream import CANCELLED, COMPLETED, FAILED, Generation
 from ..simulate.reply import estimate_tokens
-from ..store.base import ConversationStore
+from ..store.base import ConversationStore, owner_of
 from ..upstream.base import ChatCall, UpstreamStream
 from .history import fit_history
 from .routing import Route
-from .routing.plan import open_stream
+from .routing.plan import Attempt, open_stream
 from .summary import RunSummary
+from .tracing import INCOMING, start_trace
 
 __all__ = ["Registry", "Run", "Subscriber", "conversation_key", "sane_usage", "stream_key"]
 
@@ -88,6 +89,7 @@ class Run:
         "_reading",
         "_wake",
         "answered_model",
+        "attempts",
         "cancel_reason",
         "cap",
         "chat",
@@ -99,6 +101,7 @@ class Run:
         "gate",
         "gen",
         "key",
+        "max_gap",
         "on_end",
         "paused_by_socket",
         "paused_self",
@@ -106,7 +109,9 @@ class Run:
         "reads",
         "registry",
         "resumable",
+        "resumes",
         "route",
+        "started_ns",
         "subs",
         "summary",
         "t0",
@@ -136,6 +141,8 @@ class Run:
         self.conversation_id = conversation_id
         self.resumable = resumable
         self.subs: list[Subscriber] = []
+        #: seconds: the longest pause between tokens seen so far (sampled by runtime.metrics, not per token)
+        self.max_gap = 0.0
         self.gate = asyncio.Event()
         self.gate.set()
         self.paused_self = False
@@ -172,6 +179,10 @@ class Run:
         self._backlog: list[Event] | None = None
         self._push_end = False
         self._reading = False
+        #: the requests made to providers (routing.open_stream), for the summary's attempts
+        self.attempts: list[Attempt] = []
+        self.started_ns = 0
+        self.resumes: list[int] = []  #: time.time_ns() of each re-attach (Gateway.find_stream)
 
     @property
     def owner_key(self) -> str | None:
@@ -458,6 +469,7 @@ class Run:
         gen = self.gen
         registry = self.registry
         self.t0 = t0 = time.monotonic()
+        self.started_ns = time.time_ns()
         error: GatewayError | None = None
         status = COMPLETED
         self.answered_model = self.route.upstream_model
@@ -469,7 +481,7 @@ class Run:
         try:
             # Retries, fallbacks and circuit breakers happen before the first token
             # (routing.open_stream); ``start`` then names who actually answers.
-            stream, events, route, attempts = await open_stream(self.route, call)
+            stream, events, route, attempts = await open_stream(self.route, call, self.attempts)
             self.upstream = stream
             if route is not self.route:
                 self.route = route
@@ -628,6 +640,11 @@ class Run:
             upstream_model=fields.get("upstream_model"),
             reply=gen.answer,
             store_error=store_error,
+            started_ns=self.started_ns,
+            attempts=tuple(self.attempts),
+            trace=call.trace,
+            resumes=tuple(self.resumes),
+            max_gap_s=self.max_gap if n > 1 else None,
         )
         if self.on_end is not None:
             try:
@@ -735,6 +752,12 @@ class Registry:
     #: Settings.max_history_messages / max_history_bytes (runtime.history.fit_history)
     max_history_messages = 0
     max_history_bytes = 0
+    #: Settings.max_conversations_per_key: stored conversations one key may have (0: no cap)
+    max_conversations = 0
+    #: give each generation trace ids (runtime.tracing) for its spans: set by runtime.telemetry.install
+    tracing = False
+    #: called with the seconds each turn write to the store took (the metrics set it), failed ones too
+    on_store_write: Callable[[float], None] | None = None
 
     def __init__(
         self,
@@ -758,8 +781,19 @@ class Registry:
     def new_stream_id() -> str:
         return "s_" + uuid.uuid4().hex
 
-    async def begin(self, chat: Chat, route: Route, conversation_id: str | None, resumable: bool) -> Run:
-        """Prepare the prompt (loading and storing history) and start the task."""
+    async def begin(
+        self,
+        chat: Chat,
+        route: Route,
+        conversation_id: str | None,
+        resumable: bool,
+        admit: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+    ) -> Run:
+        """Prepare the prompt (loading and storing history), ``admit`` it, and start the task.
+
+        ``admit`` (Gateway.start_chat's access check) gets the messages that will be sent, so a
+        budget or TPM reservation counts the stored history, not just the request's own messages.
+        """
         stream_id = chat.stream_id or self.new_stream_id()
         if stream_key(stream_id, chat.owner) in self.runs:
             raise GatewayError("duplicate_id", f"stream_id {stream_id} is already in use", extra={"id": chat.id})
@@ -777,10 +811,14 @@ class Registry:
             self.busy_conversations.add(conversation_id)
         try:
             messages, run.turn = await self._prompt(chat, conversation_id, route)
+            if admit is not None:
+                await admit(messages)
         except BaseException:
             self._forget(run)
             raise
         call = ChatCall(route.upstream_model, messages, chat.params)
+        if self.tracing:
+            call.trace = start_trace(chat.traceparent or INCOMING.get())
         start_fields: dict[str, Any] = {
             "model": route.model,
             "provider": route.provider.name,
@@ -828,8 +866,11 @@ class Registry:
             if chat.system is not None and not any(m.get("role") == "system" for m in new):
                 return [{"role": "system", "content": chat.system}, *new], None
             return list(new), None
+        stored: int | None = None  # the key's stored conversations, when this one is new
         try:
             past = await self.store.history(conversation_id)
+            if not past and self.max_conversations:
+                stored = await self.store.count(owner_of(conversation_id), besides=conversation_id)
         except GatewayError:
             raise
         except Exception as exc:
@@ -840,7 +881,21 @@ class Registry:
                 retryable=True,
                 extra={"id": chat.id},
             ) from None
+        if stored is not None and stored >= self.max_conversations:
+            # a new stored conversation past the cap is refused: none is ever deleted to make room
+            raise GatewayError(
+                "too_many_conversations",
+                f"{stored} conversations are stored for this key, the most max_conversations_per_key allows "
+                f"({self.max_conversations}); delete some (DELETE /v1/conversations/{{id}}), continue one of "
+                "them, or send this request without a conversation_id",
+                extra={"id": chat.id, "limit": "conversations"},
+            )
         system = chat.system
+        lead = new[0] if len(new) > 1 else {}
+        if system is None and lead.get("role") == "system" and isinstance(lead.get("content"), str) and len(lead) == 2:
+            # a leading system message (Chat Completions) is the conversation's system prompt: stored
+            # once, as such, so that dropping the oldest turns (StoreCaps) never drops it
+            system, new = lead["content"], new[1:]
         if system is not None and past and past[0]["role"] == "system":
             if past[0]["content"] == system:
                 system = None  # already stored once; never appended again
@@ -885,7 +940,12 @@ class Registry:
             if status != FAILED and run.gen.seq > 0 and run.turn is not None:
                 new, system = run.turn
                 reply = [{"role": "assistant", "content": answer}] if answer else []
-                await self.store.append(conv, [*new, *reply], system=system)
+                t0 = time.monotonic()
+                try:
+                    await self.store.append(conv, [*new, *reply], system=system)
+                finally:
+                    if self.on_store_write is not None:
+                        self.on_store_write(time.monotonic() - t0)
                 self.store_error = None
         except Exception as exc:
             log.error("could not store the reply of %s: %s: %s", run.gen.stream_id, type(exc).__name__, exc)

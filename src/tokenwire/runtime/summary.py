@@ -8,10 +8,13 @@ instead of re-decoding the log or pricing the usage again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Chat
+
+if TYPE_CHECKING:
+    from .routing.plan import Attempt
 
 __all__ = ["RunSummary"]
 
@@ -37,6 +40,14 @@ class RunSummary:
     upstream_model: str | None = None  #: the id the provider said answered, when it differs
     reply: str = field(default="", repr=False)  #: the answer text
     store_error: str | None = None  #: why the turn could not be stored in its conversation
+    started_ns: int = 0  #: time.time_ns() when the generation began (``timing`` is relative to it)
+    #: every request made to a provider before the first token (retries and fallbacks), in order
+    attempts: tuple[Attempt, ...] = ()
+    trace: Any = None  #: its spans' ids, a runtime.tracing.TraceIds (None unless tracing is on)
+    resumes: tuple[int, ...] = ()  #: time.time_ns() of each re-attach while it ran
+    #: the longest pause between two tokens, as sampled every LAG_INTERVAL by runtime.metrics (seconds; 0
+    #: when none was seen); None under two tokens. Metrics' token-gap histogram reads it.
+    max_gap_s: float | None = None
 
     @property
     def owner(self) -> Any:

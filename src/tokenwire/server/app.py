@@ -25,9 +25,11 @@ from ..protocol.events import CLOSE_DRAIN
 from ..runtime.gateway import Gateway, make_store
 from ..runtime.metrics import setup_event_log
 from ..runtime.relay import Registry, conversation_key, conversation_owner
+from ..runtime.tracing import start_telemetry
 from ..store.base import MAX_TITLE
 from ..version import __version__
 from .access import handshake_middleware, host_middleware
+from .admin import setup_admin
 from .aisdk_http import chat_post, chat_stop, chat_stream
 from .anthropic_api import count_tokens, list_models, messages
 from .disconnects import DisconnectWatch
@@ -35,9 +37,10 @@ from .errors import error_response
 from .guard import GUARD, ConnectionGuard, GuardedRunner, raise_fd_limit
 from .http_api import DISCONNECTS, chat_completions
 from .liveness import Liveness
-from .metrics_http import access_log_middleware, metrics_handler
+from .metrics_http import access_log_middleware, connection_reader, metrics_handler
 from .poll import POLLS, poll_events, poll_start
 from .responses_api import cancel_response, create_response, get_response, responses_websocket
+from .tracing import traceparent_middleware
 from .ws import websocket_handler
 
 __all__ = ["build_gateway", "create_app", "run_server"]
@@ -62,6 +65,7 @@ def build_gateway(settings: Settings) -> Gateway:
     access = AccessPolicy(settings)
     gw = Gateway(settings, store=store, registry=registry, access=access, cluster=cluster)
     registry.on_finish.append(access.on_finish)  # after the metrics' hook, which Gateway adds
+    gw.telemetry = start_telemetry(registry, os.environ)  # OpenTelemetry, if OTEL_EXPORTER_OTLP_ENDPOINT is set
     warn_unpriced(gw)  # one line if budgeted keys exist and some served models have no price
     return gw
 
@@ -221,6 +225,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     middlewares = [access_log_middleware(gw, settings.access_log)]
     if isinstance(gw.access, AccessPolicy):
         middlewares += [host_middleware(gw.access), handshake_middleware(gw.access)]
+    if gw.registry.tracing:
+        middlewares.append(traceparent_middleware)  # the caller's span, for the chats a request starts
     app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2, middlewares=middlewares)
     app["gateway"] = gw
     app[POLLS] = {}
@@ -231,6 +237,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     )
     #: pings silent sockets, drops dead ones, closes idle ones: one task for all of them
     liveness = Liveness(gw.sessions, settings.ws_ping_interval, settings.idle_timeout)
+    gw.metrics.connections = connection_reader(gw)  # sockets, SSE responses and their buffers, at scrape time
     app.router.add_get("/ws/chat", _ws_or_426)
     app.router.add_get("/v1/ws/chat", _ws_or_426)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -259,9 +266,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_get("/tokenwire.js", _static("tokenwire.js", "text/javascript", cors=True))
     app.router.add_get("/favicon.ico", _static("favicon.svg", "image/svg+xml"))  # browsers ask on every page
     app.router.add_get("/static/{name}", _static_dir)
-    app.router.add_get("/static/vendor/{name}", _static_dir)  # web/vendor/: markdown-it, highlight.js (npm)
+    app.router.add_get("/static/vendor/{name}", _static_dir)  # web/vendor/: markdown-it, highlight.js, uPlot (npm)
+    setup_admin(app, gw)  # /admin and /admin/api/* (server/admin.py, docs/admin.md)
 
     async def on_shutdown(app: web.Application) -> None:
+        gw.metrics.stop()
         await liveness.aclose()
         await disconnects.aclose()
         await guard.aclose()
@@ -269,6 +278,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
 
     async def on_startup(app: web.Application) -> None:
         liveness.start()
+        gw.metrics.start()  # the event-loop lag probe
         if gw.cluster is not None:
             await gw.cluster.start()
 

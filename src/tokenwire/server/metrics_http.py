@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..protocol.errors import GatewayError
-from ..runtime.metrics import merge_expositions, write_event
+from ..runtime.metrics import ConnectionStats, merge_expositions, write_event
 from .errors import error_response
+from .streaming import SSEResponder
 
 if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
 
-__all__ = ["access_log_middleware", "metrics_handler"]
+__all__ = ["access_log_middleware", "connection_reader", "metrics_handler"]
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -40,6 +41,37 @@ async def metrics_handler(request: web.Request) -> web.Response:
         text=text,
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
+
+
+def connection_reader(gw: Gateway) -> Callable[[], ConnectionStats]:
+    """What ``Metrics.connections`` reads at scrape time: every open client connection, and its send buffer.
+
+    WebSockets are the gateway's sessions (``WSConnection.buffered``: the transport's buffer, plus
+    the fallback path's frames not yet handed to it). SSE responses are found as the subscribers of
+    the generations running here (each dialect's responder is an ``SSEResponder``); their buffer
+    is their request's transport's. Nothing is tracked per write: this walk is the whole cost.
+    """
+
+    def read() -> ConnectionStats:
+        stats = ConnectionStats()
+        ws = stats.buffered["ws"]
+        for session in gw.sessions:
+            conn = getattr(session, "conn", None)
+            ws.append(conn.buffered() if conn is not None else 0)
+        stats.open["ws"] = len(gw.sessions)
+        sse = stats.buffered["sse"]
+        for run in gw.registry.runs.values():
+            if run.gen.ended:
+                continue
+            for sub in run.subs:
+                if isinstance(sub, SSEResponder):
+                    transport = sub.request.transport
+                    closing = transport is None or transport.is_closing()
+                    sse.append(0 if closing else transport.get_write_buffer_size())  # type: ignore[union-attr]
+        stats.open["sse"] = len(sse)
+        return stats
+
+    return read
 
 
 #: the page and its files: served, counted in /metrics, but not one log line each

@@ -111,6 +111,7 @@ class Session:
         Each one is really cancelled (``Run.cancel``); its ``end`` then says ``slow_consumer``,
         after the error frame written here.
         """
+        self.gw.metrics.slow_consumer_cutoffs += 1
         cut = self.v1.cut("slow_consumer")
         log.info("cutting %d generation(s): client not reading (slow_consumer)", len(cut))
         stall = self.gw.settings.slow_consumer_timeout

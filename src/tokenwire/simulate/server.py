@@ -33,7 +33,8 @@ every stream paced by one timer, each token stamped with the time it was written
 
 ``GET /_sim/stats`` reports requests, completed and aborted streams (with the
 ``time.monotonic()`` of the last abort, comparable across processes on Linux);
-``GET /_sim/requests`` returns the last request bodies received.
+``GET /_sim/requests`` returns the last request bodies received; ``GET /_sim/headers`` the
+trace headers (``traceparent``, ``tracestate``) each request came with.
 """
 
 from __future__ import annotations
@@ -120,16 +121,24 @@ class Simulator:
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
         self.seen: dict[str, int] = {}  #: requests per model string, for ``times=N``
         self.request_times: deque[float] = deque(maxlen=200)  #: time.monotonic() of each request
+        #: the trace headers of each request (``traceparent``, ``tracestate``; null when absent) with its
+        #: path and model: how tests see the gateway's trace context reach the provider
+        self.headers: deque[dict[str, Any]] = deque(maxlen=200)
 
     async def _body(self, request: web.Request) -> dict[str, Any] | None:
         self.stats["requests"] += 1
         self.request_times.append(time.monotonic())
+        seen = {"path": request.path, "model": None}
+        for name in ("traceparent", "tracestate"):
+            seen[name] = request.headers.get(name)
+        self.headers.append(seen)
         try:
             body = await request.json(loads=orjson.loads)
         except Exception:
             return None
         if not isinstance(body, dict):
             return None
+        seen["model"] = body.get("model")
         self.recent.append(body)
         return body
 
@@ -393,6 +402,9 @@ class Simulator:
     async def requests_handler(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.recent), dumps=lambda o: orjson.dumps(o).decode())
 
+    async def headers_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.headers))
+
     async def request_times_handler(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.request_times))
 
@@ -411,6 +423,7 @@ def create_sim_app(defaults: SimOptions | None = None) -> web.Application:
     app.router.add_get("/_sim/stats", sim.stats_handler)
     app.router.add_get("/_sim/request_times", sim.request_times_handler)
     app.router.add_get("/_sim/requests", sim.requests_handler)
+    app.router.add_get("/_sim/headers", sim.headers_handler)
     return app
 
 

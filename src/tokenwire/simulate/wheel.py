@@ -149,14 +149,19 @@ class Conn(asyncio.Protocol):
         return True
 
 
-def run_wheel(host: str, port: int, tps: float = 50.0, tokens: int = 100, ttft_ms: float = 100.0) -> None:
+def run_wheel(
+    host: str, port: int, tps: float = 50.0, tokens: int = 100, ttft_ms: float = 100.0, reuse_port: bool = False
+) -> None:
+    """``reuse_port``: several of these processes can listen on one port (``SO_REUSEPORT``) when one
+    process cannot offer the load (``tokenwire capacity`` on a machine with many cores)."""
+
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         Conn.wheel = Wheel(tps)
         Conn.tokens = tokens
         Conn.ttft = ttft_ms / 1000.0
         Conn.wheel.start(loop)
-        server = await loop.create_server(Conn, host, port, backlog=4096)
+        server = await loop.create_server(Conn, host, port, backlog=4096, reuse_port=reuse_port or None)
         real_port = server.sockets[0].getsockname()[1]
         print(f"tokenwire simulate --wheel listening on http://{host}:{real_port}/v1", flush=True)
         await server.serve_forever()

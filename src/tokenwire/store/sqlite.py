@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .base import MAX_TITLE, Message, owner_of, summary
+from .base import MAX_TITLE, Message, StoreCaps, Sweeper, owner_of, plan_drop_from, summary
 
 __all__ = ["SQLiteConversationStore"]
 
@@ -35,11 +35,13 @@ CREATE TABLE IF NOT EXISTS messages (
     created REAL NOT NULL,
     PRIMARY KEY (conversation_id, idx)
 );
+CREATE INDEX IF NOT EXISTS conversations_updated ON conversations(updated);
 """
 
 
-class SQLiteConversationStore:
-    def __init__(self, path: str) -> None:
+class SQLiteConversationStore(Sweeper):
+    def __init__(self, path: str, caps: StoreCaps | None = None) -> None:
+        self.caps = caps or StoreCaps()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -55,14 +57,24 @@ class SQLiteConversationStore:
         db.executescript(_SCHEMA)
         if "title" not in {row[1] for row in db.execute("PRAGMA table_info(conversations)")}:
             db.execute("ALTER TABLE conversations ADD COLUMN title TEXT")  # a database from before titles
+        if "size" not in {row[1] for row in db.execute("PRAGMA table_info(messages)")}:
+            # a message's stored size (StoreCaps.max_bytes): its text, or its tagged JSON parts, in bytes;
+            # a column (and a covering index) because reading every row's content back at each append
+            # made an append at the cap ~9x slower. A database from before caps gets it once, here.
+            db.execute("ALTER TABLE messages ADD COLUMN size INTEGER")
+            db.execute("UPDATE messages SET size = COALESCE(length(CAST(content AS BLOB)), 0)")
+        db.execute("CREATE INDEX IF NOT EXISTS messages_sizes ON messages(conversation_id, idx, role, size)")
         self._db = db
+        self._sweep()  # what expired while the gateway was down
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _history(self, conversation_id: str) -> list[Message]:
         assert self._db is not None
-        row = self._db.execute("SELECT system FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT system FROM conversations WHERE id = ? AND updated >= ?", (conversation_id, self.caps.cutoff())
+        ).fetchone()
         if row is None:
             return []
         out: list[Message] = []
@@ -78,12 +90,19 @@ class SQLiteConversationStore:
             out.append(message)
         return out
 
-    def _append(self, conversation_id: str, messages: list[Message], system: str | None) -> None:
+    def _append(self, conversation_id: str, messages: list[Message], system: str | None) -> int:
         assert self._db is not None
         now = time.time()
         db = self._db
+        caps = self.caps
         db.execute("BEGIN IMMEDIATE")
         try:
+            # an expired conversation that the sweep has not reached yet starts afresh
+            expired = db.execute(
+                "SELECT 1 FROM conversations WHERE id = ? AND updated < ?", (conversation_id, caps.cutoff(now))
+            ).fetchone()
+            if expired:
+                self._delete(conversation_id)
             db.execute(
                 "INSERT INTO conversations (id, system, created, updated) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated, "
@@ -108,14 +127,37 @@ class SQLiteConversationStore:
                         content,
                         orjson.dumps(extra).decode() if extra else None,
                         now,
+                        len(content.encode("utf-8", "surrogatepass")) if content else 0,
                     )
                 )
-            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO messages (conversation_id, idx, role, content, extra, created, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            drop = 0
+            if caps.max_messages or caps.max_bytes:
+                count, total = db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE conversation_id = ?",
+                    (conversation_id,),
+                ).fetchone()
+                cur = db.execute(
+                    "SELECT role, size FROM messages WHERE conversation_id = ? ORDER BY idx", (conversation_id,)
+                )
+                drop = plan_drop_from(iter(cur), count, total, len(rows), caps.max_messages, caps.max_bytes)
+                cur.close()
+                if drop:
+                    db.execute(
+                        "DELETE FROM messages WHERE conversation_id = ? AND idx < (SELECT idx FROM messages "
+                        "WHERE conversation_id = ? ORDER BY idx LIMIT 1 OFFSET ?)",
+                        (conversation_id, conversation_id, drop),
+                    )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # SQLite has already rolled back on some errors (SQLITE_FULL): keep the cause
                 db.execute("ROLLBACK")
             raise
+        return drop
 
     def _delete(self, conversation_id: str) -> bool:
         assert self._db is not None
@@ -125,11 +167,7 @@ class SQLiteConversationStore:
 
     def _list(self, owner: str, limit: int) -> list[dict[str, Any]]:
         assert self._db is not None
-        # ids of one owner share its prefix; open mode ("") excludes every key's ("k/...") conversations
-        if owner:
-            where, args = "substr(c.id, 1, ?) = ?", (len(owner), owner)
-        else:
-            where, args = "c.id NOT LIKE 'k/%'", ()
+        where, args = self._owned(owner)
         rows = self._db.execute(
             "SELECT c.id, c.title, c.updated, (SELECT m.content FROM messages m WHERE m.conversation_id = c.id "
             f"AND m.role = 'user' ORDER BY m.idx LIMIT 1) FROM conversations c WHERE {where} "
@@ -145,9 +183,49 @@ class SQLiteConversationStore:
             out.append(summary(cid, title, first, updated))
         return out[:limit]
 
+    def _owned(self, owner: str) -> tuple[str, tuple[Any, ...]]:
+        """A WHERE clause for ``owner``'s unexpired conversations (``c``) and its arguments."""
+        # ids of one owner share its prefix; open mode ("") excludes every key's ("k/...") conversations
+        cutoff = self.caps.cutoff()
+        if owner:
+            return "substr(c.id, 1, ?) = ? AND c.updated >= ?", (len(owner), owner, cutoff)
+        return "c.id NOT LIKE 'k/%' AND c.updated >= ?", (cutoff,)
+
+    def _count(self, owner: str, besides: str | None) -> int:
+        assert self._db is not None
+        where, args = self._owned(owner)
+        (n,) = self._db.execute(
+            f"SELECT COUNT(*) FROM conversations c WHERE {where} AND c.id IS NOT ?", (*args, besides)
+        ).fetchone()
+        return int(n)
+
+    def _sweep(self) -> int:
+        """Delete every expired conversation (at start and every ``sweep_interval``)."""
+        assert self._db is not None
+        if self.caps.ttl <= 0:
+            return 0
+        db = self._db
+        cutoff = self.caps.cutoff()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE updated < ?)",
+                (cutoff,),
+            )
+            n = db.execute("DELETE FROM conversations WHERE updated < ?", (cutoff,)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return n
+
     def _set_title(self, conversation_id: str, title: str) -> bool:
         assert self._db is not None
-        cur = self._db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title[:MAX_TITLE], conversation_id))
+        cur = self._db.execute(
+            "UPDATE conversations SET title = ? WHERE id = ? AND updated >= ?",
+            (title[:MAX_TITLE], conversation_id, self.caps.cutoff()),
+        )
         return cur.rowcount > 0
 
     def _truncate(self, conversation_id: str, keep: int) -> bool:
@@ -155,10 +233,15 @@ class SQLiteConversationStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            cur = db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), conversation_id))
-            if cur.rowcount:  # the turns are numbered 0, 1, … in order (_append)
+            cur = db.execute(
+                "UPDATE conversations SET updated = ? WHERE id = ? AND updated >= ?",
+                (time.time(), conversation_id, self.caps.cutoff()),
+            )
+            if cur.rowcount:  # the turns are numbered in order (_append), from 0 until the oldest were dropped
                 db.execute(
-                    "DELETE FROM messages WHERE conversation_id = ? AND idx >= ?", (conversation_id, max(0, keep))
+                    "DELETE FROM messages WHERE conversation_id = ? AND idx >= (SELECT idx FROM messages "
+                    "WHERE conversation_id = ? ORDER BY idx LIMIT 1 OFFSET ?)",
+                    (conversation_id, conversation_id, max(0, keep)),
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -178,13 +261,21 @@ class SQLiteConversationStore:
     async def history(self, conversation_id: str) -> list[Message]:
         return await self._run(self._history, conversation_id)
 
-    async def append(self, conversation_id: str, messages: list[Message], system: str | None = None) -> None:
-        await self._run(self._append, conversation_id, messages, system)
+    async def append(self, conversation_id: str, messages: list[Message], system: str | None = None) -> int:
+        self._start_sweeper()
+        return await self._run(self._append, conversation_id, messages, system)
+
+    async def count(self, owner: str, besides: str | None = None) -> int:
+        return await self._run(self._count, owner, besides)
+
+    async def sweep(self) -> int:
+        return await self._run(self._sweep)
 
     async def delete(self, conversation_id: str) -> bool:
         return await self._run(self._delete, conversation_id)
 
     async def aclose(self) -> None:
+        await self._stop_sweeper()
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None

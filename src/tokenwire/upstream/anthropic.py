@@ -278,4 +278,4 @@ class AnthropicProvider(OpenAIProvider):
     async def start(self, call: ChatCall) -> H1Stream:
         # ANTHROPIC_BASE_URL is often given as the SDK takes it, without /v1
         path = "/messages" if self.base_url.endswith("/v1") else "/v1/messages"
-        return await self.stream(path, to_anthropic_request(call), AnthropicStreamParser(self.name))
+        return await self.stream(path, to_anthropic_request(call), AnthropicStreamParser(self.name), call.headers)

@@ -29,6 +29,10 @@ class ChatCall:
     model: str  #: the provider's own model id
     messages: list[dict[str, Any]]
     params: dict[str, Any] = field(default_factory=dict)
+    #: extra request headers for this one call (the W3C ``traceparent`` of its attempt, when tracing)
+    headers: dict[str, str] | None = None
+    #: the generation's trace ids (runtime.tracing.TraceIds) when tracing is on: each attempt gets a span id
+    trace: Any = None
 
 
 class StreamParser:

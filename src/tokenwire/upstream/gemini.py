@@ -266,7 +266,7 @@ class GeminiProvider(HTTPUpstream):
     async def start(self, call: ChatCall) -> H1Stream:
         version = "" if self.base_url.endswith(("/v1beta", "/v1", "/v1alpha")) else "/v1beta"
         path = f"{version}/models/{quote(call.model, safe=_PATH_SAFE)}:streamGenerateContent?alt=sse"
-        return await self.stream(path, to_gemini_request(call), GeminiStreamParser(self.name))
+        return await self.stream(path, to_gemini_request(call), GeminiStreamParser(self.name), call.headers)
 
     def error_for(self, status: int, headers: Mapping[str, str], raw: bytes) -> GatewayError:
         return error_from_response(self, status, headers, raw)

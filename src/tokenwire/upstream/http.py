@@ -114,8 +114,12 @@ class HTTPUpstream:
         self._host = url.netloc.rpartition("@")[2]
         self._prefix = url.path.rstrip("/")
 
-    async def stream(self, path: str, body: dict[str, Any], parser: StreamParser) -> H1Stream:
+    async def stream(
+        self, path: str, body: dict[str, Any], parser: StreamParser, headers: dict[str, str] | None = None
+    ) -> H1Stream:
         """POST ``body`` to ``path`` and return its event stream, once a ``200 text/event-stream`` head is in.
+
+        ``headers``: this call's own (ChatCall.headers, e.g. ``traceparent``) on top of the provider's.
 
         Any other answer is read (at most 64 KiB, for ``ERROR_BODY_TIMEOUT`` seconds) and raised
         as :meth:`error_for` says; its connection is closed.
@@ -127,7 +131,8 @@ class HTTPUpstream:
                 f"{self.name}'s base_url {self.base_url!r} is not an http:// or https:// URL",
                 extra={"provider": self.name},
             )
-        request = encode_request("POST", self._host, self._prefix + path, self._headers, orjson.dumps(body))
+        sent = self._headers if not headers else {**self._headers, **headers}
+        request = encode_request("POST", self._host, self._prefix + path, sent, orjson.dumps(body))
         try:
             stream = await self._session.pool.request(origin, request, parser, self.name)
         except GatewayError as err:

@@ -233,7 +233,7 @@ class OpenAIProvider(HTTPUpstream):
         }
         if call.params:
             body.update(call.params)
-        return await self.stream("/chat/completions", body, OpenAIStreamParser(self.name))
+        return await self.stream("/chat/completions", body, OpenAIStreamParser(self.name), call.headers)
 
     def error_for(self, status: int, headers: Mapping[str, str], raw: bytes) -> GatewayError:
         return error_from_response(self, status, headers, raw)

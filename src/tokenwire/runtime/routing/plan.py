@@ -27,7 +27,24 @@ from ...protocol.events import Event
 from ...upstream.base import ChatCall, Provider, UpstreamStream
 from .deployment import HALF_OPEN, OPEN, Deployment, Policy
 
-__all__ = ["Group", "Plan", "Route", "open_stream"]
+__all__ = ["Attempt", "Group", "Plan", "Route", "open_stream"]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One request to a provider before the first token, as tracing and timelines show it.
+
+    ``end_ns`` is when it failed, or (for the one that answered) when its first events came;
+    the relay's summary then knows it lasted until the end of the stream.
+    """
+
+    provider: str
+    model: str  #: the provider's own model id
+    start_ns: int  #: time.time_ns()
+    end_ns: int = 0
+    error: GatewayError | None = None
+    span_id: int | None = None  #: the id sent to the provider in ``traceparent`` (tracing on)
+    base_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +152,17 @@ async def _attempt(provider: Provider, call: ChatCall, timeout: float) -> tuple[
         raise
 
 
-async def open_stream(route: Route, call: ChatCall) -> tuple[UpstreamStream, list[Event] | None, Route, int]:
+async def open_stream(
+    route: Route, call: ChatCall, log: list[Attempt] | None = None
+) -> tuple[UpstreamStream, list[Event] | None, Route, int]:
     """Find a deployment that answers: returns its stream, its first events, its route and the attempts made.
 
     Raises the last error if every deployment failed (with ``attempts``), or
-    ``upstream_unavailable`` if every circuit was open.
+    ``upstream_unavailable`` if every circuit was open. Each request made is appended to
+    ``log`` (once per attempt, never per token); with ``call.trace`` each also gets its own
+    span id, sent to the provider as ``traceparent``.
     """
+    trace = call.trace
     plan: Plan | None = route.plan
     policy = plan.policy if plan is not None else Policy()
     candidates = plan.candidates() if plan is not None else [route]
@@ -153,18 +175,30 @@ async def open_stream(route: Route, call: ChatCall) -> tuple[UpstreamStream, lis
             skipped.append(dep)
             continue
         tcall = (
-            call if target.upstream_model == call.model else ChatCall(target.upstream_model, call.messages, call.params)
+            call
+            if target.upstream_model == call.model
+            else ChatCall(target.upstream_model, call.messages, call.params, trace=trace)
         )
         for attempt in range(policy.max_retries + 1):
             attempts += 1
             t0 = time.monotonic()
             if dep is not None:
                 dep.stats["requests"] += 1
+            record = None
+            if log is not None:
+                provider = target.provider
+                url = getattr(provider, "base_url", None)
+                record = Attempt(provider.name, tcall.model, time.time_ns(), base_url=url)
+                log.append(record)
+                if trace is not None:
+                    record.span_id, tcall.headers = trace.attempt()
             try:
                 limit = policy.first_token_timeout if policy.first_token_timeout > 0 else policy.read_timeout
                 stream, first = await _attempt(target.provider, tcall, limit)
             except GatewayError as err:
                 last = err
+                if record is not None:
+                    record.end_ns, record.error = time.time_ns(), err
                 if err.code == "upstream_bad_request" or (not err.retryable and err.code != "upstream_auth"):
                     if dep is not None and dep.state == HALF_OPEN:
                         dep.probe_started = None  # the request was at fault, not the deployment
@@ -187,9 +221,13 @@ async def open_stream(route: Route, call: ChatCall) -> tuple[UpstreamStream, lis
                 await asyncio.sleep(wait)
                 continue
             except asyncio.CancelledError:
+                if record is not None:
+                    record.end_ns = time.time_ns()
                 if dep is not None and dep.state == HALF_OPEN:
                     dep.probe_started = None
                 raise
+            if record is not None:
+                record.end_ns = time.time_ns()
             if dep is not None:
                 dep.success(time.monotonic() - t0)
             return stream, first, target, attempts

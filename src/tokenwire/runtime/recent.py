@@ -1,0 +1,270 @@
+"""The last generations of this process, for the admin dashboard's live view and detail pages.
+
+An ``on_finish`` hook (once per generation, never per token) keeps, bounded:
+
+- the detail of the last :attr:`Recent.keep` generations, by stream id (``/admin/api/generations/{id}``);
+- the ends of the last :attr:`Recent.window` seconds (TTFT, duration, status), from which
+  :meth:`Recent.snapshot` computes TTFT p50/p99 and per-model latency;
+- errors by provider and code since start.
+
+Nothing here does I/O or reads a clock of its own: the caller passes ``now``, so the unit
+tests drive it with made-up summaries and times.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+from ..protocol.errors import GatewayError
+from .summary import RunSummary
+
+__all__ = ["Recent", "detail", "percentile"]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank ``q`` percentile (0 < q <= 100) of ``values``; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _owner(summary: RunSummary) -> dict[str, Any] | None:
+    owner = summary.owner
+    record = getattr(owner, "record", None)
+    if record is not None:
+        return {"id": record.id, "name": record.name, "key": record.shown + "…"}
+    label = getattr(owner, "label", None)
+    return {"label": label} if label else None
+
+
+def _attempts(summary: RunSummary, started_ns: int) -> list[dict[str, Any]] | None:
+    """The upstream attempts as timeline entries, when the summary carries them.
+
+    Read by name (``summary.attempts``: objects with ``provider``, ``model``, ``start_ns``,
+    ``end_ns``, ``error``; ``summary.started_ns``), so that a summary without them (an older
+    relay) still gives a timeline, with one "upstream request" entry instead.
+    """
+    attempts = getattr(summary, "attempts", None)
+    if not attempts or not started_ns:
+        return None
+    out = []
+    for i, a in enumerate(attempts, 1):
+        start, end = getattr(a, "start_ns", 0), getattr(a, "end_ns", 0)
+        entry: dict[str, Any] = {
+            "at_ms": round((start - started_ns) / 1e6, 2),
+            "event": f"upstream attempt {i}",
+            "provider": getattr(a, "provider", None),
+            "model": getattr(a, "model", None),
+        }
+        if end:
+            entry["took_ms"] = round((end - start) / 1e6, 2)
+        err = getattr(a, "error", None)
+        entry["outcome"] = err.code if isinstance(err, GatewayError) else "answered"
+        out.append(entry)
+    return out
+
+
+def detail(summary: RunSummary, ended: float) -> dict[str, Any]:
+    """One generation as the admin API shows it: what it asked, who answered, a timeline, cost.
+
+    The timeline's times are milliseconds from the request. Upstream attempts are listed one by
+    one when the summary carries them (retries and fallbacks, see :func:`_attempts`); otherwise
+    one "upstream request" with the number of attempts a failure reported. Gaps between tokens:
+    the run's longest (``max_gap_s``, measured per upstream read) when the summary has it, and
+    the mean from ``timing.tokens_per_s``; the relay never times tokens one by one.
+    """
+    timing = summary.timing
+    total = timing.get("total_ms") or 0.0
+    ttft = timing.get("ttft_ms")
+    tps = timing.get("tokens_per_s")
+    chat = summary.chat
+    started_ns = getattr(summary, "started_ns", 0) or 0
+    started = started_ns / 1e9 if started_ns else ended - total / 1000
+    timeline: list[dict[str, Any]] = [{"at_ms": 0.0, "event": "request", "model": chat.model or summary.model}]
+    error = summary.error
+    attempts = _attempts(summary, started_ns)
+    if attempts is not None:
+        timeline += attempts
+    else:
+        n = error.extra.get("attempts") if error is not None else None
+        timeline.append(
+            {
+                "at_ms": 0.0,
+                "event": "upstream request",
+                "provider": summary.provider,
+                "model": summary.upstream_model or summary.model,
+                **({"attempts": n} if n else {}),
+            }
+        )
+    if ttft is not None:
+        timeline.append({"at_ms": ttft, "event": "first token"})
+    end: dict[str, Any] = {"at_ms": total, "event": summary.status, "finish_reason": summary.finish_reason}
+    if summary.reason:
+        end["reason"] = summary.reason
+    if error is not None:
+        end["error"] = error.code
+    timeline.append(end)
+    timeline.sort(key=lambda e: e.get("at_ms", 0.0))
+    max_gap = getattr(summary, "max_gap_s", None)
+    out: dict[str, Any] = {
+        "stream_id": summary.stream_id,
+        "status": summary.status,
+        "finish_reason": summary.finish_reason,
+        "requested_model": chat.model,
+        "model": summary.model,
+        "provider": summary.provider,
+        "upstream_model": summary.upstream_model,
+        "key": _owner(summary),
+        "started": round(started, 3),
+        "ended": round(ended, 3),
+        "tokens": summary.tokens,
+        "usage": summary.usage,
+        "usage_estimated": summary.usage_estimated,
+        "timing": timing,
+        "mean_gap_ms": round(1000 / tps, 2) if tps else None,
+        "max_gap_ms": round(max_gap * 1000, 2) if max_gap is not None else None,
+        "cost_usd": summary.cost_usd,
+        "resumable": summary.resumable,
+        "timeline": timeline,
+    }
+    if summary.reason:
+        out["reason"] = summary.reason
+    if error is not None:
+        out["error"] = {
+            "code": error.code,
+            "message": error.message[:500],
+            "retryable": error.retryable,
+            "upstream_status": error.status,
+        }
+    if summary.store_error:
+        out["store_error"] = summary.store_error[:300]
+    return out
+
+
+class Recent:
+    """The last generations of one process (bounded: ``keep`` details, ``window`` seconds of ends)."""
+
+    def __init__(self, keep: int = 500, window: float = 60.0, max_ends: int = 20_000) -> None:
+        self.keep = keep
+        self.window = window
+        self.details: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        #: (ended, model, provider, status, ttft_ms, total_ms, tokens) of the last ``window`` seconds
+        self.ends: deque[tuple[float, str, str, str, float | None, float, int]] = deque(maxlen=max_ends)
+        self.errors: dict[tuple[str, str, str], int] = {}  #: (provider, code, upstream status) -> n
+        self.finished = 0
+        self.clock = time.time  #: where :meth:`on_finish` reads the end time (tests replace it)
+
+    async def on_finish(self, summary: RunSummary) -> None:
+        """Registry hook: remember one ended generation."""
+        self.add(summary, self.clock())
+
+    def add(self, summary: RunSummary, ended: float) -> None:
+        self.finished += 1
+        d = detail(summary, ended)
+        self.details[summary.stream_id] = d
+        self.details.move_to_end(summary.stream_id)
+        while len(self.details) > self.keep:
+            self.details.popitem(last=False)
+        timing = summary.timing
+        self.ends.append(
+            (
+                ended,
+                summary.model,
+                summary.provider,
+                summary.status,
+                timing.get("ttft_ms"),
+                timing.get("total_ms") or 0.0,
+                summary.tokens,
+            )
+        )
+        if summary.status == "failed":
+            err = summary.error
+            status = err.status if err is not None else None
+            k = (summary.provider, err.code if err is not None else "unknown", "" if status is None else str(status))
+            self.errors[k] = self.errors.get(k, 0) + 1
+
+    def get(self, stream_id: str) -> dict[str, Any] | None:
+        return self.details.get(stream_id)
+
+    def latest(self, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` generations, newest first, in brief."""
+        out = []
+        for d in reversed(self.details.values()):
+            if len(out) >= n:
+                break
+            out.append(
+                {k: d[k] for k in ("stream_id", "status", "model", "provider", "key", "tokens", "cost_usd", "ended")}
+                | {"ttft_ms": d["timing"].get("ttft_ms"), "total_ms": d["timing"].get("total_ms")}
+            )
+        return out
+
+    def _prune(self, now: float) -> None:
+        ends = self.ends
+        while ends and ends[0][0] < now - self.window:
+            ends.popleft()
+
+    def snapshot(
+        self,
+        now: float,
+        in_flight: dict[str, int],
+        tokens_total: int,
+        prev: tuple[float, int] | None,
+        sockets: int = 0,
+    ) -> dict[str, Any]:
+        """The live view at ``now``: streams in flight (per model), tokens/s since ``prev`` (the
+        previous snapshot's ``(now, tokens_total)``), TTFT p50/p99 and per-model latency over the
+        last ``window`` seconds, errors by provider and code."""
+        self._prune(now)
+        rate = None
+        if prev is not None and now > prev[0]:
+            rate = round(max(0, tokens_total - prev[1]) / (now - prev[0]), 1)
+        ttfts = [e[4] for e in self.ends if e[4] is not None]
+        per_model: dict[tuple[str, str], list[Any]] = {}
+        failed = 0
+        for _, model, provider, status, ttft, total, tokens in self.ends:
+            m = per_model.setdefault((model, provider), [[], [], 0, 0])
+            if ttft is not None:
+                m[0].append(ttft)
+            m[1].append(total)
+            m[2] += tokens
+            if status == "failed":
+                m[3] += 1
+                failed += 1
+        models = [
+            {
+                "model": model,
+                "provider": provider,
+                "generations": len(m[1]),
+                "failed": m[3],
+                "tokens": m[2],
+                "ttft_p50_ms": percentile(m[0], 50),
+                "ttft_p99_ms": percentile(m[0], 99),
+                "total_p50_ms": percentile(m[1], 50),
+                "total_p99_ms": percentile(m[1], 99),
+            }
+            for (model, provider), m in sorted(per_model.items())
+        ]
+        return {
+            "t": round(now, 3),
+            "window_s": self.window,
+            "in_flight": sum(in_flight.values()),
+            "in_flight_by_model": in_flight,
+            "sockets": sockets,
+            "tokens_total": tokens_total,
+            "tokens_per_s": rate,
+            "ttft_p50_ms": percentile(ttfts, 50),
+            "ttft_p99_ms": percentile(ttfts, 99),
+            "ended_in_window": len(self.ends),
+            "failed_in_window": failed,
+            "generations_total": self.finished,
+            "errors": [
+                {"provider": p, "code": c, "upstream_status": int(s) if s else None, "count": n}
+                for (p, c, s), n in sorted(self.errors.items(), key=lambda kv: -kv[1])
+            ],
+            "models": models,
+        }
