@@ -117,7 +117,7 @@ class H1Connection(asyncio.Protocol):
             stream._failed(
                 GatewayError(
                     "upstream_unavailable",
-                    f"{stream.provider} closed the connection before answering",
+                    f"{stream.provider} closed the connection before answering" + (f" ({exc})" if exc else ""),
                     retryable=True,
                     extra={"provider": stream.provider},
                 )
