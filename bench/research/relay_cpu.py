@@ -117,7 +117,9 @@ class Callgrind:
 
 
 async def measure(args: argparse.Namespace) -> list[float]:
-    sim = simulate("--fast", "--batch", str(args.batch))
+    # --tps: a paced upstream (one token per chunk every 1/tps s, no TTFT), the wake-up-bound case
+    pace = ["--tps", str(args.tps), "--ttft-ms", "0"] if args.tps else ["--fast", "--batch", str(args.batch)]
+    sim = simulate(*pace)
     cg = Callgrind() if args.callgrind else None
     env = {
         "OPENAI_API_KEY": "sk-bench",
@@ -139,7 +141,7 @@ async def measure(args: argparse.Namespace) -> list[float]:
     results: list[float] = []
     try:
         async with aiohttp.ClientSession() as session:
-            model = f"gpt-4.1@tokens={args.tokens}@tps=0@batch={args.batch}"
+            model = f"gpt-4.1@tokens={args.tokens}@tps={args.tps:g}@batch={args.batch}"
             await one_stream(session, gw.ws, model, 10)  # warm-up
             if cg:
                 cg.start(gw.pid)
@@ -192,6 +194,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=2000, help="tokens per reply")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=1, help="tokens per upstream network write (1 = one per chunk)")
+    p.add_argument("--tps", type=float, default=0.0, help="pace each stream at this many tokens/s (0: unpaced)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the gateway's event loop")
     p.add_argument(
         "--callgrind", action="store_true", help="count instructions per token under valgrind (load-independent)"
