@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from test_bench_cli import run_cli
 
 from tokenwire.bench.capacity import COLUMNS
 
 
+@pytest.mark.serial  # counts stalls against the clock
 def test_a_tiny_run_prints_the_table_and_sane_counts(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "cap.json"
     args = ["--streams", "5", "--window", "3", "--warmup", "1", "--floor-window", "2", "--tokens", "20"]

@@ -38,6 +38,7 @@ async def test_v1_chat_events_in_order(gateway) -> None:
     assert end["cost_usd"] == pytest.approx((end["usage"]["prompt_tokens"] * 0.28 + 12 * 0.42) / 1e6)
 
 
+@pytest.mark.serial  # interleaving needs the generations to overlap in time
 async def test_several_generations_share_one_socket(gateway) -> None:
     async with await WS.connect(gateway.ws) as ws:
         prompts = {f"g{i}": f"prompt number {i}" for i in range(5)}

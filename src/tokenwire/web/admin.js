@@ -341,7 +341,8 @@ function numOrNull(text, integer) {
 
 function editable(value, kind, label) {
   const input = document.createElement("input");
-  input.value = value == null ? "" : Array.isArray(value) ? value.join(",") : String(value);
+  // defaultValue is what the gateway holds: a redraw tells an unsaved edit by it (unsavedEdits)
+  input.defaultValue = input.value = value == null ? "" : Array.isArray(value) ? value.join(",") : String(value);
   input.placeholder = kind === "models" ? "any" : "none";
   input.setAttribute("aria-label", label);
   input.dataset.field = kind;
@@ -349,14 +350,35 @@ function editable(value, kind, label) {
   return input;
 }
 
-async function loadKeys() {
+// Several loads can be in flight (signing in, a key just created, one saved): only the newest
+// may draw the table, or a late answer would put back a table without the new key. A redraw
+// keeps what the operator typed into a row and has not saved yet.
+let keysLoad = 0;
+
+function unsavedEdits() {
+  const edits = new Map();
+  for (const input of $("keys-table").querySelectorAll("input[data-field]")) {
+    if (input.value !== input.defaultValue) {
+      const id = input.closest("tr").dataset.keyId;
+      if (!edits.has(id)) edits.set(id, {});
+      edits.get(id)[input.dataset.field] = input.value;
+    }
+  }
+  return edits;
+}
+
+async function loadKeys(saved = null) {
+  const mine = ++keysLoad;
   let data;
   try {
     data = (await api("GET", "/admin/api/keys")).data;
   } catch (err) {
-    keysError(err.message);
+    if (mine === keysLoad) keysError(err.message);
     return;
   }
+  if (mine !== keysLoad) return;
+  const edits = unsavedEdits();
+  if (saved != null) edits.delete(saved);
   fillTable("keys-table", data, (tr, k) => {
     tr.dataset.keyId = k.id;
     tr.dataset.name = k.name;
@@ -370,8 +392,10 @@ async function loadKeys() {
       editable(k.budget_usd, "budget_usd", `budget of ${k.name}`),
       editable(k.models, "models", `models of ${k.name}`),
     ];
+    const kept = edits.get(k.id) || {};
     for (const input of inputs) {
       input.disabled = !active;
+      if (active && input.dataset.field in kept) input.value = kept[input.dataset.field];
       cell(tr, input);
     }
     cell(tr, fmtUsd(k.cost_usd), "n");
@@ -410,7 +434,7 @@ async function saveKey(k, inputs) {
     keysError(err.message);
     return;
   }
-  loadKeys();
+  loadKeys(k.id);
 }
 
 async function revokeKey(k) {
