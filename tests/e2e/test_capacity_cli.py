@@ -25,7 +25,11 @@ def test_a_tiny_run_prints_the_table_and_sane_counts(tmp_path) -> None:  # type:
     report = orjson.loads(out.read_bytes())
     (row,) = report["rows"]
     assert row["streams"] == 5 and row["workers"] == 1 and row["errors"] == 0
-    assert row["stall_free"] == 5 and row["stalled"] == 0 and row["silent"] == 0
+    # every stream got tokens and is counted once; whether none stalled is this machine's figure
+    # (the gateway pinned to one core shares it with whatever else runs), not the smoke test's
+    assert row["silent"] == 0 and row["stall_free"] + row["stalled"] == 5, row
+    if row["stalled"]:
+        assert row["verdict"] != "ok", row  # a stall is never reported as a clean row
     # every reply that ended in the window brought all of its 20 tokens, and both counts of tokens agree
     assert row["generations"] >= 5 and row["short_replies"] == 0
     assert row["tokens"] == row["tokens_seen_by_streams"] > 0
