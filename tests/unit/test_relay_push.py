@@ -9,10 +9,8 @@ import dataclasses
 from typing import Any
 
 import orjson
-import pytest
 from eventually import aeventually
 
-from tokenwire.config import load_settings
 from tokenwire.protocol import events as ev
 from tokenwire.protocol import frames as fr
 from tokenwire.protocol.errors import GatewayError
@@ -76,14 +74,6 @@ class Sub:
 
     def tokens(self) -> list[str]:
         return [v for k, v in self.got if k == ev.TOKEN]
-
-
-@pytest.fixture
-async def gw():
-    settings = load_settings(None, overrides={"host": "127.0.0.1", "port": 0, "db_path": ":memory:"})
-    gateway = Gateway(settings)
-    yield gateway
-    await gateway.aclose()
 
 
 async def start(gw: Gateway, stream: PushStream, sub: Sub):

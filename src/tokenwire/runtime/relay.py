@@ -363,12 +363,13 @@ class Run:
     async def _follow(self, stream: Any) -> None:
         """Let ``stream`` push its events into :meth:`_pushed`; wait only for what that cannot finish.
 
-        The upstream Protocol calls the sink with each decoded batch; the sink delivers it on
-        the spot (:meth:`_deliver`). Only when a subscriber must be waited on (backpressure), the
-        client paused, or the stream failed or ended does it hold the upstream reading
-        (``pause_reading``: TCP then holds the provider back) and wake this task, which waits,
-        delivers the rest through :meth:`_relay` and lets the reading go on. One future per
-        such wake-up, none per token.
+        The upstream Protocol calls the sink with each decoded batch (the simulated provider
+        calls it from its pacing timer with the tokens due); the sink delivers it on the spot
+        (:meth:`_deliver`). Only when a subscriber must be waited on (backpressure), the client
+        paused, or the stream failed or ended does it hold the upstream reading
+        (``pause_reading``: TCP then holds the provider back; the simulated one stops its
+        timer) and wake this task, which waits, delivers the rest through :meth:`_relay` and
+        lets the reading go on. One future per such wake-up, none per token.
         """
         loop = asyncio.get_running_loop()
         self._backlog = None
@@ -491,8 +492,9 @@ class Run:
             if wait is not None:
                 await wait
             gate = self.gate
-            # a stream that can push (our HTTP/1.1 providers) hands its events over in its own
-            # callback once the first ones are out; the others (simulated) are read in this loop
+            # a stream that can push (our HTTP/1.1 providers, the simulated one) hands its events
+            # over in its own callback (a socket read, a timer) once the first ones are out; one
+            # without ``push`` (a test's fake, say) is read in this loop
             push = getattr(stream, "push", None)
             while events is not None:
                 await self._relay(events)
