@@ -17,6 +17,7 @@ __all__ = [
     "owner_of",
     "plan_drop",
     "plan_drop_from",
+    "stop_tasks",
     "summary",
 ]
 
@@ -127,11 +128,27 @@ class Sweeper:
     async def _stop_sweeper(self) -> None:
         task, self._sweeper = self._sweeper, None
         if task is not None:
+            await stop_tasks([task])
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], patience: float = 5.0) -> None:
+    """Cancel background tasks and wait for them, cancelling again while they linger.
+
+    A cancel that lands inside a client library can be swallowed (redis-py may retry or turn
+    it into an error), and a loop would then go on for ever: a worker hung at shutdown.
+    """
+    deadline = time.monotonic() + patience
+    pending = [t for t in tasks if not t.done()]
+    while pending and time.monotonic() < deadline:
+        for task in pending:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        _, still = await asyncio.wait(pending, timeout=0.5)
+        pending = list(still)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: never "exception was never retrieved"
+    if pending:
+        log.warning("%d background task(s) did not stop", len(pending))
 
 
 def owner_of(conversation_id: str) -> str:

@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..protocol.errors import GatewayError
-from .base import MAX_TITLE, Message, StoreCaps, owner_of, summary
+from .base import MAX_TITLE, Message, StoreCaps, owner_of, stop_tasks, summary
 
 __all__ = ["FAULTS", "RedisConversationStore", "RedisLink", "raise_if_cancelled", "redact", "stop_tasks"]
 
@@ -57,26 +57,6 @@ def redact(url: str) -> str:
         host += f":{parts.port}"
     user = parts.username or ""
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
-
-
-async def stop_tasks(tasks: list[asyncio.Task[Any]], patience: float = 5.0) -> None:
-    """Cancel background tasks and wait for them, cancelling again while they linger.
-
-    A cancel that lands inside the Redis client can be swallowed (redis-py may retry or turn
-    it into an error), and a loop would then go on for ever: a worker hung at shutdown.
-    """
-    deadline = time.monotonic() + patience
-    pending = [t for t in tasks if not t.done()]
-    while pending and time.monotonic() < deadline:
-        for task in pending:
-            task.cancel()
-        _, still = await asyncio.wait(pending, timeout=0.5)
-        pending = list(still)
-    for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: never "exception was never retrieved"
-    if pending:
-        log.warning("%d background task(s) did not stop", len(pending))
 
 
 class RedisLink:
