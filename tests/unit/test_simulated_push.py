@@ -81,7 +81,9 @@ async def test_every_token_is_pushed_in_order_then_finish_usage_and_one_end(spee
 
 
 async def test_a_paced_stream_sends_one_token_per_tick_when_on_time() -> None:
-    stream = await SimulatedProvider(speed=10.0).start(call(20))
+    # at the model's own pace (a token every ~20 ms): a loaded machine's loop lag is well under
+    # one interval, so a late tick does not merge tokens as it did at 10x speed (~2 ms)
+    stream = await SimulatedProvider(speed=1.0).start(call(20))
     await first_token(stream)
     sink = Sink()
     stream.push(sink)
