@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import forkserver
+
 _LISTEN = re.compile(rb"listening on (https?)://([\d.]+):(\d+)")
 
 
@@ -20,7 +22,7 @@ _LISTEN = re.compile(rb"listening on (https?)://([\d.]+):(\d+)")
 class Proc:
     """A running tokenwire subcommand and the port it listens on."""
 
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | forkserver.Forked
     port: int
     host: str = "127.0.0.1"
     output: list[bytes] = field(default_factory=list)
@@ -61,18 +63,24 @@ def start(
 ) -> Proc:
     """Run ``python -m tokenwire ARGS`` and wait for its "listening on" line.
 
-    ``prefix`` goes before the interpreter (e.g. ``valgrind --tool=callgrind``, for benchmarks)."""
+    Forked from a zygote that has tokenwire imported already (forkserver.py says when and why),
+    else a fresh interpreter. ``prefix`` goes before the interpreter (e.g. ``valgrind
+    --tool=callgrind``, for benchmarks)."""
     full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("TOKENWIRE_")}
     full_env.pop("OPENAI_BASE_URL", None)
     full_env["PYTHONUNBUFFERED"] = "1"
     full_env.update(env or {})
-    popen = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "tokenwire", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=full_env,
-        cwd=cwd,
-    )
+    args = list(args)
+    prefix = list(prefix)
+    popen = None if prefix else forkserver.spawn(args, full_env, cwd)
+    if popen is None:
+        popen = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "tokenwire", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+        )
     proc = Proc(popen, 0)
     found = threading.Event()
 

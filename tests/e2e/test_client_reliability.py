@@ -125,12 +125,17 @@ async def test_heartbeat_detects_a_frozen_gateway_then_resumes(gateway) -> None:
 
 @pytest.mark.parametrize("max_buffer", [None, 20])
 async def test_slow_consumer_bounded_buffer_pause_resume_no_loss(relay, max_buffer) -> None:
-    """Producer 2000 tokens/s, consumer 20 tokens/s (100x slower)."""
+    """Producer 200 tokens/s, consumer 20 tokens/s (10x slower).
+
+    At 2000 tokens/s the whole reply (120 tokens) was sent within 60 ms, so a second water-mark
+    cycle needed the first ``pause`` to reach the gateway inside that window: on a loaded machine
+    it once did not (one pause). At 200 tokens/s the reply takes 0.6 s, ten times the window.
+    """
     n = 120
     high, low = 20, 5
     async with tokenwire.AsyncClient(relay.ws, high_water=high, low_water=low, max_buffer=max_buffer) as client:
         got: list[str] = []
-        stream = client.stream("slow reader", model=f"gpt-4.1@tokens={n}@tps=2000@ttft=0", max_tokens=n)
+        stream = client.stream("slow reader", model=f"gpt-4.1@tokens={n}@tps=200@ttft=0", max_tokens=n)
         async with asyncio.timeout(40):
             async for token in stream:
                 got.append(token)

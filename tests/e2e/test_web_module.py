@@ -298,7 +298,11 @@ def test_silent_socket_is_detected_by_ping_and_replaced(page) -> None:
 
 
 def test_resume_after_drop_with_the_module(browser, gateway: Proc) -> None:
-    """Two generations in flight through a proxy that is cut twice: each ends equal to its reply."""
+    """Two generations in flight through a proxy that is cut twice: each ends equal to its reply.
+
+    6,000 tokens (~7 s at the fixture's 20x speed) so that both are still streaming at the second
+    cut however long the first re-attach takes on a loaded machine (3,000 once ended first).
+    """
     with TCPProxy(gateway.port) as proxy:
         ctx = browser.new_context()
         try:
@@ -314,7 +318,7 @@ def test_resume_after_drop_with_the_module(browser, gateway: Proc) -> None:
                     window.seen = [0, 0];
                     const run = async (text, i) => {
                         let out = '';
-                        const gen = client.stream(text, { params: { max_tokens: 3000 } });
+                        const gen = client.stream(text, { params: { max_tokens: 6000 } });
                         for await (const t of gen) { out += t; window.seen[i] += 1; }
                         return out;
                     };
@@ -333,7 +337,7 @@ def test_resume_after_drop_with_the_module(browser, gateway: Proc) -> None:
             got = p.evaluate(
                 "async () => ({ texts: await window.results, stats: window.client.stats, statuses: window.statuses })"
             )
-            assert got["texts"] == [expected("alpha", 3000), expected("beta", 3000)]
+            assert got["texts"] == [expected("alpha", 6000), expected("beta", 6000)]
             assert got["stats"]["reconnects"] == 2 and got["stats"]["attaches"] >= 4, got["stats"]
             assert got["statuses"].count("reconnecting") >= 2
         finally:
