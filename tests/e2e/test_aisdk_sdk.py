@@ -14,14 +14,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from procs import Proc
-from redisutil import new_prefix, shared_or_private
+from redisutil import new_prefix
 from secutil import create_key
 
 from tokenwire.simulate.reply import reply_tokens
@@ -141,14 +141,6 @@ def replay_gw(spawn: Callable[..., Proc], fixtures_dir: Path) -> Proc:
         "0",
         env={"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": sim.http + "/v1", "TOKENWIRE_DB": ":memory:"},
     )
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url, server = shared_or_private()
-    yield url
-    if server is not None:
-        server.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from eventually import aeventually
 from procs import Proc
-from redisutil import RedisServer, new_prefix, shared_or_private
+from redisutil import RedisServer, new_prefix
 from tcpproxy import TCPProxy
 from wsutil import WS, text_of
 
@@ -24,14 +24,6 @@ from tokenwire.simulate.reply import reply_tokens
 
 def expected(prompt: str, n: int) -> str:
     return "".join(reply_tokens([{"role": "user", "content": prompt}], n))
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url, server = shared_or_private()
-    yield url
-    if server is not None:
-        server.stop()
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ the three stores directly (memory, SQLite, Redis) for what only storage shows.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from eventually import aeventually, eventually
-from redisutil import new_prefix, shared_or_private
+from redisutil import new_prefix
 from secutil import create_key
 from wsutil import WS
 
@@ -24,14 +24,6 @@ from tokenwire.store.redis import RedisConversationStore
 from tokenwire.store.sqlite import SQLiteConversationStore
 
 pytestmark = [pytest.mark.hostile, pytest.mark.timeout(90)]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url, server = shared_or_private()
-    yield url
-    if server is not None:
-        server.stop()
 
 
 def serve(spawn, db: Path, **env: str):

@@ -126,7 +126,6 @@ async def test_a_full_disk_is_reported_and_usage_is_kept_until_it_lands(tmp_path
             end = (await ws.until_end("after"))[-1]
             assert "stored" not in end, end
 
-
         async def healthy() -> dict | None:
             # usage is written behind the reply (Ledger), so the last turn's may still be in flight
             async with aiohttp.ClientSession() as s, s.get(base + "/healthz") as r:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from eventually import aeventually
-from redisutil import new_prefix, shared_or_private
+from redisutil import new_prefix
 from secutil import create_key, usage
 
 pytestmark = pytest.mark.hostile
@@ -20,14 +19,6 @@ BUDGET = 0.01
 MAX_TOKENS = 400
 #: gpt-4.1 in the catalog: $2 per million input tokens, $8 per million output tokens
 INPUT_PER_TOKEN, OUTPUT_PER_TOKEN = 2.00 / 1e6, 8.00 / 1e6
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url, server = shared_or_private()
-    yield url
-    if server is not None:
-        server.stop()
 
 
 def serve(spawn, db, **env: str):

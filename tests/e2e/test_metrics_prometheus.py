@@ -14,11 +14,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 from eventually import aeventually
 from prometheus_client.parser import text_string_to_metric_families
 from rawws import Raw, text
-from redisutil import new_prefix, shared_or_private
+from redisutil import new_prefix
 from wsutil import connect_worker as connect
 
 FAST = "gpt-4.1@tps=0"  #: the known workload: every reply as fast as the fake upstream can
@@ -60,14 +59,6 @@ FAMILIES = {
     "process_cpu_seconds": "counter",
     "process_start_time_seconds": "gauge",
 }
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url, server = shared_or_private()
-    yield url
-    if server is not None:
-        server.stop()
 
 
 class Page:

@@ -7,22 +7,13 @@ another key's id is answered exactly like one to an id that never existed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from redisutil import new_prefix, shared_or_private
+from redisutil import new_prefix
 from secutil import create_key
 from wsutil import WS, text_of
 
 pytestmark = pytest.mark.hostile
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url, server = shared_or_private()
-    yield url
-    if server is not None:
-        server.stop()
 
 
 def chat(gid: str, sid: str, prompt: str, n: int = 30) -> dict:

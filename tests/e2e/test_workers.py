@@ -8,26 +8,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import pytest
 from eventually import aeventually
-from redisutil import new_prefix, shared_or_private
+from redisutil import new_prefix
 from wsutil import connect_worker as connect
 from wsutil import text_of
 
 import tokenwire
 from tokenwire.simulate.reply import reply_tokens
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url, server = shared_or_private()
-    yield url
-    if server is not None:
-        server.stop()
 
 
 def workers_env(sim: Any, redis_url: str) -> dict[str, str]:

@@ -97,4 +97,3 @@ def test_without_the_extra_one_line_says_how_to_install_it_and_the_gateway_carri
     assert err == INSTALL_HINT + "\n" and "pip install 'tokenwire[otel]'" in err
     assert registry.tracing is False and registry.on_finish == []
     assert start_telemetry(registry, {}) is None and capsys.readouterr().err == ""  # not asked for: silent
-
