@@ -19,7 +19,7 @@ import openai
 import orjson
 import pytest
 from parseref import anthropic_expected, gemini_expected
-from test_cluster import cluster, redis_url  # noqa: F401  (fixtures)
+from test_cluster import cluster  # noqa: F401  (a fixture)
 from test_providers_http import native_config, serve
 from test_relay_upstream import fixture_text
 
