@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
 from eventually import aeventually
 
 from tokenwire.dialects.anthropic_messages import SSEEncoder
+from tokenwire.dialects.openai_chat import SSEChunkEncoder
+from tokenwire.protocol.errors import GatewayError
+from tokenwire.protocol.events import TOKEN
 from tokenwire.server.disconnects import DisconnectWatch
 
 
@@ -50,6 +55,11 @@ class SSE:
         self.resp = resp
         self.writes = 0
         self.starts = 0
+        self.stalled_at: float | None = None  #: as SSEResponder's: when its waiting write began to wait
+        self.cuts: list[tuple[GatewayError, float]] = []
+
+    def cut(self, err: GatewayError, grace: float) -> None:
+        self.cuts.append((err, grace))
 
     def start(self) -> asyncio.Future[None]:
         """As SSEResponder.start: the response exists at once, its headers go out in the future."""
@@ -129,3 +139,79 @@ async def test_a_negative_headers_after_never_starts_a_stream_early() -> None:
     run.ended.set()
     await asyncio.gather(task)
     await watch.aclose()
+
+
+async def test_a_stream_whose_write_waited_slow_consumer_timeout_is_cut_and_its_run_cancelled() -> None:
+    counted: list[int] = []
+    watch = DisconnectWatch(interval=0.01, slow_consumer_timeout=0.2, on_slow_consumer=lambda: counted.append(1))
+    stalled, reading = SSE(Resp()), SSE(Resp())
+    run_s, run_r = Run(), Run()
+    s = asyncio.create_task(watch.wait(Request(), run_s, stalled, b": ping\n\n"))
+    r = asyncio.create_task(watch.wait(Request(), run_r, reading, b": ping\n\n"))
+    stalled.stalled_at = time.monotonic()
+    reading.stalled_at = time.monotonic() + 3600  # waiting, but not for long: never cut in this test
+    await asyncio.wait_for(s, 5)
+    assert run_s.cancel_reason == "slow_consumer" and watch.cut == 1 and counted == [1]
+    [(err, grace)] = stalled.cuts
+    assert err.code == "slow_consumer" and "0.2 s" in err.message and grace == 0.2
+    assert time.monotonic() - stalled.stalled_at >= 0.2  # not before its time
+    assert run_r.cancel_reason is None and reading.cuts == [] and not r.done()
+    run_r.ended.set()
+    await r
+    await watch.aclose()
+
+
+async def test_with_slow_consumer_timeout_0_a_stalled_stream_is_never_cut() -> None:
+    watch = DisconnectWatch(interval=0.01, slow_consumer_timeout=0.0)
+    sse, run = SSE(Resp()), Run()
+    sse.stalled_at = time.monotonic() - 3600
+    task = asyncio.create_task(watch.wait(Request(), run, sse))
+    for _ in range(10):  # the behaviour under test: ten sweeps go by
+        await asyncio.sleep(0.01)
+    assert sse.cuts == [] and run.cancel_reason is None
+    run.ended.set()
+    await task
+    await watch.aclose()
+
+
+class BufferedTransport:
+    """A transport whose client reads nothing: it keeps whatever is written."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.data)
+
+
+async def test_a_cut_sse_responder_writes_the_dialect_s_error_and_the_body_s_end_then_closes() -> None:
+    from tokenwire.server.streaming import SSEResponder
+
+    transport = BufferedTransport()
+    request = Request()
+    request.transport = transport  # type: ignore[assignment]
+    sse = SSEResponder(request, SSEChunkEncoder("chatcmpl-1", "m"))  # type: ignore[arg-type]
+    sse.resp, sse._fast = Resp(), transport  # type: ignore[assignment]
+    sse.cut(GatewayError("slow_consumer", "the client read nothing"), grace=0.05)
+    event = b'data: {"error":'
+    size, rest = transport.data.split(b"\r\n", 1)
+    body, end = rest[: int(size, 16)], rest[int(size, 16) :]
+    assert body.startswith(event) and b'"code":"slow_consumer"' in body and body.endswith(b"\n\n")
+    assert end == b"\r\n0\r\n\r\n" and transport.closing
+    with pytest.raises(ConnectionResetError):
+        sse.send(b"", TOKEN, "late")  # nothing after the cut
+    await aeventually(lambda: transport.aborted, timeout=5, message="aborted after the grace: never read")

@@ -230,7 +230,17 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app = web.Application(client_max_size=max(settings.max_frame_bytes, 1024 * 1024) * 2, middlewares=middlewares)
     app["gateway"] = gw
     app[POLLS] = {}
-    app[DISCONNECTS] = disconnects = DisconnectWatch(0.05, settings.sse_keepalive, settings.sse_headers_after)
+
+    def count_cut() -> None:
+        gw.metrics.slow_consumer_cutoffs += 1
+
+    app[DISCONNECTS] = disconnects = DisconnectWatch(
+        0.05,
+        settings.sse_keepalive,
+        settings.sse_headers_after,
+        settings.slow_consumer_timeout,
+        on_slow_consumer=count_cut,
+    )
     #: header and body timeouts, connections per address: one task for every connection
     app[GUARD] = guard = ConnectionGuard(
         settings.header_timeout, settings.body_timeout, settings.max_connections_per_ip, settings.loopback_exempt

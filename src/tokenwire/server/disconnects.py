@@ -13,6 +13,10 @@ time it out while a reasoning model thinks. A stream whose first event has not
 come within ``headers_after`` seconds is started (its headers are sent) by the
 same sweep, so a client sees its 200 and the pings before a slow first token,
 while an upstream that fails at once still gets the client a real HTTP status.
+And a started stream whose client has read nothing for ``slow_consumer_timeout``
+seconds while a write waits on it (the slow consumer, as for WebSockets) is cut:
+the error goes out in the dialect's shape, the connection closes and the run is
+cancelled with reason ``slow_consumer``.
 No timer or task per request.
 """
 
@@ -25,6 +29,8 @@ import time
 from typing import Any
 
 from aiohttp import web
+
+from ..protocol.errors import GatewayError
 
 __all__ = ["DisconnectWatch"]
 
@@ -44,8 +50,19 @@ class _Waiting:
 
 
 class DisconnectWatch:
-    def __init__(self, interval: float = 0.05, keepalive: float = 15.0, headers_after: float = 1.0) -> None:
+    def __init__(
+        self,
+        interval: float = 0.05,
+        keepalive: float = 15.0,
+        headers_after: float = 1.0,
+        slow_consumer_timeout: float = 0.0,
+        on_slow_consumer: Any = None,
+    ) -> None:
         self.interval = interval
+        #: seconds a stream's write may wait on a client that reads nothing before it is cut (0: never)
+        self.slow_consumer_timeout = slow_consumer_timeout
+        #: called once per stream cut for not reading (the metrics count it)
+        self.on_slow_consumer = on_slow_consumer
         self.keepalive = keepalive
         #: seconds an SSE stream waits for its first event before its headers are sent anyway (< 0: never)
         self.headers_after = headers_after
@@ -53,6 +70,7 @@ class DisconnectWatch:
         self.cancelled = 0  #: runs cancelled because their client left
         self.pings = 0  #: keep-alive pings sent on silent streams
         self.started = 0  #: SSE streams whose headers were sent before their first event
+        self.cut = 0  #: SSE streams cut because their client read nothing (slow consumers)
         self._task: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -91,6 +109,10 @@ class DisconnectWatch:
                         self.started += 1
                         self._spawn(self._start(w, sse.start()))
                     continue
+                stalled = sse.stalled_at
+                if stalled is not None and 0 < self.slow_consumer_timeout <= now - stalled:
+                    self._cut(w)
+                    continue
                 if w.ping is None:
                     continue
                 if sse.writes != w.seen:
@@ -99,6 +121,19 @@ class DisconnectWatch:
                     w.since = now
                     self.pings += 1
                     self._spawn(self._ping(w))
+
+    def _cut(self, w: _Waiting) -> None:
+        stall = self.slow_consumer_timeout
+        self.cut += 1
+        if self.on_slow_consumer is not None:
+            self.on_slow_consumer()
+        log.info("cutting an SSE stream: client not reading (slow_consumer)")
+        err = GatewayError(
+            "slow_consumer",
+            f"the client read nothing for {stall:g} s while its send buffer was full; generation cancelled",
+        )
+        w.sse.cut(err, grace=stall)
+        w.run.cancel("slow_consumer")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

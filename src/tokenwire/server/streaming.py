@@ -16,6 +16,12 @@ aiohttp's response writer is not of the shape this relies on (compression, a
 length, observers of each chunk, a later aiohttp), every write takes
 ``StreamResponse.write``; tests/e2e/test_sse_contract.py checks the shape.
 
+A client that stops reading must not hold a generation (and its upstream connection) for
+ever: the HTTP watch cuts a responder whose write has waited for the client for
+``slow_consumer_timeout`` seconds (:attr:`SSEResponder.stalled_at`), as a WebSocket's is
+cut. :meth:`SSEResponder.cut` writes the error in the dialect's shape and the end of the
+body past the limit (what the reader finds when it wakes), then closes the connection.
+
 A slow provider must not look dead: the HTTP watch (:mod:`.disconnects`) calls
 :meth:`SSEResponder.start` when no event came within ``sse_headers_after``
 seconds, so the client has its 200 and headers while the model thinks (an error
@@ -25,6 +31,7 @@ after that is written into the stream, in the dialect's shape).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any, ClassVar
 
@@ -48,7 +55,7 @@ WRITE_BUFFER_LIMIT = 256 * 1024
 
 
 class SSEResponder:
-    __slots__ = ("_fast", "_prepared", "encode", "error", "request", "resp", "writes")
+    __slots__ = ("_fast", "_prepared", "encode", "error", "request", "resp", "stalled_at", "writes")
     #: the response headers (a dialect's subclass adds its own, e.g. the AI SDK's stream marker)
     HEADERS: ClassVar[dict[str, str]] = SSE_HEADERS
 
@@ -62,6 +69,8 @@ class SSEResponder:
         #: the transport, once events may be written to it as chunks directly (see the module doc)
         self._fast: Any = None
         self._prepared: asyncio.Future[None] | None = None  #: the headers are being (or were) sent
+        #: when the write now waiting for the client began to wait (None: no write waits)
+        self.stalled_at: float | None = None
 
     def start(self) -> asyncio.Future[None]:
         """Send the headers now (once), before any event; writes wait until they are out."""
@@ -98,10 +107,31 @@ class SSEResponder:
     async def _drain(self) -> None:
         """Wait (off the hot path: only past the buffer limit) until the client has read enough."""
         transport = self._fast
-        while transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-            if transport.is_closing():
-                raise ConnectionResetError("the client is gone")
-            await asyncio.sleep(0.01)
+        self.stalled_at = time.monotonic()
+        try:
+            while transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                if transport.is_closing():
+                    raise ConnectionResetError("the client is gone")
+                await asyncio.sleep(0.01)
+        finally:
+            self.stalled_at = None
+
+    def cut(self, err: GatewayError, grace: float) -> None:
+        """The client is not reading: its last bytes go out past the limit, then the connection closes.
+
+        The last bytes are ``err`` in the dialect's shape and the end of the chunked body, written
+        without waiting (a reader that wakes up finds why it was cut). The connection is closed
+        once they are read, or aborted after ``grace`` seconds if they never are. Every later
+        write raises ConnectionResetError, so the run's subscription ends at its next event.
+        """
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            return
+        data = self.encode(b"", ERROR, err) if self._fast is transport else None
+        if data:
+            transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
+        transport.close()
+        asyncio.get_running_loop().call_later(grace, _abort, transport)
 
     async def finish(self) -> web.StreamResponse:
         """End a started stream (the client may be gone: then there is nothing to finish)."""
@@ -123,6 +153,12 @@ class SSEResponder:
         await self.resp.write(data)
         if self._fast is None:
             self._fast = _chunk_transport(self.resp, self.request)
+
+
+def _abort(transport: Any) -> None:
+    """A cut client that never read its last bytes: drop the connection (nothing else is waiting on it)."""
+    if transport.get_write_buffer_size():
+        transport.abort()
 
 
 def _chunk_transport(resp: web.StreamResponse, request: web.Request) -> Any:
