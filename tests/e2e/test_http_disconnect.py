@@ -16,16 +16,23 @@ async def sim_stats(sim) -> dict:
         return await r.json()
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse-before-first-token"])
-async def test_leaving_a_request_closes_the_upstream_within_100ms(relay, sim, stream: bool) -> None:
+@pytest.mark.parametrize(
+    ("path", "stream"),
+    [("/v1/chat/completions", False), ("/v1/chat/completions", True), ("/v1/responses", True)],
+    ids=["json", "sse-before-first-token", "responses-sse-before-first-token"],
+)
+async def test_leaving_a_request_closes_the_upstream_within_100ms(relay, sim, path: str, stream: bool) -> None:
     # a long reply; streamed, a slow first token (nothing is written to the client before it)
     model = "gpt-4.1@tps=20@tokens=2000" + ("@ttft=20000" if stream else "")
-    body = {"model": model, "messages": [{"role": "user", "content": "long"}], "stream": stream}
+    if path == "/v1/responses":
+        body = {"model": model, "input": "long", "stream": True, "store": False}
+    else:
+        body = {"model": model, "messages": [{"role": "user", "content": "long"}], "stream": stream}
     _reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
     data = orjson.dumps(body)
     writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%b" % (len(data), data)
+        b"POST %b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (path.encode(), len(data), data)
     )
     await writer.drain()
     await aeventually(lambda: _active(sim), timeout=10, message="the upstream request never started")

@@ -12,9 +12,24 @@ import orjson
 import pytest
 from eventually import aeventually
 
+MESSAGES = [{"role": "user", "content": "x"}]
+#: dialect -> (path, a streamed request for a 400,000-token reply, what its error event says)
 REQUESTS = {
-    "openai": ("/v1/chat/completions", {"stream": True}, b'"code":"slow_consumer"'),
-    "anthropic": ("/v1/messages", {"stream": True, "max_tokens": 400_000}, b'"type":"error"'),
+    "openai": (
+        "/v1/chat/completions",
+        {"model": "fast-1", "messages": MESSAGES, "max_tokens": 400_000, "stream": True},
+        b'"code":"slow_consumer"',
+    ),
+    "anthropic": (
+        "/v1/messages",
+        {"model": "fast-1", "messages": MESSAGES, "max_tokens": 400_000, "stream": True},
+        b'"type":"error"',
+    ),
+    "responses": (
+        "/v1/responses",
+        {"model": "fast-1", "input": "x", "max_output_tokens": 400_000, "stream": True, "store": False},
+        b'"code":"slow_consumer"',
+    ),
 }
 
 
@@ -34,8 +49,7 @@ models = ["fast-*"]
 """
     )
     gw = spawn("serve", "--port", "0", "--config", str(config), env={"TOKENWIRE_DB": ":memory:"})
-    path, extra, marker = REQUESTS[dialect]
-    body = {"model": "fast-1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 400_000, **extra}
+    path, body, marker = REQUESTS[dialect]
     payload = orjson.dumps(body)
 
     # the stalled reader: a 4 KiB receive buffer, and it reads nothing

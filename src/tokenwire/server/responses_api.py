@@ -19,7 +19,6 @@ the live tail, locally or from another instance over Redis (``gw.find_stream``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,7 @@ from ..protocol.events import END, ERROR
 from ..protocol.frames import Attach, validate_messages
 from ..runtime.relay import conversation_key
 from .errors import error_response
-from .http_api import read_json_body
+from .http_api import DISCONNECTS, KEEPALIVE, read_json_body
 from .streaming import SSE_HEADERS, SSEResponder
 
 if TYPE_CHECKING:
@@ -268,12 +267,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             run.on_end = _store_on_end(gw, key, context, encoder)
         sse = SSEResponder(request, encoder)
         run.subscribe(sse)
-        await run.ended.wait()
+        # as chat completions: a client that leaves cancels the run, a silent stream is kept
+        # alive, one that reads nothing is cut (slow_consumer)
+        await request.app[DISCONNECTS].wait(request, run, sse, KEEPALIVE)
         if sse.resp is None:
             return _fail(sse.error or GatewayError("internal_error", "no reply"))
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await sse.resp.write_eof()
-        return sse.resp
+        return await sse.finish()
     state = dialect.ResponsesEncoder(response_id, echo, sse=False)
     if req.store:
         run.on_end = _store_on_end(gw, key, context, state)
