@@ -54,6 +54,15 @@ class Proc:
         return self.popen.returncode
 
 
+def child_env() -> dict[str, str]:
+    """The test's environment for a gateway it starts, without what would change its behaviour
+    (the developer's ``TOKENWIRE_*`` settings, provider keys, ``OPENAI_BASE_URL``)."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("TOKENWIRE_")}
+    env.pop("OPENAI_BASE_URL", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def start(
     args: Iterable[str],
     env: dict[str, str] | None = None,
@@ -66,9 +75,7 @@ def start(
     Forked from a zygote that has tokenwire imported already (forkserver.py says when and why),
     else a fresh interpreter. ``prefix`` goes before the interpreter (e.g. ``valgrind
     --tool=callgrind``, for benchmarks)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("TOKENWIRE_")}
-    full_env.pop("OPENAI_BASE_URL", None)
-    full_env["PYTHONUNBUFFERED"] = "1"
+    full_env = child_env()
     full_env.update(env or {})
     args = list(args)
     prefix = list(prefix)

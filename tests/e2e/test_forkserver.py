@@ -16,7 +16,7 @@ import forkserver
 import orjson
 import pytest
 from eventually import eventually
-from procs import start
+from procs import child_env, start
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path, fork: bool) -> tuple[int, str]:
@@ -39,11 +39,7 @@ def _run(args: list[str], env: dict[str, str], cwd: Path, fork: bool) -> tuple[i
 
 @pytest.fixture
 def base_env() -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_") and not k.endswith("_API_KEY")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return child_env()
 
 
 def test_a_start_up_failure_is_the_same_exit_code_and_message(tmp_path: Path, base_env: dict[str, str]) -> None:
