@@ -1,5 +1,7 @@
 """An SSE client that stops reading is cut off (``slow_consumer``) as a WebSocket's is: its
-generation is cancelled, and what it finds when it wakes is the error in its own dialect."""
+generation is cancelled, and what it finds when it wakes is the error in its own dialect.
+The AI SDK's reply outlives its client (that is what resume is for): its stalled reader is cut
+the same way, but the reply goes on, and a reconnect gets all of it."""
 
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ REQUESTS = {
 }
 
 
-@pytest.mark.parametrize("dialect", sorted(REQUESTS))
-async def test_a_stalled_sse_reader_is_cut_and_finds_the_error_in_its_dialect(spawn, tmp_path, dialect) -> None:
+def start_gateway(spawn, tmp_path):
+    """A gateway that cuts a reader stalled for 1 s, in front of the fast fake upstream."""
     fast = spawn("simulate", "--port", "0", "--fast")
     config = tmp_path / "tokenwire.toml"
     config.write_text(
@@ -48,11 +50,12 @@ api_key = "sk-fast-upstream-key"
 models = ["fast-*"]
 """
     )
-    gw = spawn("serve", "--port", "0", "--config", str(config), env={"TOKENWIRE_DB": ":memory:"})
-    path, body, marker = REQUESTS[dialect]
-    payload = orjson.dumps(body)
+    return spawn("serve", "--port", "0", "--config", str(config), env={"TOKENWIRE_DB": ":memory:"})
 
-    # the stalled reader: a 4 KiB receive buffer, and it reads nothing
+
+async def stalled_post(gw, path: str, body: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """POST ``body`` from a client with a 4 KiB receive buffer that then reads nothing."""
+    payload = orjson.dumps(body)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
@@ -63,17 +66,43 @@ models = ["fast-*"]
         % (path.encode(), gw.host.encode(), len(payload), payload)
     )
     await writer.drain()
+    return reader, writer
+
+
+async def metrics_once_cut(session: aiohttp.ClientSession, gw) -> str:
+    """The gateway's /metrics, once it has cut one slow consumer."""
+
+    async def cut() -> str | None:
+        async with session.get(gw.http + "/metrics") as r:
+            text = await r.text()
+        line = next(x for x in text.splitlines() if x.startswith("tokenwire_slow_consumer_cutoffs_total"))
+        return text if line.split()[-1] == "1.0" else None
+
+    return await aeventually(cut, timeout=30, interval=0.2, message="the stalled SSE stream is cut")
+
+
+async def last_chunk_on_waking(reader: asyncio.StreamReader) -> bytes:
+    """Read what the stalled client was sent, to the close; the data of its last chunk (the body must end)."""
+    seen = b""
+    while True:
+        chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
+        if not chunk:
+            break
+        seen = seen[-8192:] + chunk
+    assert seen.endswith(b"\r\n0\r\n\r\n"), seen[-300:]
+    assert seen.count(b"read nothing") == 1  # one error, and no token after it: it is the last chunk
+    return seen[: -len(b"\r\n0\r\n\r\n")].rsplit(b"\r\n", 1)[1]  # SSE lines end in LF, chunks in CRLF
+
+
+@pytest.mark.parametrize("dialect", sorted(REQUESTS))
+async def test_a_stalled_sse_reader_is_cut_and_finds_the_error_in_its_dialect(spawn, tmp_path, dialect) -> None:
+    gw = start_gateway(spawn, tmp_path)
+    path, body, marker = REQUESTS[dialect]
+    reader, writer = await stalled_post(gw, path, body)
     t0 = time.monotonic()
 
     async with aiohttp.ClientSession() as session:
-
-        async def cut() -> str | None:
-            async with session.get(gw.http + "/metrics") as r:
-                text = await r.text()
-            line = next(x for x in text.splitlines() if x.startswith("tokenwire_slow_consumer_cutoffs_total"))
-            return text if line.split()[-1] == "1.0" else None
-
-        metrics = await aeventually(cut, timeout=30, interval=0.2, message="the stalled SSE stream is cut")
+        metrics = await metrics_once_cut(session, gw)
         assert 'tokenwire_cancellations_total{reason="slow_consumer"} 1.0' in metrics
         took = time.monotonic() - t0
 
@@ -84,16 +113,40 @@ models = ["fast-*"]
         await aeventually(idle, timeout=10, interval=0.1, message="its generation is gone")
 
     # the reader wakes up: the stream ends with the error in its dialect, then the body's end
-    seen = b""
-    while True:
-        chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
-        if not chunk:
-            break
-        seen = seen[-8192:] + chunk
-    assert seen.endswith(b"\r\n0\r\n\r\n"), seen[-300:]
-    last = seen[: -len(b"\r\n0\r\n\r\n")].rsplit(b"\r\n", 1)[1]  # the last chunk's data (SSE lines end in LF)
+    last = await last_chunk_on_waking(reader)
     assert marker in last and b"read nothing for 1 s" in last, last
-    assert seen.count(b"read nothing") == 1  # one error, and no token after it: it is the last chunk
     print(f"\n{dialect}: stalled SSE reader cut {took:.1f} s after its request")
     writer.close()
+    assert "Traceback" not in gw.text() and "sk-fast-upstream-key" not in gw.text()
+
+
+async def test_a_stalled_ai_sdk_reader_is_cut_and_its_reply_goes_on_for_a_reconnect(spawn, tmp_path) -> None:
+    gw = start_gateway(spawn, tmp_path)
+    tokens = 200_000
+    chat = {
+        "id": "c-stalled",
+        "model": "fast-1",
+        "maxOutputTokens": tokens,
+        "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "x"}]}],
+    }
+    reader, writer = await stalled_post(gw, "/api/chat", chat)
+
+    async with aiohttp.ClientSession() as session:
+        metrics = await metrics_once_cut(session, gw)
+        assert 'reason="slow_consumer"' not in metrics  # the reply was not cancelled
+
+        # the reader wakes up: the AI SDK's error chunk, saying the reply goes on, ends its stream
+        last = await last_chunk_on_waking(reader)
+        assert b'\ndata: {"type":"error","errorText":' in last and last.endswith(b"\n\ndata: [DONE]\n\n"), last
+        assert b"read nothing for 1 s" in last and b"reconnect to resume" in last, last
+        writer.close()
+
+        # and reconnectToStream's request gets the whole reply, from its start to its finish
+        async with session.get(gw.http + "/api/chat/c-stalled/stream", timeout=aiohttp.ClientTimeout(60)) as r:
+            assert r.status == 200 and r.headers["x-vercel-ai-ui-message-stream"] == "v1"
+            events = [line for line in (await r.read()).split(b"\n") if line.startswith(b"data: ")]
+    chunks = [orjson.loads(e[6:]) for e in events if e != b"data: [DONE]"]
+    assert events[-1] == b"data: [DONE]" and chunks[-1]["type"] == "finish", chunks[-3:]
+    assert chunks[0]["type"] == "start" and not [c for c in chunks if c["type"] == "error"]
+    assert sum(c["type"] == "text-delta" for c in chunks) == tokens
     assert "Traceback" not in gw.text() and "sk-fast-upstream-key" not in gw.text()

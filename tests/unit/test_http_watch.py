@@ -1,4 +1,6 @@
-"""The HTTP watch: a silent started SSE stream is pinged in its dialect's shape; a client that left cancels."""
+"""The HTTP watch: a silent started SSE stream is pinged in its dialect's shape; a client that left cancels.
+
+A stream followed with ``following`` (a run that outlives its client) lets its client go instead."""
 
 from __future__ import annotations
 
@@ -57,9 +59,13 @@ class SSE:
         self.starts = 0
         self.stalled_at: float | None = None  #: as SSEResponder's: when its waiting write began to wait
         self.cuts: list[tuple[GatewayError, float]] = []
+        self.lost = 0  #: times it was told its client left
 
     def cut(self, err: GatewayError, grace: float) -> None:
         self.cuts.append((err, grace))
+
+    def _lost(self) -> None:
+        self.lost += 1
 
     def start(self) -> asyncio.Future[None]:
         """As SSEResponder.start: the response exists at once, its headers go out in the future."""
@@ -215,3 +221,32 @@ async def test_a_cut_sse_responder_writes_the_dialect_s_error_and_the_body_s_end
     with pytest.raises(ConnectionResetError):
         sse.send(b"", TOKEN, "late")  # nothing after the cut
     await aeventually(lambda: transport.aborted, timeout=5, message="aborted after the grace: never read")
+
+
+async def test_a_followed_stream_whose_client_left_is_let_go_and_its_run_goes_on() -> None:
+    watch = DisconnectWatch(interval=0.01, headers_after=0.0)
+    run, request, sse = Run(), Request(), SSE(None)
+    with watch.following(request, run, sse, b": ping\n\n"):
+        for _ in range(5):  # sweeps go by: a followed stream is not started before its first event
+            await asyncio.sleep(0.01)
+        assert sse.starts == 0
+        assert request.transport is not None
+        request.transport.closing = True
+        await aeventually(lambda: sse.lost == 1, timeout=5, message="the responder is told")
+        assert run.cancel_reason is None and watch.cancelled == 0
+        assert not watch.waiting  # and it is watched no more
+    await watch.aclose()
+
+
+async def test_a_followed_stream_that_stalled_is_cut_and_its_run_goes_on() -> None:
+    counted: list[int] = []
+    watch = DisconnectWatch(interval=0.01, slow_consumer_timeout=0.1, on_slow_consumer=lambda: counted.append(1))
+    run, sse = Run(), SSE(Resp())
+    sse.stalled_at = time.monotonic()
+    with watch.following(Request(), run, sse):
+        await aeventually(lambda: sse.cuts, timeout=5, message="the stalled stream is cut")
+        [(err, grace)] = sse.cuts
+        assert err.code == "slow_consumer" and "reconnect to resume" in err.message and grace == 0.1
+        assert run.cancel_reason is None and watch.cut == 1 and counted == [1]
+    assert not watch.waiting
+    await watch.aclose()

@@ -30,8 +30,9 @@ from aiohttp import web
 from ..dialects import aisdk
 from ..protocol.errors import GatewayError
 from ..protocol.frames import Attach
+from .disconnects import DisconnectWatch
 from .errors import error_headers
-from .http_api import read_json_body
+from .http_api import DISCONNECTS, KEEPALIVE, read_json_body
 from .streaming import SSE_HEADERS, SSEResponder
 
 if TYPE_CHECKING:
@@ -211,9 +212,11 @@ async def chat_post(request: web.Request) -> web.StreamResponse:
     encoder = aisdk.SSEEncoder(message_id)
     sse = UIStreamResponder(request, encoder)
     run.subscribe(sse)  # before any await: the run's first events must reach it
-    await chat_streams(gw).record(principal, req.chat_id, run, message_id)
+    watch: DisconnectWatch = request.app[DISCONNECTS]
     try:
-        await _until_end(run, sse)
+        with watch.following(request, run, sse, KEEPALIVE):
+            await chat_streams(gw).record(principal, req.chat_id, run, message_id)
+            await _until_end(run, sse)
     finally:
         run.unsubscribe(sse)
     if sse.resp is None:
@@ -251,17 +254,19 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     if live:
         sse.pending = []
         run.subscribe(sse)  # in the same step as the replay was taken: no gap, no repeat
+    watch: DisconnectWatch = request.app[DISCONNECTS]
     try:
-        await sse.start()  # the headers now: the replay follows
-        for rest in replay:
-            await sse.write(encoder.encode(rest, 0, None))
-        if live:
-            while sse.pending:
-                batch, sse.pending = sse.pending, []
-                for rest, kind, value in batch:
-                    await sse.write(encoder.encode(rest, kind, value))
-            sse.pending = None
-            await _until_end(run, sse)
+        with watch.following(request, run, sse, KEEPALIVE):
+            await sse.start()  # the headers now: the replay follows
+            for rest in replay:
+                await sse.write(encoder.encode(rest, 0, None))
+            if live:
+                while sse.pending:
+                    batch, sse.pending = sse.pending, []
+                    for rest, kind, value in batch:
+                        await sse.write(encoder.encode(rest, kind, value))
+                sse.pending = None
+                await _until_end(run, sse)
         if not sse.gone.is_set():
             await sse.write(encoder.finish())
             await sse.resp.write_eof()

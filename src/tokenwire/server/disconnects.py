@@ -17,6 +17,10 @@ And a started stream whose client has read nothing for ``slow_consumer_timeout``
 seconds while a write waits on it (the slow consumer, as for WebSockets) is cut:
 the error goes out in the dialect's shape, the connection closes and the run is
 cancelled with reason ``slow_consumer``.
+A stream whose run outlives its client (the AI SDK's resumable reply, see
+:meth:`DisconnectWatch.following`) is watched the same way, except that neither a
+client that left nor one that stalled cancels the run: the client is let go, and
+the reply goes on in its log for ``reconnectToStream``.
 No timer or task per request.
 """
 
@@ -26,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -38,13 +43,15 @@ log = logging.getLogger("tokenwire.http")
 
 
 class _Waiting:
-    __slots__ = ("ping", "request", "run", "seen", "since", "sse")
+    __slots__ = ("keep_run", "ping", "request", "run", "seen", "since", "sse")
 
-    def __init__(self, request: web.Request, run: Any, sse: Any, ping: bytes | None) -> None:
+    def __init__(self, request: web.Request, run: Any, sse: Any, ping: bytes | None, keep_run: bool = False) -> None:
         self.request = request
         self.run = run
         self.sse = sse
         self.ping = ping
+        #: the run outlives its client (resumable): a client that leaves or stalls is let go, not the run
+        self.keep_run = keep_run
         self.seen = -1  #: the SSE responder's write count at ``since``
         self.since = time.monotonic()
 
@@ -83,21 +90,47 @@ class DisconnectWatch:
         """
         key = id(request)
         self.waiting[key] = _Waiting(request, run, sse, ping)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._sweep(), name="tokenwire-http-watch")
+        self._ensure_sweep()
         try:
             await run.ended.wait()
         finally:
             self.waiting.pop(key, None)
         return run.cancel_reason != "client_gone"
 
+    @contextlib.contextmanager
+    def following(self, request: web.Request, run: Any, sse: Any, ping: bytes | None = None) -> Iterator[None]:
+        """Watch an SSE stream of a run that outlives its client, while the caller waits on it.
+
+        A client that left is told to its responder (``sse._lost()``, so the handler stops
+        waiting); one that read nothing for ``slow_consumer_timeout`` seconds is cut (its
+        dialect's error, then the body's end) and so unsubscribed. Neither cancels the run:
+        its reply goes on into the generation log, where a reconnect finds it. A started
+        stream silent for ``keepalive`` seconds gets ``ping``. Headers are not sent early:
+        until its first event the handler can still answer with a real HTTP status.
+        """
+        key = id(request)
+        self.waiting[key] = _Waiting(request, run, sse, ping, keep_run=True)
+        self._ensure_sweep()
+        try:
+            yield
+        finally:
+            self.waiting.pop(key, None)
+
+    def _ensure_sweep(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._sweep(), name="tokenwire-http-watch")
+
     async def _sweep(self) -> None:
         while self.waiting:
             await asyncio.sleep(self.interval)
             now = time.monotonic()
-            for w in list(self.waiting.values()):
+            for key, w in list(self.waiting.items()):
                 transport = w.request.transport
                 if transport is None or transport.is_closing():
+                    if w.keep_run:
+                        del self.waiting[key]
+                        w.sse._lost()
+                        continue
                     self.cancelled += 1
                     w.run.cancel("client_gone")
                     continue
@@ -105,6 +138,8 @@ class DisconnectWatch:
                 if sse is None:
                     continue
                 if sse.resp is None:
+                    if w.keep_run:
+                        continue
                     if 0 <= self.headers_after <= now - w.since:
                         self.started += 1
                         self._spawn(self._start(w, sse.start()))
@@ -127,13 +162,14 @@ class DisconnectWatch:
         self.cut += 1
         if self.on_slow_consumer is not None:
             self.on_slow_consumer()
-        log.info("cutting an SSE stream: client not reading (slow_consumer)")
+        then = "the reply goes on: reconnect to resume it" if w.keep_run else "generation cancelled"
+        log.info("cutting an SSE stream: client not reading (slow_consumer; %s)", then)
         err = GatewayError(
-            "slow_consumer",
-            f"the client read nothing for {stall:g} s while its send buffer was full; generation cancelled",
+            "slow_consumer", f"the client read nothing for {stall:g} s while its send buffer was full; {then}"
         )
         w.sse.cut(err, grace=stall)
-        w.run.cancel("slow_consumer")
+        if not w.keep_run:
+            w.run.cancel("slow_consumer")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -111,6 +111,7 @@ class SSEResponder:
         try:
             while transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 if transport.is_closing():
+                    self._lost()
                     raise ConnectionResetError("the client is gone")
                 await asyncio.sleep(0.01)
         finally:
@@ -125,9 +126,12 @@ class SSEResponder:
         write raises ConnectionResetError, so the run's subscription ends at its next event.
         """
         transport = self.request.transport
+        self._lost()
         if transport is None or transport.is_closing():
             return
-        data = self.encode(b"", ERROR, err) if self._fast is transport else None
+        # a write through aiohttp waiting on the client has handed its whole chunk to the transport
+        fast = self._fast or (_chunk_transport(self.resp, self.request) if self.resp is not None else None)
+        data = self.encode(b"", ERROR, err) if fast is transport else None
         if data:
             transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
         transport.close()
@@ -150,7 +154,11 @@ class SSEResponder:
             await asyncio.shield(prepared)
         prepared.result()  # a failed prepare (the client left) raises here
         assert self.resp is not None
-        await self.resp.write(data)
+        self.stalled_at = time.monotonic()  # aiohttp's write waits here while the client reads nothing
+        try:
+            await self.resp.write(data)
+        finally:
+            self.stalled_at = None
         if self._fast is None:
             self._fast = _chunk_transport(self.resp, self.request)
 
