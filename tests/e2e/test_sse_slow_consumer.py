@@ -1,7 +1,7 @@
 """An SSE client that stops reading is cut off (``slow_consumer``) as a WebSocket's is: its
 generation is cancelled, and what it finds when it wakes is the error in its own dialect.
-The AI SDK's reply outlives its client (that is what resume is for): its stalled reader is cut
-the same way, but the reply goes on, and a reconnect gets all of it."""
+The AI SDK's reply and a background response outlive their client (that is what resume is for):
+their stalled reader is cut the same way, but the reply goes on, and a reconnect gets all of it."""
 
 from __future__ import annotations
 
@@ -81,13 +81,17 @@ async def metrics_once_cut(session: aiohttp.ClientSession, gw) -> str:
     return await aeventually(cut, timeout=30, interval=0.2, message="the stalled SSE stream is cut")
 
 
-async def last_chunk_on_waking(reader: asyncio.StreamReader) -> bytes:
-    """Read what the stalled client was sent, to the close; the data of its last chunk (the body must end)."""
+async def last_chunk_on_waking(reader: asyncio.StreamReader, head: list[bytes] | None = None) -> bytes:
+    """Read what the stalled client was sent, to the close; the data of its last chunk (the body must end).
+
+    ``head``, if given, gets the first bytes read (the response head and first events)."""
     seen = b""
     while True:
         chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
         if not chunk:
             break
+        if head is not None and not head:
+            head.append(chunk)
         seen = seen[-8192:] + chunk
     assert seen.endswith(b"\r\n0\r\n\r\n"), seen[-300:]
     assert seen.count(b"read nothing") == 1  # one error, and no token after it: it is the last chunk
@@ -149,4 +153,34 @@ async def test_a_stalled_ai_sdk_reader_is_cut_and_its_reply_goes_on_for_a_reconn
     assert events[-1] == b"data: [DONE]" and chunks[-1]["type"] == "finish", chunks[-3:]
     assert chunks[0]["type"] == "start" and not [c for c in chunks if c["type"] == "error"]
     assert sum(c["type"] == "text-delta" for c in chunks) == tokens
+    assert "Traceback" not in gw.text() and "sk-fast-upstream-key" not in gw.text()
+
+
+async def test_a_stalled_background_response_reader_is_cut_and_the_response_goes_on(spawn, tmp_path) -> None:
+    gw = start_gateway(spawn, tmp_path)
+    tokens = 200_000
+    body = {"model": "fast-1", "input": "x", "max_output_tokens": tokens, "stream": True, "background": True}
+    reader, writer = await stalled_post(gw, "/v1/responses", body)
+
+    async with aiohttp.ClientSession() as session:
+        metrics = await metrics_once_cut(session, gw)
+        assert 'reason="slow_consumer"' not in metrics  # the response was not cancelled
+
+        head: list[bytes] = []
+        last = await last_chunk_on_waking(reader, head)
+        assert b'"type":"error"' in last and b'"code":"slow_consumer"' in last, last
+        assert b"reconnect to resume" in last, last
+        writer.close()
+        response_id = head[0].split(b'"id":"', 1)[1].split(b'"', 1)[0].decode()
+        assert response_id.startswith("resp_"), head[0][:400]
+
+        # attached again, it gets the whole response, from its start to its completion
+        url = f"{gw.http}/v1/responses/{response_id}?stream=true"
+        async with session.get(url, timeout=aiohttp.ClientTimeout(60)) as r:
+            assert r.status == 200
+            events = [orjson.loads(b[6:]) for b in (await r.read()).split(b"\n") if b.startswith(b"data: ")]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed", events[-2:]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert sum(e["type"] == "response.output_text.delta" for e in events) == tokens
+    assert not [e for e in events if e["type"] == "error"]
     assert "Traceback" not in gw.text() and "sk-fast-upstream-key" not in gw.text()

@@ -14,7 +14,7 @@ from tokenwire.dialects.anthropic_messages import SSEEncoder
 from tokenwire.dialects.openai_chat import SSEChunkEncoder
 from tokenwire.protocol.errors import GatewayError
 from tokenwire.protocol.events import TOKEN
-from tokenwire.server.disconnects import DisconnectWatch
+from tokenwire.server.disconnects import CUT_GRACE, DisconnectWatch
 
 
 class Run:
@@ -159,7 +159,7 @@ async def test_a_stream_whose_write_waited_slow_consumer_timeout_is_cut_and_its_
     await asyncio.wait_for(s, 5)
     assert run_s.cancel_reason == "slow_consumer" and watch.cut == 1 and counted == [1]
     [(err, grace)] = stalled.cuts
-    assert err.code == "slow_consumer" and "0.2 s" in err.message and grace == 0.2
+    assert err.code == "slow_consumer" and "0.2 s" in err.message and grace == CUT_GRACE
     assert time.monotonic() - stalled.stalled_at >= 0.2  # not before its time
     assert run_r.cancel_reason is None and reading.cuts == [] and not r.done()
     run_r.ended.set()
@@ -246,7 +246,16 @@ async def test_a_followed_stream_that_stalled_is_cut_and_its_run_goes_on() -> No
     with watch.following(Request(), run, sse):
         await aeventually(lambda: sse.cuts, timeout=5, message="the stalled stream is cut")
         [(err, grace)] = sse.cuts
-        assert err.code == "slow_consumer" and "reconnect to resume" in err.message and grace == 0.1
+        assert err.code == "slow_consumer" and "reconnect to resume" in err.message and grace == CUT_GRACE
         assert run.cancel_reason is None and watch.cut == 1 and counted == [1]
     assert not watch.waiting
+    await watch.aclose()
+
+
+async def test_a_ping_to_a_gone_client_of_a_followed_stream_lets_the_client_go_not_the_run() -> None:
+    watch = DisconnectWatch(interval=0.01, keepalive=0.03)
+    run, sse = Run(), SSE(Resp(gone=True))
+    with watch.following(Request(), run, sse, b": ping\n\n"):
+        await aeventually(lambda: sse.lost >= 1, timeout=5, message="the responder is told")
+        assert run.cancel_reason is None
     await watch.aclose()

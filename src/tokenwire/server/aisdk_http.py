@@ -180,10 +180,6 @@ class UIStreamResponder(SSEResponder):
     def _lost(self) -> None:
         self.gone.set()
 
-    async def write(self, data: bytes | None) -> None:
-        if data:
-            await self._write(data)
-
 
 async def _until_end(run: Any, sse: UIStreamResponder) -> None:
     """Wait for the run's end, or for the client to go (the run then goes on, resumable)."""

@@ -41,6 +41,10 @@ __all__ = ["DisconnectWatch"]
 
 log = logging.getLogger("tokenwire.http")
 
+#: seconds at least that a cut client is given to read its last bytes (the error) before the
+#: connection is dropped: a reader that wakes a moment late still learns why it was cut
+CUT_GRACE = 10.0
+
 
 class _Waiting:
     __slots__ = ("keep_run", "ping", "request", "run", "seen", "since", "sse")
@@ -167,7 +171,7 @@ class DisconnectWatch:
         err = GatewayError(
             "slow_consumer", f"the client read nothing for {stall:g} s while its send buffer was full; {then}"
         )
-        w.sse.cut(err, grace=stall)
+        w.sse.cut(err, grace=max(stall, CUT_GRACE))
         if not w.keep_run:
             w.run.cancel("slow_consumer")
 
@@ -186,7 +190,10 @@ class DisconnectWatch:
         try:
             await w.sse.resp.write(w.ping)
         except (ConnectionError, RuntimeError):
-            w.run.cancel("client_gone")
+            if w.keep_run:
+                w.sse._lost()
+            else:
+                w.run.cancel("client_gone")
 
     async def aclose(self) -> None:
         task, self._task = self._task, None

@@ -32,7 +32,7 @@ from ..protocol.frames import Attach, validate_messages
 from ..runtime.relay import conversation_key
 from .errors import error_response
 from .http_api import DISCONNECTS, KEEPALIVE, read_json_body
-from .streaming import SSE_HEADERS, SSEResponder
+from .streaming import SSEResponder
 
 if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
@@ -145,15 +145,18 @@ class _Follower:
     so a local run and another instance's RemoteRun feed the encoder identically.
     """
 
-    __slots__ = ("buf", "done", "encoder", "wake")
+    __slots__ = ("buf", "done", "encoder", "gone", "wake")
 
     def __init__(self, encoder: dialect.ResponsesEncoder) -> None:
         self.encoder = encoder
         self.buf: list[bytes] = []
         self.done = False
+        self.gone = False  #: the client left, or was cut for reading nothing (the run goes on)
         self.wake = asyncio.Event()
 
     def send(self, rest: bytes, kind: int, value: Any) -> None:
+        if self.gone:
+            raise ConnectionResetError("the client is gone")
         kind, value = dialect.decode_rest(rest)
         data = self.encoder.encode(rest, kind, value)
         if data:
@@ -163,8 +166,27 @@ class _Follower:
         self.wake.set()
 
 
+class _FollowResponse(SSEResponder):
+    """The follower's response: the watch can cut it, and its loop hears of a client gone."""
+
+    __slots__ = ("sub",)
+
+    def __init__(self, request: web.Request, sub: _Follower) -> None:
+        super().__init__(request, sub.encoder)
+        self.sub = sub
+
+    def _lost(self) -> None:
+        self.sub.gone = True
+        self.sub.wake.set()
+
+
 async def _follow(request: web.Request, run: Any, encoder: dialect.ResponsesEncoder) -> web.StreamResponse:
-    """Replay a run's log through ``encoder`` (which drops what the client has), then follow it live."""
+    """Replay a run's log through ``encoder`` (which drops what the client has), then follow it live.
+
+    A background response outlives its client: one that leaves, or reads nothing for
+    ``slow_consumer_timeout`` seconds (then cut with the ``error`` event), is let go and the
+    run goes on, to be attached again with ``starting_after``.
+    """
     sub = _Follower(encoder)
     for rest in run.gen.after(-1):  # replay and subscribe with no await between: nothing missed, nothing twice
         sub.send(rest, -1, None)
@@ -173,27 +195,30 @@ async def _follow(request: web.Request, run: Any, encoder: dialect.ResponsesEnco
         run.subscribe(sub)
     ended = asyncio.ensure_future(run.ended.wait())
     ended.add_done_callback(lambda _: sub.wake.set())
-    resp = web.StreamResponse(headers=SSE_HEADERS)
+    sse = _FollowResponse(request, sub)
     try:
-        await resp.prepare(request)
-        while True:
-            if sub.buf:
-                data = b"".join(sub.buf)
-                sub.buf.clear()
-                await resp.write(data)
-                continue
-            if sub.done or not watching or run.ended.is_set():
-                break
-            sub.wake.clear()
-            await sub.wake.wait()
-        await resp.write_eof()
+        with request.app[DISCONNECTS].following(request, run, sse, KEEPALIVE):
+            await sse.start()
+            while not sub.gone:
+                if sub.buf:
+                    data = b"".join(sub.buf)
+                    sub.buf.clear()
+                    await sse.write(data)
+                    continue
+                if sub.done or not watching or run.ended.is_set():
+                    break
+                sub.wake.clear()
+                await sub.wake.wait()
+        if not sub.gone:
+            await sse.finish()
     except (ConnectionError, RuntimeError):
         pass  # the client left: a background response goes on, it can attach again
     finally:
         ended.cancel()
         if watching:
             run.unsubscribe(sub)
-    return resp
+    assert sse.resp is not None
+    return sse.resp
 
 
 async def _find_run(gw: Gateway, principal: Any, response_id: str) -> Any | None:

@@ -147,6 +147,11 @@ class SSEResponder:
             pass
         return self.resp
 
+    async def write(self, data: bytes | None) -> None:
+        """Write bytes already in the dialect's shape (a replay), through aiohttp: one await each."""
+        if data:
+            await self._write(data)
+
     async def _write(self, data: bytes) -> None:
         self.writes += 1
         prepared = self.start()
