@@ -433,6 +433,7 @@ def test_cached_prompt_tokens_are_reported_as_anthropic_splits_them() -> None:
         ("upstream_unavailable", "overloaded_error"),
         ("shutting_down", "overloaded_error"),
         ("upstream_timeout", "timeout_error"),
+        ("slow_consumer", "timeout_error"),  # 408: the client took too long to read, not a bad request
     ],
 )
 def test_error_bodies(code: str, kind: str) -> None:

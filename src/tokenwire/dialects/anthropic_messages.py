@@ -380,6 +380,7 @@ _ERROR_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     409: "invalid_request_error",
     410: "not_found_error",
     413: "request_too_large",
