@@ -21,6 +21,7 @@ class TCPProxy:
         self.connections = 0
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.refuse = False  #: while True, new connections are closed at once
@@ -49,6 +50,10 @@ class TCPProxy:
             _reset(writer)
             return
         self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -79,6 +84,10 @@ class TCPProxy:
                 self._server.close()
             for w in list(self._writers):
                 _reset(w)
+            # end every connection's pipes before the loop stops, so none is left pending
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)

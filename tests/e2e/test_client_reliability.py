@@ -42,26 +42,33 @@ async def test_reconnect_after_socket_killed_mid_stream_resumes_exactly_once(gat
 
 
 async def test_concurrent_streams_all_resume_after_cut(gateway) -> None:
+    # 1,500 tokens a stream (~2 s at the fixture's speed): the cut at the 200th token seen must
+    # land while the streams still run, even when this test's reader lags far behind the socket
+    # (a 300-token reply could be all buffered in the client by then, and nothing would resume).
+    n = 1500
     with TCPProxy(gateway.port) as proxy:
         url = f"ws://127.0.0.1:{proxy.port}/ws/chat"
         async with tokenwire.AsyncClient(url, backoff_base=0.05) as client:
             seen = 0
+            cuts: list[int] = []
 
             async def one(i: int) -> list[str]:
                 nonlocal seen
                 out = []
-                async for t in client.stream(f"multiplexed {i}", model="deepseek-v3.2", max_tokens=300):
+                async for t in client.stream(f"multiplexed {i}", model="deepseek-v3.2", max_tokens=n):
                     out.append(t)
                     seen += 1
                     if seen == 200:
-                        proxy.drop_all()
+                        cuts.append(proxy.drop_all())
                 return out
 
             async with asyncio.timeout(30):
                 results = await asyncio.gather(*(one(i) for i in range(5)))
+            assert cuts == [1]  # one socket carried all five, and it was cut
+            assert client.stats["reconnects"] == 1
             assert proxy.connections == 2  # all five shared one socket, then one more
             for i, got in enumerate(results):
-                assert got == expected(f"multiplexed {i}", 300)
+                assert got == expected(f"multiplexed {i}", n)
 
 
 async def test_resume_past_retention_is_a_clear_error(spawn, tmp_path) -> None:
