@@ -69,12 +69,16 @@ async def stalled_post(gw, path: str, body: dict) -> tuple[asyncio.StreamReader,
     return reader, writer
 
 
+async def metrics_text(session: aiohttp.ClientSession, gw) -> str:
+    async with session.get(gw.http + "/metrics") as r:
+        return await r.text()
+
+
 async def metrics_once_cut(session: aiohttp.ClientSession, gw) -> str:
     """The gateway's /metrics, once it has cut one slow consumer."""
 
     async def cut() -> str | None:
-        async with session.get(gw.http + "/metrics") as r:
-            text = await r.text()
+        text = await metrics_text(session, gw)
         line = next(x for x in text.splitlines() if x.startswith("tokenwire_slow_consumer_cutoffs_total"))
         return text if line.split()[-1] == "1.0" else None
 
@@ -109,8 +113,7 @@ async def test_a_stalled_sse_reader_is_cut_and_finds_the_error_in_its_dialect(sp
         await metrics_once_cut(session, gw)
 
         async def cancelled() -> bool:  # counted when the run ends, a moment after the cut
-            async with session.get(gw.http + "/metrics") as r:
-                return 'tokenwire_cancellations_total{reason="slow_consumer"} 1.0' in await r.text()
+            return 'tokenwire_cancellations_total{reason="slow_consumer"} 1.0' in await metrics_text(session, gw)
 
         await aeventually(cancelled, timeout=10, interval=0.05, message="the cut run is counted as cancelled")
         took = time.monotonic() - t0
