@@ -117,7 +117,8 @@ async def test_a_worker_that_dies_is_replaced(spawn, sim, redis_url) -> None:
 
     now = await aeventually(replaced, timeout=10, interval=0.1, message="the killed worker is replaced")
     assert survivor in now and victim not in now and len(now) == 2, now
-    assert "restarting worker" in gw.text()
+    # printed before the new worker starts, but read from the supervisor's pipe by another thread
+    await aeventually(lambda: "restarting worker" in gw.text(), timeout=10, interval=0.05, message="said so")
     async with aiohttp.ClientSession() as s:  # and the port still answers
         async with s.get(gw.http + "/healthz") as r:
             assert r.status == 200
