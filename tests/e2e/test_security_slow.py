@@ -12,6 +12,7 @@ import orjson
 import pytest
 from eventually import aeventually
 from rawws import Raw, text
+from test_sse_slow_consumer import start_gateway
 
 from tokenwire.procstat import cpu_seconds
 
@@ -56,23 +57,7 @@ async def wait_idle(pid: int, timeout: float = 20.0) -> float:
 
 @pytest.mark.serial  # a p99 gap bound: other tests on the same cores would be measured too
 async def test_stalled_reader_is_cut_while_100_streams_keep_their_pace(spawn, tmp_path) -> None:
-    fast = spawn("simulate", "--port", "0", "--fast")
-    config = tmp_path / "tokenwire.toml"
-    config.write_text(
-        f"""
-[server]
-slow_consumer_timeout = 2.0
-[providers.simulated]
-preset = "simulated"
-models = ["gpt-4.1"]
-[providers.fast]
-kind = "openai"
-base_url = "{fast.http}/v1"
-api_key = "sk-fast-upstream-key"
-models = ["fast-*"]
-"""
-    )
-    gw = spawn("serve", "--port", "0", "--config", str(config), env={"TOKENWIRE_DB": ":memory:"})
+    gw = start_gateway(spawn, tmp_path, slow_consumer_timeout=2.0)
 
     # the stalled reader: a 4 KiB receive buffer, and it never reads
     stalled = await Raw.connect(gw.host, gw.port, rcvbuf=4096)

@@ -35,14 +35,21 @@ REQUESTS = {
 }
 
 
-def start_gateway(spawn, tmp_path):
-    """A gateway that cuts a reader stalled for 1 s, in front of the fast fake upstream."""
+def start_gateway(spawn, tmp_path, **server: float):
+    """A gateway in front of the fast fake upstream (``fast-*``) and the simulator (``gpt-4.1``).
+
+    ``server``: its ``[server]`` settings; by default it cuts a reader stalled for 1 s.
+    """
     fast = spawn("simulate", "--port", "0", "--fast")
+    settings = "\n".join(f"{k} = {v}" for k, v in {"slow_consumer_timeout": 1.0, **server}.items())
     config = tmp_path / "tokenwire.toml"
     config.write_text(
         f"""
 [server]
-slow_consumer_timeout = 1.0
+{settings}
+[providers.simulated]
+preset = "simulated"
+models = ["gpt-4.1"]
 [providers.fast]
 kind = "openai"
 base_url = "{fast.http}/v1"

@@ -15,15 +15,14 @@ detaches them) and writes through its ``writer``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..dialects import aisdk_ws as proto
 from ..protocol.errors import GatewayError
-from ..protocol.events import TOKEN
+from ..protocol.events import ERROR, TOKEN
 from .aisdk_http import chat_streams, new_message_id
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ def claim(session: Any, text: str) -> AISDKSocket | None:
     if handler is None:
         if not proto.is_aisdk_frame(text):
             return None
-        handler = session.aisdk = AISDKSocket(session.gw, session.principal, session.conn, session.runs)
+        handler = session.aisdk = AISDKSocket(session.gw, session.principal, session.conn, session.runs, session.hold)
     return handler
 
 
@@ -72,14 +71,25 @@ class ChunkSubscriber:
                 wait = w
         return wait
 
+    def cut_frames(self, err: GatewayError) -> list[bytes]:
+        """The request's last frames when the socket cuts it (its error chunk and ``end``).
+
+        The cancelled run's own end follows, and waits in ``pending`` for good: the request
+        is over for the client, and a frame after its ``end`` would break the transport.
+        """
+        self.pending = []
+        return self.framer.encode(b"", ERROR, err)
+
 
 class AISDKSocket:
-    def __init__(self, gw: Gateway, principal: Any, writer: Any, runs: dict[str, Any]) -> None:
+    def __init__(
+        self, gw: Gateway, principal: Any, writer: Any, runs: dict[str, Any], hold: Callable[[str, Any, Any], None]
+    ) -> None:
         self.gw = gw
         self.principal = principal
         self.writer = writer
         self.runs = runs
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._hold = hold  #: the session's: keeps a run on the socket until it ends (Session.hold)
 
     async def _write(self, frame: bytes) -> None:
         wait = self.writer.write(frame)
@@ -105,17 +115,7 @@ class AISDKSocket:
             await self._write(proto.reply("error", "", GatewayError("internal_error", type(exc).__name__)))
 
     def _track(self, rid: str, run: Any, sub: ChunkSubscriber) -> None:
-        key = _KEY + rid
-        self.runs[key] = (run, sub)
-
-        async def forget() -> None:
-            await run.ended.wait()
-            if self.runs.get(key, (None,))[0] is run:
-                del self.runs[key]
-
-        task = asyncio.get_running_loop().create_task(forget())
-        self._tasks.add(task)  # the loop holds tasks only weakly
-        task.add_done_callback(self._tasks.discard)
+        self._hold(_KEY + rid, run, sub)
 
     async def send(self, req: proto.Send) -> None:
         rid = req.request_id

@@ -33,12 +33,15 @@ from ..runtime.relay import conversation_key
 from .errors import error_response
 from .http_api import DISCONNECTS, KEEPALIVE, read_json_body
 from .streaming import SSEResponder
+from .ws import new_socket, serve_socket
 
 if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
     from ..runtime.relay import Run
+    from .connection import WSConnection
+    from .ws import Session
 
-__all__ = ["cancel_response", "create_response", "get_response", "responses_websocket"]
+__all__ = ["ResponsesSocket", "cancel_response", "create_response", "get_response", "responses_websocket"]
 
 #: the role of the stored Response object among a stored response's messages
 _RECORD = "x-response"
@@ -390,28 +393,32 @@ async def cancel_response(request: web.Request) -> web.Response:
 
 
 class _WSWriter:
-    """A run's events as WebSocket text frames, one per event (the encoder's lines)."""
+    """A run's events as WebSocket text frames, one per event (the encoder's lines), through the socket's owner."""
 
-    __slots__ = ("encode", "ws")
+    __slots__ = ("encode", "writer")
 
-    def __init__(self, ws: web.WebSocketResponse, encoder: dialect.ResponsesEncoder) -> None:
-        self.ws = ws
+    def __init__(self, writer: WSConnection, encoder: dialect.ResponsesEncoder) -> None:
+        self.writer = writer  # the relay corks it for bursts
         self.encode = encoder.encode
 
     def send(self, rest: bytes, kind: int, value: Any) -> Awaitable[None] | None:
         data = self.encode(rest, kind, value)
         if not data:
             return None
-        if self.ws.closed:
-            raise ConnectionResetError("the WebSocket is closed")
-        return self._write(data)
+        writer = self.writer
+        if data.count(b"\n") == 1:  # the hot path: one event (orjson escapes newlines inside strings)
+            return writer.write(data[:-1])
+        corked = writer.cork()  # several events (an item's end and the next one's start): one send
+        for line in data.split(b"\n")[:-1]:
+            writer.write(line)
+        return writer.uncork() if corked else None
 
-    async def _write(self, data: bytes) -> None:
-        for line in data.split(b"\n")[:-1]:  # orjson escapes newlines inside strings: a line is one event
-            await self.ws.send_str(line.decode())
+    def cut_frames(self, err: GatewayError) -> list[bytes]:
+        """The ``error`` event when the socket cuts the response (the slow consumer); its end follows if it fits."""
+        return self.encode(b"", ERROR, err).split(b"\n")[:-1]
 
 
-def _ws_error(err: GatewayError) -> str:
+def _ws_error(err: GatewayError) -> bytes:
     body = dialect.error_body(err)["error"]
     return orjson.dumps(
         {
@@ -419,60 +426,70 @@ def _ws_error(err: GatewayError) -> str:
             "status": err.http_status,
             "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": body["param"]},
         }
-    ).decode()
+    )
+
+
+class ResponsesSocket:
+    """The WebSocket mode's frames: ``response.create`` in, each response's events out, one at a time.
+
+    A :class:`~tokenwire.server.ws.SocketDialect`: the socket itself (reading, pings, idle and
+    drain closes, backpressure, the slow-consumer cut-off, the gauges) is the session's, as for
+    every other socket. A response runs held on the session, so a client that closes the socket
+    mid-response is seen at once and its response cancelled (the upstream request closed).
+    """
+
+    def __init__(self, gw: Gateway, principal: Any) -> None:
+        self.gw = gw
+        self.principal = principal
+        self.current: Run | None = None
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return _ws_error(err)
+
+    async def handle(self, session: Session, text: str) -> None:
+        gw = self.gw
+        try:
+            body = orjson.loads(text)
+            if type(body) is not dict or body.get("type") != "response.create":
+                raise GatewayError("bad_request", 'expected a "response.create" event', extra={"param": "type"})
+            current = self.current
+            if current is not None and not current.gen.ended:
+                raise GatewayError(
+                    "conversation_busy",
+                    f"response {current.gen.stream_id} is still in progress on this socket; wait for its end",
+                )
+            body = {k: v for k, v in body.items() if k not in ("type", "generate", "stream")}
+            if body.get("background"):
+                raise GatewayError(
+                    "bad_request", '"background" is not supported over WebSocket', extra={"param": "background"}
+                )
+            req, run, context, response_id = await _begin(gw, self.principal, body)
+        except orjson.JSONDecodeError:
+            await session.send_error(GatewayError("invalid_json", "the frame is not valid JSON"))
+            return
+        except GatewayError as err:
+            await session.send_error(err)
+            return
+        echo = {**req.echo, "model": run.route.model, "background": False, "store": req.store}
+        encoder = dialect.ResponsesEncoder(response_id, echo, ws=True)
+        if req.store:
+            run.on_end = _store_on_end(gw, _key(response_id, self.principal), context, encoder)
+        sub = _WSWriter(session.conn, encoder)
+        run.subscribe(sub)  # before any await: the run's first events must reach it
+        session.hold("responses:" + response_id, run, sub)
+        self.current = run
 
 
 async def responses_websocket(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/responses`` upgraded: ``response.create`` frames in, each response's events out, one at a time.
-
-    Frames are read all the time, so a client that closes the socket mid-response is seen at
-    once and its response cancelled (the upstream request closed); a ``response.create`` sent
-    while one is still running is refused with an error frame.
-    """
+    """``GET /v1/responses`` upgraded: a session whose frames :class:`ResponsesSocket` reads."""
     gw: Gateway = request.app["gateway"]
     try:
         principal = await gw.access.authenticate_http(request)
     except GatewayError as err:
         return _fail(err)
-    ws = web.WebSocketResponse(max_msg_size=max(4 * gw.settings.max_frame_bytes, 4 * 1024 * 1024))
+    if gw.draining:
+        return _fail(GatewayError("shutting_down", "shutting down: reconnect to another instance"))
+    ws = new_socket(gw)
     if not ws.can_prepare(request).ok:
         return _fail(GatewayError("bad_request", "GET /v1/responses is the WebSocket mode: upgrade the connection"))
-    await ws.prepare(request)
-    current: Run | None = None
-    try:
-        async for msg in ws:
-            if msg.type is not web.WSMsgType.TEXT:
-                continue
-            try:
-                body = orjson.loads(msg.data)
-                if type(body) is not dict or body.get("type") != "response.create":
-                    raise GatewayError("bad_request", 'expected a "response.create" event', extra={"param": "type"})
-                if current is not None and not current.gen.ended:
-                    raise GatewayError(
-                        "conversation_busy",
-                        f"response {current.gen.stream_id} is still in progress on this socket; wait for its end",
-                    )
-                body = {k: v for k, v in body.items() if k not in ("type", "generate", "stream")}
-                if body.get("background"):
-                    raise GatewayError(
-                        "bad_request", '"background" is not supported over WebSocket', extra={"param": "background"}
-                    )
-                req, run, context, response_id = await _begin(gw, principal, body)
-            except orjson.JSONDecodeError:
-                await ws.send_str(_ws_error(GatewayError("invalid_json", "the frame is not valid JSON")))
-                continue
-            except GatewayError as err:
-                await ws.send_str(_ws_error(err))
-                continue
-            echo = {**req.echo, "model": run.route.model, "background": False, "store": req.store}
-            encoder = dialect.ResponsesEncoder(response_id, echo, ws=True)
-            if req.store:
-                run.on_end = _store_on_end(gw, _key(response_id, principal), context, encoder)
-            run.subscribe(_WSWriter(ws, encoder))
-            current = run
-    finally:
-        if current is not None and not current.gen.ended:
-            current.cancel("client_gone")  # the socket is gone: nobody reads the rest
-        if not ws.closed:
-            await ws.close()
-    return ws
+    return await serve_socket(gw, request, ws, principal, ResponsesSocket(gw, principal))

@@ -1,4 +1,9 @@
-"""The WebSocket endpoint: one :class:`Session` per socket, many generations per session.
+"""Every client WebSocket: one :class:`Session` per socket, many generations per session.
+
+``/ws/chat`` speaks protocol v1 (and the AI SDK's frames, told apart per frame); another
+endpoint's socket (``GET /v1/responses``) is the same session with a :class:`SocketDialect`
+that reads its frames, so liveness, backpressure, the cut-off, the drain and the gauges are
+one implementation for all of them.
 
 This is the I/O layer only: it reads frames from aiohttp, feeds them to the protocol v1
 machine (protocol.session.V1Session), carries out the actions it returns (starting
@@ -13,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -32,7 +37,16 @@ from .errors import error_response
 if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
 
-__all__ = ["CLOSE_DRAIN", "CLOSE_IDLE", "SUBPROTOCOL", "Session", "websocket_handler"]
+__all__ = [
+    "CLOSE_DRAIN",
+    "CLOSE_IDLE",
+    "SUBPROTOCOL",
+    "Session",
+    "SocketDialect",
+    "new_socket",
+    "serve_socket",
+    "websocket_handler",
+]
 
 log = logging.getLogger("tokenwire.ws")
 
@@ -76,9 +90,26 @@ class OpenAISocketSubscriber:
 
 Handle = tuple[Run, Any]  #: what the machine holds for each generation: its run and this socket's subscriber
 
+_V1_SUBSCRIBERS = (SocketSubscriber, OpenAISocketSubscriber)
+
+
+class SocketDialect(Protocol):
+    """A client dialect that takes every text frame of its sockets (the Responses API's WebSocket mode).
+
+    The session still owns the socket: reading, liveness, the frame gate, backpressure and the
+    slow-consumer cut-off, the drain and the gauges. The dialect turns frames into runs
+    (:meth:`Session.hold` keeps them on the socket) and errors into its own frames.
+    """
+
+    async def handle(self, session: Session, text: str) -> None: ...
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        """An error in the dialect's own shape (bad frame, a refused limit, a binary frame)."""
+        ...
+
 
 class Session:
-    """One client socket: reads its frames, carries out what the v1 machine decides."""
+    """One client socket: reads its frames, carries out what the v1 machine (or its :class:`SocketDialect`) decides."""
 
     def __init__(
         self,
@@ -86,8 +117,12 @@ class Session:
         ws: web.WebSocketResponse,
         principal: Any = None,
         transport: asyncio.Transport | None = None,
+        dialect: SocketDialect | None = None,
     ) -> None:
         self.gw = gw
+        #: None: protocol v1 (and the AI SDK's frames, told apart per frame); else it takes every frame
+        self.dialect = dialect
+        self._holds: set[asyncio.Task[None]] = set()
         self.ws = ws  #: read from only; every write goes through ``conn``
         self.last_seen = self.last_frame = time.monotonic()
         self.pinged = False
@@ -116,15 +151,20 @@ class Session:
         log.info("cutting %d generation(s): client not reading (slow_consumer)", len(cut))
         stall = self.gw.settings.slow_consumer_timeout
         for action in cut:
-            run, _ = action.handle
+            run, sub = action.handle
             if not run.cancel(action.reason):
                 continue  # finishing already: its end is on its way
             err = GatewayError(
                 "slow_consumer",
                 f"the client read nothing for {stall:g} s while its send buffer was full; generation cancelled",
             )
+            if isinstance(sub, _V1_SUBSCRIBERS):
+                frames = [orjson.dumps(err.to_event(action.id))]
+            else:  # another dialect's run (AI SDK, Responses): the error in its own shape, as an SSE cut writes it
+                frames = sub.cut_frames(err)
             try:
-                self.conn.post(orjson.dumps(err.to_event(action.id)))
+                for frame in frames:
+                    self.conn.post(frame)
             except (ConnectionError, RuntimeError):
                 pass
 
@@ -132,8 +172,9 @@ class Session:
         if limit is not None:
             self.gw.metrics.reject(limit)
         self.gw.metrics.client_error(err.code)
+        frame = orjson.dumps(err.to_event(id)) if self.dialect is None else self.dialect.error_frame(err)
         try:
-            await self.conn.send(orjson.dumps(err.to_event(id)))
+            await self.conn.send(frame)
         except (ConnectionError, RuntimeError):
             pass
 
@@ -209,7 +250,31 @@ class Session:
         for run, sub in self.v1.clear():
             run.unsubscribe(sub)
 
+    def hold(self, key: str, run: Run, sub: Any) -> None:
+        """Keep a dialect's run (AI SDK, Responses) on this socket until it ends.
+
+        ``sub`` is its subscriber, with a ``cut_frames(err)`` giving the frames that tell the
+        client why its request was cut (the slow consumer), in the dialect's own shape.
+
+        While held it makes the socket busy (no idle close), it is cut with the socket's
+        generations when the client stops reading, waited for by a drain, and detached
+        (cancelled, if not resumable) when the socket goes.
+        """
+        runs = self.runs
+        runs[key] = (run, sub)
+
+        async def forget() -> None:
+            await run.ended.wait()
+            if runs.get(key, (None,))[0] is run:
+                del runs[key]
+
+        task = asyncio.get_running_loop().create_task(forget())
+        self._holds.add(task)  # the loop holds tasks only weakly
+        task.add_done_callback(self._holds.discard)
+
     async def handle(self, text: str) -> None:
+        if self.dialect is not None:
+            return await self.dialect.handle(self, text)
         # --- the AI SDK's WebSocketChatTransport (server/aisdk_ws.py): told by its frames' "requestId" ---
         aisdk = aisdk_ws.claim(self, text)
         if aisdk is not None:
@@ -323,24 +388,25 @@ def _set_pause(action: v1.SetPause) -> None:
         run.set_paused(self_=action.paused)
 
 
-async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    gw: Gateway = request.app["gateway"]
-    try:
-        principal = await gw.access.authenticate_ws(request)
-    except GatewayError as err:
-        return error_response(err)
-    if gw.draining:
-        raise web.HTTPServiceUnavailable(text="shutting down: reconnect to another instance")
+def new_socket(gw: Gateway, protocols: tuple[str, ...] = ()) -> web.WebSocketResponse:
+    """A server socket as every endpoint's :class:`Session` needs it (not yet prepared)."""
     ws = web.WebSocketResponse(
-        protocols=(SUBPROTOCOL,),
-        compress=False,
+        protocols=protocols,
+        compress=False,  # frames are written whole by WSConnection's fast path
         autoping=False,  # pings, pongs and dead peers: Session.serve and server.liveness
         max_msg_size=max(4 * gw.settings.max_frame_bytes, 4 * 1024 * 1024),
     )
     if gw.worker is not None:  # which of `serve --workers` processes took the socket (debugging, tests)
         ws.headers["X-Tokenwire-Worker"] = str(gw.worker[0])
+    return ws
+
+
+async def serve_socket(
+    gw: Gateway, request: web.Request, ws: web.WebSocketResponse, principal: Any, dialect: SocketDialect | None = None
+) -> web.WebSocketResponse:
+    """Prepare ``ws`` and serve it as one session, counted and watched with every other socket."""
     await ws.prepare(request)
-    session = Session(gw, ws, principal, request.transport)  # type: ignore[arg-type]
+    session = Session(gw, ws, principal, request.transport, dialect)  # type: ignore[arg-type]
     gw.sessions.add(session)
     gw.metrics.ws_connections += 1
     try:
@@ -349,3 +415,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         gw.sessions.discard(session)
         await session.conn.close(WSCloseCode.OK)
     return ws
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    gw: Gateway = request.app["gateway"]
+    try:
+        principal = await gw.access.authenticate_ws(request)
+    except GatewayError as err:
+        return error_response(err)
+    if gw.draining:
+        raise web.HTTPServiceUnavailable(text="shutting down: reconnect to another instance")
+    return await serve_socket(gw, request, new_socket(gw, (SUBPROTOCOL,)), principal)
