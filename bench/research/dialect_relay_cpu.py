@@ -9,7 +9,8 @@ tokens relayed; the table gives each dialect's median and its difference from pr
 
 The clients are aiohttp in this process (their CPU is not counted). Unlike
 ``bench/dialect_cpu.py`` (the encoders alone), this includes each path's I/O: a WebSocket
-frame per token for v1, an SSE write per token for the HTTP dialects.
+frame per token for v1 and the Responses API's WebSocket mode, an SSE write per token for the
+HTTP dialects.
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ def sse(path: str, body: Callable[[str, int], dict], marker: bytes) -> Callable[
     return run
 
 
+async def responses_ws(session: aiohttp.ClientSession, base: str, model: str, tokens: int) -> int:
+    """The Responses API's WebSocket mode: one ``response.create``, its events one per frame."""
+    async with session.ws_connect(base.replace("http", "ws", 1) + "/v1/responses") as ws:
+        create = {"type": "response.create", "model": model, "input": "bench", "store": False}
+        await ws.send_str(orjson.dumps(create).decode())
+        n = 0
+        async for msg in ws:
+            if b'"type":"response.output_text.delta"' in msg.data.encode():
+                n += 1
+            elif '"type":"response.completed"' in msg.data:
+                return n
+            elif '"type":"response.' not in msg.data:
+                raise RuntimeError(f"responses ws: {msg.data[:200]}")
+    raise RuntimeError("responses ws: socket closed early")
+
+
 DIALECTS: dict[str, Callable[..., Awaitable[int]]] = {
     "v1 (WebSocket)": v1,
     "openai chat (SSE)": sse(
@@ -75,6 +92,7 @@ DIALECTS: dict[str, Callable[..., Awaitable[int]]] = {
         lambda m, n: {"model": m, "input": "bench", "stream": True, "store": False},
         b"event: response.output_text.delta",
     ),
+    "openai responses (WebSocket)": responses_ws,
     "ai sdk ui stream (SSE)": sse(
         "/api/chat",
         lambda m, n: {
@@ -114,7 +132,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                     if n != args.streams * args.tokens:
                         raise RuntimeError(f"{name}: expected {args.streams * args.tokens} tokens, got {n}")
                     results[name].append(cpu / n * 1e6)
-                    print(f"round {r + 1}: {name:<26} {cpu / n * 1e6:6.2f} us/token ({wall:.2f} s wall)", flush=True)
+                    print(f"round {r + 1}: {name:<30} {cpu / n * 1e6:6.2f} us/token ({wall:.2f} s wall)", flush=True)
     finally:
         gw.stop()
         sim.stop()
@@ -133,7 +151,7 @@ def main() -> None:
     print(f"\ngateway CPU per relayed token, median of {args.rounds} rounds ({args.streams} streams x {args.tokens}):")
     for name, values in results.items():
         med = statistics.median(values)
-        print(f"  {name:<26} {med:6.2f} us/token   ({med - base:+.2f} vs v1)")
+        print(f"  {name:<30} {med:6.2f} us/token   ({med - base:+.2f} vs v1)")
 
 
 if __name__ == "__main__":
