@@ -158,6 +158,37 @@ async def test_an_ai_sdk_socket_that_stops_reading_is_cut_in_its_own_dialect(spa
     assert "Traceback" not in gw.text()
 
 
+async def test_an_ai_sdk_socket_s_refused_frames_are_answered_in_its_own_dialect(spawn, tmp_path) -> None:
+    """The frame-rate gate answers each dropped ``send`` with an ``error`` for its ``requestId``.
+
+    A protocol v1 error frame (no ``requestId``) would make the AI SDK's transport throw and fail
+    every request on the socket; these fail only the dropped ones.
+    """
+    gw = gateway(spawn, tmp_path, max_frames_per_second=2)
+    raw = await Raw.connect(gw.host, gw.port, path="/ws/chat")
+    assert raw.status == 101
+    ids = [f"r{i}" for i in range(6)]
+    for rid in ids:  # at once: the first two pass the gate, the rest are dropped
+        send = {
+            "type": "send",
+            "requestId": rid,
+            "id": "chat-" + rid,
+            "trigger": "submit-message",
+            "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": rid}]}],
+            "body": {"model": "gpt-4.1", "maxOutputTokens": 3},
+        }
+        await raw.send(text(send))
+    outcome: dict[str, dict] = {}
+    while len(outcome) < len(ids):
+        reply = await raw.recv_json()
+        assert isinstance(reply.get("requestId"), str), reply  # every frame names its request
+        if reply["type"] in ("end", "error"):
+            outcome.setdefault(reply["requestId"], reply)
+    assert [outcome[r]["type"] for r in ids] == ["end", "end", "error", "error", "error", "error"]
+    assert all("frames per second" in outcome[r]["errorText"] for r in ids[2:])
+    raw.close()
+
+
 async def _closed(conn) -> int | None:
     """The close code the server sent, once the SDK's connection sees the close (None before)."""
     try:

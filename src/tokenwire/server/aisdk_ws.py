@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..dialects import aisdk_ws as proto
 from ..protocol.errors import GatewayError
 from ..protocol.events import ERROR, TOKEN
@@ -28,7 +30,7 @@ from .aisdk_http import chat_streams, new_message_id
 if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
 
-__all__ = ["AISDKSocket", "claim"]
+__all__ = ["AISDKSocket", "claim", "error_reply", "speaks"]
 
 log = logging.getLogger("tokenwire.aisdk")
 
@@ -43,6 +45,28 @@ def claim(session: Any, text: str) -> AISDKSocket | None:
             return None
         handler = session.aisdk = AISDKSocket(session.gw, session.principal, session.conn, session.runs, session.hold)
     return handler
+
+
+def speaks(session: Any, text: str | None = None) -> bool:
+    """Whether the session's socket speaks the AI SDK's protocol (so far, or by ``text``, a frame of it)."""
+    return getattr(session, "aisdk", None) is not None or (text is not None and proto.is_aisdk_frame(text))
+
+
+def error_reply(err: GatewayError, text: str | None = None) -> bytes:
+    """An ``error`` frame the AI SDK's transport accepts: always with a string ``requestId``.
+
+    The transport throws on a frame without one, which fails every request on the socket; a
+    ``requestId`` it does not know it ignores. The id is the error's, or that of the frame
+    it answers (a frame the rate gate dropped), else empty.
+    """
+    rid = err.extra.get("requestId")
+    if not isinstance(rid, str) and text is not None:
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            obj = None
+        rid = obj.get("requestId") if type(obj) is dict else None
+    return proto.reply("error", rid if isinstance(rid, str) else "", err)
 
 
 class ChunkSubscriber:

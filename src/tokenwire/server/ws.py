@@ -168,11 +168,19 @@ class Session:
             except (ConnectionError, RuntimeError):
                 pass
 
-    async def send_error(self, err: GatewayError, id: str | None = None, limit: str | None = None) -> None:
+    async def send_error(
+        self, err: GatewayError, id: str | None = None, limit: str | None = None, frame_text: str | None = None
+    ) -> None:
+        """An error frame in the socket's dialect; ``frame_text``: the client frame it answers, if any."""
         if limit is not None:
             self.gw.metrics.reject(limit)
         self.gw.metrics.client_error(err.code)
-        frame = orjson.dumps(err.to_event(id)) if self.dialect is None else self.dialect.error_frame(err)
+        if self.dialect is not None:
+            frame = self.dialect.error_frame(err)
+        elif aisdk_ws.speaks(self, frame_text):  # its transport fails the whole socket on a v1 error frame
+            frame = aisdk_ws.error_reply(err, frame_text)
+        else:
+            frame = orjson.dumps(err.to_event(id))
         try:
             await self.conn.send(frame)
         except (ConnectionError, RuntimeError):
@@ -223,7 +231,8 @@ class Session:
                     if gate is not None:
                         refused = gate(msg.data)
                         if refused is not None:
-                            await self.send_error(refused, refused.extra.pop("id", None))
+                            text = msg.data if mtype is TEXT else None
+                            await self.send_error(refused, refused.extra.pop("id", None), frame_text=text)
                             continue
                 if mtype is TEXT:
                     await self.handle(msg.data)
