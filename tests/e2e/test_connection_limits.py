@@ -67,6 +67,22 @@ async def test_a_trickled_request_head_gets_408(strict) -> None:
     assert 0.9 < time.monotonic() - t0 < 6
 
 
+async def test_a_stalled_head_after_a_keep_alive_request_still_gets_408(strict) -> None:
+    """A connection leaves the header sweep while a request is handled and comes back after it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict.port)
+    writer.write(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{strict.port}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    await reader.readexactly(length)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127")  # half a head, then nothing
+    t0 = time.monotonic()
+    raw = await read_all(reader, 6)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 408"), raw[:200]
+    assert 0.9 < time.monotonic() - t0 < 6
+
+
 async def test_a_body_shorter_than_its_content_length_gets_408(strict) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", strict.port)
     body = orjson.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]})

@@ -80,6 +80,10 @@ class ConnectionGuard:
         periods = [p for p in (header_timeout, body_timeout) if p > 0]
         self.tick = max(0.05, min(min(periods) / 5, 1.0)) if periods else 0.0
         self.conns: dict[RequestHandler, _Conn] = {}
+        #: the connections the header sweep looks at: those not inside a request's handler. A
+        #: WebSocket lives inside its upgrade request's handler, so 20,000 idle sockets cost the
+        #: sweep nothing (it walked every one of them each tick)
+        self.watched: dict[RequestHandler, _Conn] = {}
         self.per_ip: dict[str, int] = {}
         #: request bodies being read: id(request) -> (request, started)
         self.reading: dict[int, tuple[web.BaseRequest, float]] = {}
@@ -110,7 +114,7 @@ class ConnectionGuard:
                 self.stats["refused_per_ip"] += 1
                 return False
             self.per_ip[counted] = n + 1
-        self.conns[handler] = _Conn(counted, time.monotonic())
+        self.conns[handler] = self.watched[handler] = _Conn(counted, time.monotonic())
         self._ensure_task()
         return True
 
@@ -128,7 +132,17 @@ class ConnectionGuard:
         self.lingering[transport] = time.monotonic()
         self._ensure_task()
 
+    def handling(self, handler: RequestHandler, busy: bool) -> None:
+        """A request's handler starts (``busy``) or ends on this connection: out of or back into the sweep."""
+        if busy:
+            self.watched.pop(handler, None)
+        else:
+            conn = self.conns.get(handler)
+            if conn is not None:  # (not if the connection is gone meanwhile)
+                self.watched[handler] = conn
+
     def lost(self, handler: RequestHandler) -> None:
+        self.watched.pop(handler, None)
         conn = self.conns.pop(handler, None)
         if conn is not None and conn.ip is not None:
             n = self.per_ip.get(conn.ip, 0) - 1
@@ -178,7 +192,7 @@ class ConnectionGuard:
                 transport.close()
         limit = self.header_timeout
         if limit > 0:
-            for h, conn in list(self.conns.items()):
+            for h, conn in list(self.watched.items()):
                 if h._current_request is not None or h._messages or h.transport is None or h.tw_refused is not None:
                     continue  # being handled (its body is read_json_body's), or a parsed request queued
                 rx = getattr(h, "tw_rx", None)
@@ -246,10 +260,12 @@ class _GuardedHandler(RequestHandler):
 
     async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
         self.tw_rx = None  # the head is whole: from here on it is the handler's (and body_timeout's)
+        self.tw_guard.handling(self, True)
         try:
             return await super()._handle_request(request, start_time, request_handler)
         finally:
             self.tw_rx = None
+            self.tw_guard.handling(self, False)
 
 
 class _GuardedServer(web.Server):
