@@ -138,9 +138,6 @@ class AISDKSocket:
             log.exception("AI SDK frame handling failed")
             await self._write(proto.reply("error", "", GatewayError("internal_error", type(exc).__name__)))
 
-    def _track(self, rid: str, run: Any, sub: ChunkSubscriber) -> None:
-        self._hold(_KEY + rid, run, sub)
-
     async def send(self, req: proto.Send) -> None:
         rid = req.request_id
         if _KEY + rid in self.runs:
@@ -156,7 +153,7 @@ class AISDKSocket:
         sub = ChunkSubscriber(self.writer, proto.ChunkFramer(rid, message_id))
         self.writer.write(proto.reply("start", rid))
         run.subscribe(sub)  # before any await: the run's first events must reach it
-        self._track(rid, run, sub)
+        self._hold(_KEY + rid, run, sub)
         await chat_streams(self.gw).record(self.principal, req.request.chat_id, run, message_id)
 
     async def resume(self, req: proto.Resume) -> None:
@@ -181,7 +178,7 @@ class AISDKSocket:
         if live:
             sub.pending = []
             run.subscribe(sub)  # in the same step as the replay was taken: no gap, no repeat
-            self._track(rid, run, sub)
+            self._hold(_KEY + rid, run, sub)
         for rest in replay:
             for frame in framer.encode(rest, 0, None):
                 await self._write(frame)

@@ -418,17 +418,6 @@ class _WSWriter:
         return self.encode(b"", ERROR, err).split(b"\n")[:-1]
 
 
-def _ws_error(err: GatewayError) -> bytes:
-    body = dialect.error_body(err)["error"]
-    return orjson.dumps(
-        {
-            "type": "error",
-            "status": err.http_status,
-            "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": body["param"]},
-        }
-    )
-
-
 class ResponsesSocket:
     """The WebSocket mode's frames: ``response.create`` in, each response's events out, one at a time.
 
@@ -443,8 +432,11 @@ class ResponsesSocket:
         self.principal = principal
         self.current: Run | None = None
 
-    def error_frame(self, err: GatewayError) -> bytes:
-        return _ws_error(err)
+    @staticmethod
+    def error_frame(err: GatewayError) -> bytes:
+        body = dialect.error_body(err)["error"]
+        fields = {k: body[k] for k in ("type", "code", "message", "param")}
+        return orjson.dumps({"type": "error", "status": err.http_status, "error": fields})
 
     async def handle(self, session: Session, text: str) -> None:
         gw = self.gw

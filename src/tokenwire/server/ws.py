@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -122,7 +122,7 @@ class Session:
         self.gw = gw
         #: None: protocol v1 (and the AI SDK's frames, told apart per frame); else it takes every frame
         self.dialect = dialect
-        self._holds: set[asyncio.Task[None]] = set()
+        self._holds: set[asyncio.Task[None]] = set()  #: the waits for runs' ends (_on_end)
         self.ws = ws  #: read from only; every write goes through ``conn``
         self.last_seen = self.last_frame = time.monotonic()
         self.pinged = False
@@ -272,14 +272,11 @@ class Session:
         runs = self.runs
         runs[key] = (run, sub)
 
-        async def forget() -> None:
-            await run.ended.wait()
+        def forget() -> None:
             if runs.get(key, (None,))[0] is run:
                 del runs[key]
 
-        task = asyncio.get_running_loop().create_task(forget())
-        self._holds.add(task)  # the loop holds tasks only weakly
-        task.add_done_callback(self._holds.discard)
+        self._on_end(run, forget)
 
     async def handle(self, text: str) -> None:
         if self.dialect is not None:
@@ -341,16 +338,22 @@ class Session:
             if isinstance(action, v1.SetPause):
                 _set_pause(action)
 
-        def done(_: Any) -> None:
+        def done() -> None:
             if self.v1.ended(id, handle):
                 self.last_frame = time.monotonic()  # idle counts from the end of the last reply
 
-        asyncio.get_running_loop().create_task(self._wait_end(run, done))
+        self._on_end(run, done)
 
-    @staticmethod
-    async def _wait_end(run: Run, done: Any) -> None:
-        await run.ended.wait()
-        done(None)
+    def _on_end(self, run: Run, done: Callable[[], None]) -> None:
+        """Call ``done`` once ``run`` has ended (one small task; kept here, the loop holds tasks only weakly)."""
+
+        async def wait() -> None:
+            await run.ended.wait()
+            done()
+
+        task = asyncio.get_running_loop().create_task(wait())
+        self._holds.add(task)
+        task.add_done_callback(self._holds.discard)
 
     async def attach(self, req: fr.Attach) -> None:
         try:
