@@ -109,6 +109,8 @@ class H1Connection(asyncio.Protocol):
         stream = self.stream
         self.response = self.stream = None
         if resp is None or stream is None or stream._closed:
+            if resp is not None:
+                resp.release()
             return
         if resp.received == 0 and self.uses > 1 and not resp.complete:
             stream._failed(_Stale())
@@ -158,6 +160,8 @@ class H1Connection(asyncio.Protocol):
             self.transport.close()
 
     def _abort(self) -> None:
+        if self.response is not None:
+            self.response.release()
         self.response = None
         self.stream = None
         if self.transport is not None:
