@@ -20,7 +20,7 @@ import orjson
 import pytest
 from test_sse_slow_consumer import start_gateway
 
-HOOK = '''
+HOOK = """
 import atexit, collections, gc, json, os, sys
 if "serve" in sys.argv:
     gc.set_debug(gc.DEBUG_SAVEALL)
@@ -32,7 +32,7 @@ if "serve" in sys.argv:
             json.dump(kinds, f)
 
     atexit.register(census)
-'''
+"""
 MSGS = [{"role": "user", "content": "x"}]
 ROUNDS = 6  #: of each dialect: a cycle per socket or per reply shows up (at least) this many times
 #: dialect path -> a streamed request of a short reply, and what its last line says
@@ -74,7 +74,8 @@ async def test_sockets_requests_and_replies_leave_no_cyclic_garbage(spawn, tmp_p
     async with aiohttp.ClientSession() as http:
         for i in range(ROUNDS):
             async with http.ws_connect(gw.ws) as ws:  # protocol v1: a socket per reply
-                await ws.send_str(orjson.dumps({"type": "chat", "id": f"c{i}", "model": "fast-1", "content": "x"}).decode())
+                chat = {"type": "chat", "id": f"c{i}", "model": "fast-1", "content": "x"}
+                await ws.send_str(orjson.dumps(chat).decode())
                 async for msg in ws:
                     if orjson.loads(msg.data)["type"] == "end":
                         break

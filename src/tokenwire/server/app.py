@@ -35,6 +35,7 @@ from .anthropic_api import count_tokens, list_models, messages
 from .disconnects import DisconnectWatch
 from .errors import error_response
 from .guard import GUARD, ConnectionGuard, GuardedRunner, raise_fd_limit
+from .heap import apply_gc_policy
 from .http_api import DISCONNECTS, chat_completions
 from .liveness import Liveness
 from .metrics_http import access_log_middleware, connection_reader, metrics_handler
@@ -398,6 +399,7 @@ def run_server(
             )
         else:
             print(f"tokenwire worker {worker[0]}/{worker[1]} (pid {os.getpid()}) ready on port {port}", flush=True)
+        apply_gc_policy(settings.gc_policy)  # last: what start-up built is frozen out of the collector
         if on_ready is not None:
             on_ready()
         await stop.wait()
