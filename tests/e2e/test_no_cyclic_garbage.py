@@ -2,11 +2,11 @@
 freed by reference counting when it ends, in every dialect.
 
 A cycle per socket (the connection calling back into its session) or per reply (an upstream
-response and its httptools parser) hands the socket's or the reply's whole object graph to
-CPython's cyclic collector, whose full passes stop the event loop for 100+ ms once a process
-holds 1,000 streams (docs/benchmarks-load.md, "Garbage collection"). The gateway runs here with
-``gc.DEBUG_SAVEALL`` (from a ``sitecustomize`` on its path): everything the collector would have
-freed is kept and counted by type when it exits.
+response and its httptools parser) leaves the socket's or the reply's whole object graph to
+CPython's cyclic collector, whose full passes a serving process runs rarely (server/heap.py:
+each stops the event loop for ~100 ms at 1,000 streams), so such garbage would pile up. The
+gateway runs here with ``gc.DEBUG_SAVEALL`` (from a ``sitecustomize`` on its path): everything
+the collector would have freed is kept and counted by type when it exits.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """An upstream response leaves no reference cycle behind (upstream/h1.py, ``H1Response.release``).
 
-One cycle per reply (the response and its httptools parser holding each other) was what made
-CPython's full collections frequent: eight 120-180 ms pauses of the event loop in 40 s at
-1,000 paced streams (docs/benchmarks-load.md, "Garbage collection"). These tests run with the
-automatic collector off, so a cycle left behind shows up as objects only ``gc.collect()`` frees.
+A serving process runs the cyclic collector's full passes rarely (server/heap.py), so a cycle
+per reply (the response and its httptools parser holding each other) would pile up replies'
+objects between them, and make each full pass (~100 ms at 1,000 streams) longer. These tests
+run with the automatic collector off, so a cycle left behind shows up as objects only
+``gc.collect()`` frees.
 """
 
 from __future__ import annotations

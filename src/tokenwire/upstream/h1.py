@@ -151,10 +151,11 @@ class H1Response:
         """Drop the parser: no more bytes will come (the connection closed or was given up).
 
         The parser holds this object's bound callbacks and this object holds the parser: a
-        reference cycle, which only the cyclic garbage collector would free. One per
-        generation made the collector's full passes (100+ ms at 1,000 streams) frequent, so
-        the cycle is cut as soon as the response is over (:meth:`feed` on its last byte,
-        :meth:`feed_eof`, or the connection's owner giving it up).
+        reference cycle, which only the cyclic garbage collector would free, and a serving
+        process runs the collector's full passes rarely (server/heap.py), so a reply's
+        response, decoder and parser would pile up between them. The cycle is cut as soon as
+        the response is over (:meth:`feed` on its last byte, :meth:`feed_eof`, or the
+        connection's owner giving it up).
         """
         self._parser = None
 
