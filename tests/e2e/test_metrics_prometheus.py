@@ -53,6 +53,7 @@ FAMILIES = {
     "tokenwire_reconnects": "counter",
     "tokenwire_http_requests": "counter",
     "tokenwire_event_loop_lag_seconds": "histogram",
+    "tokenwire_gc_pause_seconds": "histogram",
     "tokenwire_store_write_seconds": "histogram",
     "tokenwire_redis_seconds": "histogram",
     "process_resident_memory_bytes": "gauge",
@@ -237,6 +238,10 @@ async def test_prometheus_reads_the_whole_gateway_under_two_workers(spawn, sim, 
         assert page.value("tokenwire_redis_seconds_count", client="store", op="call") >= len(ws_sent)
         assert page.value("tokenwire_redis_seconds_count", client="store", op="ship") >= 1
         assert page.value("tokenwire_event_loop_lag_seconds_count") >= 2  # one probe each 0.25 s, per worker
+        # each worker's full pass once started (gc_policy "tuned"), and young passes while serving
+        assert page.value("tokenwire_gc_pause_seconds_count", generation="2") >= 2
+        assert page.value("tokenwire_gc_pause_seconds_count", generation="0") >= 2
+        assert 0 < page.value("tokenwire_gc_pause_seconds_sum", generation="2") < 2.0
         assert page.value("process_resident_memory_bytes") > 20e6  # two Python processes
         assert page.value("process_cpu_seconds_total") > 0
         assert 0 < page.value("process_start_time_seconds") <= time.time()

@@ -6,7 +6,8 @@ pause between tokens); gauges (open sockets and SSE responses, generations in
 flight, bytes waiting in send buffers) are read at scrape time from the live
 objects. The only other work is a plain integer ``+= 1`` per socket, rejection,
 client error or cut-off, one histogram observation per Redis call and per stored
-turn, and one timer per process that measures the event loop's lag.
+turn, one timer per process that measures the event loop's lag, and a timing of each
+garbage-collector pass.
 
 **Why the counting is plain Python and the page is ``prometheus_client``'s.** The
 figures live in plain ints, dicts and :class:`_Histogram` (one bisect and two adds
@@ -33,6 +34,7 @@ worker that does not answer within 2 s is missing from that one scrape.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import time
@@ -74,6 +76,8 @@ DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: the first bucket; a paced provider's 10-50 ms gaps are below the resolution, a stall is not
 GAP_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 #: how late the loop ran a timer: uvloop's timers have millisecond resolution, so the first bucket is 1 ms
+#: one pass of the cyclic garbage collector (young passes take ~0.1-5 ms; a full one ~100 ms per 200,000 objects)
+GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: one Redis call (a local Redis answers in 0.1-0.5 ms; a call fails after ~2 x redis_timeout)
 REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -178,6 +182,9 @@ class Metrics:
         self.http: dict[tuple[str, str, int], int] = {}  #: (method, route, status) -> requests
         self.models: dict[tuple[str, str], _ModelStats] = {}
         self.loop_lag = _Histogram(LAG_BUCKETS)  #: how late the event loop ran a timer due every LAG_INTERVAL
+        #: generation (0, 1, 2 = full) -> seconds each pass of the cyclic collector stopped the process
+        self.gc_pauses = {g: _Histogram(GC_BUCKETS) for g in range(3)}
+        self._gc_began = 0.0
         self.store_writes: dict[str, _Histogram] = {}  #: store kind -> seconds to write one turn
         self.redis: dict[tuple[str, str], _Histogram] = {}  #: (client, op) -> seconds per Redis round trip
         #: the server layer's reader of the live client connections (server/metrics_http.py)
@@ -299,6 +306,7 @@ class Metrics:
         """
         if self._lag_timer is not None:
             return
+        gc.callbacks.append(self._on_gc)
         self._lag_due = time.monotonic() + LAG_INTERVAL
         self._lag_timer = asyncio.get_running_loop().call_later(LAG_INTERVAL, self._lag_tick)
 
@@ -343,6 +351,20 @@ class Metrics:
         if self._lag_timer is not None:
             self._lag_timer.cancel()
             self._lag_timer = None
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """Each pass of the cyclic collector, timed: the whole process stands still meanwhile.
+
+        A full pass walks every tracked object (~200 per open socket), so its pause grows with
+        the sockets a process holds; the ``gc_policy`` setting (server/heap.py) makes it rare.
+        A few dozen passes a second under load, never per token.
+        """
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+        else:
+            self.gc_pauses[info["generation"]].observe(time.perf_counter() - self._gc_began)
 
     # -- reading ----------------------------------------------------------------
     def _sockets_only(self) -> ConnectionStats:
@@ -494,6 +516,14 @@ class _Collector(Collector):
             f"How late the event loop ran a timer due every {LAG_INTERVAL:g} s (one probe per process).",
         )
         _add(hist, [], m.loop_lag)
+        yield hist
+        hist = HistogramMetricFamily(
+            "tokenwire_gc_pause_seconds",
+            "How long each pass of the cyclic garbage collector stopped the process (generation 2: a full pass).",
+            labels=["generation"],
+        )
+        for generation, h in m.gc_pauses.items():
+            _add(hist, [str(generation)], h)
         yield hist
         hist = HistogramMetricFamily(
             "tokenwire_store_write_seconds",
