@@ -200,3 +200,16 @@ def test_streams_per_core_is_the_largest_stall_free_n_divided_by_the_workers() -
     )
     assert lines[1].startswith("- 2 worker(s): **500 stall-free streams per core** (1,000 in all")
     assert lines[2] == "- 4 worker(s): streams stalled at every N tried (smallest: 400)"
+
+
+def test_a_gateway_setting_becomes_its_variable_and_a_typo_is_refused() -> None:
+    from tokenwire.bench.loadtest import gateway_settings
+
+    assert gateway_settings(["gc_policy=default", "Event_Loop=asyncio"]) == {
+        "TOKENWIRE_GC_POLICY": "default",
+        "TOKENWIRE_EVENT_LOOP": "asyncio",
+    }
+    assert gateway_settings(None) == {}
+    for bad in ("gc_polcy=default", "gc_policy", "providers=x"):
+        with pytest.raises(ValueError, match="expected NAME=VALUE"):
+            gateway_settings([bad])

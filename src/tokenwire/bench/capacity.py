@@ -55,9 +55,11 @@ from .loadtest import (
     _raise_nofile,
     _spawn,
     _stop,
+    add_gateway_setting,
     await_ready,
     collect,
     gateway_env,
+    gateway_settings,
     go,
     start_clients,
 )
@@ -320,6 +322,7 @@ def measure_gateway(
         env = gateway_env(up_port, args.loop, False, plan.workers, redis_url)
         if args.gateway_src:
             env["PYTHONPATH"] = args.gateway_src
+        env.update(gateway_settings(args.gateway_setting))
         cmd = ["-m", "tokenwire", "serve", "--port", "0", "--log-level", "warning"]
         gw, gw_port = _spawn(cmd, work / "gateway.log", env, set(plan.gateway) or None)
         procs.append(gw)
@@ -454,6 +457,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = _say) -> dict[str
         "load_avg_start": round(os.getloadavg()[0], 2),
         "gateway_tree": _gateway_tree(args.gateway_src),
         "event_loop": _loop_name(args.loop),
+        "gateway_settings": list(args.gateway_setting or []),
         "tps": args.tps,
         "tokens_per_reply": args.tokens,
         "window_s": args.window,
@@ -524,7 +528,9 @@ def render(report: dict[str, Any]) -> str:
     rows = report["rows"]
     head = (
         f"tokenwire capacity — {report['date']}, {report['machine']}, load average {report['load_avg_start']} → "
-        f"{report.get('load_avg_end', '?')}; gateway {report['gateway_tree']} on {report['event_loop']}; "
+        f"{report.get('load_avg_end', '?')}; gateway {report['gateway_tree']} on {report['event_loop']}"
+        + "".join(f", {pair}" for pair in report.get("gateway_settings", []))
+        + "; "
         f"{report['tps']:g} tok/s per stream, {report['tokens_per_reply']}-token replies, "
         f"{report['window_s']:g} s window after {report['warmup_s']:g} s warm-up, stall = gap > "
         f"{report['stall_ms']:g} ms" + (f"; streams over Redis {report['redis']}" if report["redis"] else "")
@@ -583,10 +589,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the gateway's event loop")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis for --workers")
     p.add_argument("--gateway-src", metavar="DIR", help="PYTHONPATH of the gateway under test (another tree's src)")
+    add_gateway_setting(p)
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        gateway_settings(args.gateway_setting)
+    except ValueError as exc:
+        print(f"tokenwire capacity: {exc}", file=sys.stderr)
+        return 2
     if args.window <= 0 or args.floor_window <= 0:
         print("tokenwire capacity: --window and --floor-window must be positive", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import re
@@ -42,6 +43,7 @@ from typing import Any
 import orjson
 
 from .. import procstat
+from ..config import Settings
 from ..simulate.fastloop import run_fast
 from .plots import INSTALL
 from .stats import RES_US, StreamStalls, added_gap
@@ -357,6 +359,28 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
+def gateway_settings(pairs: list[str] | None) -> dict[str, str]:
+    """``--gateway-setting NAME=VALUE`` options as the gateway's ``TOKENWIRE_NAME`` variables.
+
+    The gateway under load gets none of this shell's ``TOKENWIRE_*`` variables (a developer's
+    settings would change what is measured without saying so), so a setting to compare (e.g.
+    ``gc_policy=default``) is named here, checked against :class:`~tokenwire.config.Settings`,
+    and printed in the report's heading. Raises ValueError on a malformed or unknown one.
+    """
+    names = {f.name for f in dataclasses.fields(Settings)} - {"providers", "models", "aliases", "routes"}
+    env: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in names:
+            raise ValueError(
+                f"--gateway-setting {pair!r}: expected NAME=VALUE, NAME one of the [server] settings "
+                "(e.g. gc_policy=default)"
+            )
+        env[f"TOKENWIRE_{name.upper()}"] = value
+    return env
+
+
 def gateway_env(
     upstream_port: int, loop: str, access_log: bool = False, workers: int = 1, redis_url: str | None = None
 ) -> dict[str, str]:
@@ -446,6 +470,7 @@ def run(args: argparse.Namespace, progress: _Progress | None = None) -> dict[str
     gw_env = gateway_env(
         up_port, args.loop, args.access_log, args.workers, args.redis_url if args.workers > 1 else None
     )
+    gw_env.update(gateway_settings(args.gateway_setting))
     gw_cmd = ["-m", "tokenwire", "serve", "--port", "0", "--log-level", "warning"]
     gw, gw_port = _spawn(gw_cmd, work / "gateway.log", gw_env)
     gw_pids = _children(gw.pid) if args.workers > 1 else [gw.pid]
@@ -453,6 +478,7 @@ def run(args: argparse.Namespace, progress: _Progress | None = None) -> dict[str
     report: dict[str, Any] = {
         "mode": args.mode,
         "event_loop": _loop_name(args.loop),
+        "gateway_settings": list(args.gateway_setting or []),
         "gateway_workers": args.workers,
         "streams": args.streams,
         "clients": args.clients,
@@ -603,7 +629,9 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         f"tokenwire loadtest — {r['mode']}: {r['streams']:,} sockets from {r['clients']} client processes, "
         f"{r['duration_s']} s measured after {r['warmup_s']} s warm-up ({r['date']}, {r['machine']}; "
-        f"gateway: {r.get('gateway_workers', 1)} process(es), {r.get('event_loop', 'asyncio')})",
+        f"gateway: {r.get('gateway_workers', 1)} process(es), {r.get('event_loop', 'asyncio')}"
+        + "".join(f", {pair}" for pair in r.get("gateway_settings", []))
+        + ")",
     ]
     if "memory_per_socket_kb" in r:
         lines.append(
@@ -648,6 +676,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Every option's default in --help, and the figures' legend kept as written."""
 
 
+def add_gateway_setting(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gateway-setting",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a [server] setting of the gateway under test, e.g. gc_policy=default (repeatable; "
+        "this shell's TOKENWIRE_* variables do not reach it)",
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = _HelpFormatter
     p.description = (
@@ -668,6 +706,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-every", type=float, default=5.0, help="seconds between gateway memory samples")
     p.add_argument("--model", default="gpt-4.1", help="model name sent (the fake upstream ignores it)")
     p.add_argument("--access-log", action="store_true", help="keep the gateway's per-request JSON log on")
+    add_gateway_setting(p)
     p.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
@@ -697,6 +736,11 @@ def _write_figures(args: argparse.Namespace, report: dict[str, Any], text: str) 
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        gateway_settings(args.gateway_setting)
+    except ValueError as exc:
+        print(f"tokenwire loadtest: {exc}", file=sys.stderr)
+        return 2
     if getattr(args, "plot", None) or getattr(args, "report", None):
         from .plots import MissingExtra, require
 
