@@ -4,9 +4,12 @@ byte: exhaustive/test_sse_every_split.py.)"""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from parseref import decode_split, reference_events
 from paths import FIXTURES
 
@@ -76,3 +79,39 @@ def test_endless_line_is_refused() -> None:
     dec.feed(b"data: " + b"x" * 900)
     with pytest.raises(SSEError):
         dec.feed(b"x" * 200)
+
+
+def _event_boundaries(raw: bytes) -> list[int]:
+    return [m.end() for m in re.finditer(rb"(?:\r\n|\r|\n){2}", raw)][:-1]
+
+
+@pytest.mark.parametrize("name", SSE_FIXTURES)
+def test_every_fixture_one_event_per_read(fixtures_dir: Path, name: str) -> None:
+    """A read of exactly one event is what a paced provider sends, and what the fast path takes."""
+    raw = (fixtures_dir / name).read_bytes()
+    assert decode_split(raw, _event_boundaries(raw)) == reference_events(raw)
+
+
+_piece = st.one_of(
+    st.builds(
+        lambda v: b"data: " + v + b"\n\n", st.binary(max_size=12).filter(lambda b: b"\n" not in b and b"\r" not in b)
+    ),
+    st.sampled_from(
+        [b"data: x\n", b"data:y\n\n", b"event: delta\n", b": ping\n\n", b"id: 7\n", b"data: a\r\n\r\n", b"\n"]
+    ),
+    st.sampled_from([b"data: \n\n", b"data: z\r", b"\ndata: w\n\n", b"retry: 5\n\n", b"data: [DONE]\n\n"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(_piece, max_size=12), extra=st.lists(st.integers(0, 400), max_size=6))
+def test_reads_of_whole_events_decode_as_byte_by_byte(pieces: list[bytes], extra: list[int]) -> None:
+    """Reads cut at the pieces' own ends (so many reads are one whole ``data:`` event) and elsewhere:
+    the same events, names and data as feeding one byte at a time."""
+    raw = b"".join(pieces)
+    ends, at = [], 0
+    for p in pieces:
+        at += len(p)
+        ends.append(at)
+    cuts = sorted({c for c in ends[:-1] + [e % (len(raw) + 1) for e in extra] if 0 < c < len(raw)})
+    assert decode_split(raw, cuts) == decode_split(raw, list(range(1, len(raw))))
