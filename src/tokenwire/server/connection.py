@@ -290,10 +290,15 @@ class WSConnection:
             log.debug("close(%d) failed: %s", code, exc)
         finally:
             self._state = _CLOSED
+            self.on_slow_consumer = None  # see drop()
 
     def drop(self) -> None:
         """The peer is gone: abort without a handshake (the client sees 1006)."""
         self._state = _CLOSED
+        # A closed connection has no consumer to cut. Its owner's callback (a bound method of the
+        # session) would otherwise keep the session and the socket's whole graph in a reference
+        # cycle that only the cyclic collector frees, and its full passes are rare (server/heap.py).
+        self.on_slow_consumer = None
         self._corked = None
         if self.transport is not None:
             self.transport.abort()

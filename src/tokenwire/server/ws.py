@@ -426,10 +426,6 @@ async def serve_socket(
     finally:
         gw.sessions.discard(session)
         await session.conn.close(WSCloseCode.OK)
-        # The connection calls back into the session (a bound method: a reference cycle that only
-        # the cyclic GC would free, with the socket's whole graph hanging off it); a closed
-        # socket has no consumer to cut.
-        session.conn.on_slow_consumer = None
     return ws
 
 
