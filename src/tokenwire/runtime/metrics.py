@@ -75,9 +75,9 @@ DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: the longest pause between two tokens of one generation, sampled every LAG_INTERVAL: 0 (none seen) lands in
 #: the first bucket; a paced provider's 10-50 ms gaps are below the resolution, a stall is not
 GAP_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-#: how late the loop ran a timer: uvloop's timers have millisecond resolution, so the first bucket is 1 ms
 #: one pass of the cyclic garbage collector (young passes take ~0.1-5 ms; a full one ~100 ms per 200,000 objects)
 GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: how late the loop ran a timer: uvloop's timers have millisecond resolution, so the first bucket is 1 ms
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: one Redis call (a local Redis answers in 0.1-0.5 ms; a call fails after ~2 x redis_timeout)
 REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -13,8 +13,8 @@ The "tuned" policy (1) collects once and freezes what start-up built (modules, c
 catalog) out of every later pass, and (2) starts a full pass after 100 middle passes instead of
 10. (Frozen objects are still freed by reference counting when dropped; only a cycle among
 them would stay until exit.) The young generations keep their defaults: a larger first
-threshold made the middle passes themselves take 20-140 ms. "default" leaves CPython's collector as it is. Figures:
-docs/benchmarks-load.md, "Garbage collection".
+threshold made the middle passes themselves take 20-140 ms. "default" leaves CPython's
+collector as it is. Figures: docs/benchmarks-load.md, "Garbage collection".
 """
 
 from __future__ import annotations
