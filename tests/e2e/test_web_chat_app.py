@@ -98,6 +98,17 @@ def titles_shown(page) -> list[str]:
     return page.eval_on_selector_all("#conv-list .conv-open", "els => els.map(e => e.textContent)")
 
 
+def wait_titles(page, want: list[str]) -> None:
+    """The list is re-rendered from the gateway after each reply, so its titles settle a moment after
+    the reply ends: wait for exactly these, in this order."""
+    poll(
+        page,
+        "(want) => JSON.stringify([...document.querySelectorAll('#conv-list .conv-open')]"
+        ".map(e => e.textContent)) === JSON.stringify(want)",
+        want,
+    )
+
+
 def test_conversation_list_new_switch_rename_delete(open_page, gateway: Proc) -> None:
     page = open_page(gateway.http + "/")
     assert titles_shown(page) == ["New chat"]
@@ -113,8 +124,7 @@ def test_conversation_list_new_switch_rename_delete(open_page, gateway: Proc) ->
     wait_end(page, 1)
     b = page.evaluate("window.tokenwireApp.conversationId")
     assert a != b
-    poll(page, "() => document.querySelectorAll('#conv-list .conv').length === 2")
-    assert titles_shown(page) == ["สวัสดี second chat", "Plan a trip to Chiang Mai"]  # newest first
+    wait_titles(page, ["สวัสดี second chat", "Plan a trip to Chiang Mai"])  # newest first
     assert page.get_attribute(f"#conv-list .conv[data-id='{b}']", "aria-current") == "true"
     assert listed(page) == [(b, "สวัสดี second chat"), (a, "Plan a trip to Chiang Mai")]
 
@@ -138,8 +148,7 @@ def test_conversation_list_new_switch_rename_delete(open_page, gateway: Proc) ->
     page.reload()
     ready(page)
     poll(page, "() => document.querySelectorAll('.msg').length === 4")
-    poll(page, "() => document.querySelectorAll('#conv-list .conv').length === 2")
-    assert titles_shown(page) == ["Chiang Mai ✈", "สวัสดี second chat"]
+    wait_titles(page, ["Chiang Mai ✈", "สวัสดี second chat"])
 
     # delete B: the button asks once more ("Delete?"), then it is gone on the gateway too
     page.click(f"#conv-list .conv[data-id='{b}'] .conv-delete")
@@ -268,6 +277,12 @@ def test_phone_drawer_no_sideways_scroll_and_composer_above_keyboard(open_page, 
     page.click("#input")
     page.set_viewport_size({"width": 390, "height": 480})
     poll(page, "() => innerHeight === 480")
+    # the page fits itself to the new height on the viewport's resize event, which comes a frame later
+    poll(
+        page,
+        "() => { const r = document.querySelector('#composer').getBoundingClientRect();"
+        " return r.top >= 0 && r.bottom <= 480.5; }",
+    )
     composer = page.locator("#composer").bounding_box()
     assert composer["y"] >= 0 and composer["y"] + composer["height"] <= 480 + 0.5, composer
     assert page.locator("#input").is_visible()
