@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,8 +12,10 @@ import uuid
 from typing import Any
 
 import aiohttp
+import orjson
 from eventually import aeventually
 from redisutil import new_prefix
+from secutil import create_key
 from wsutil import connect_worker as connect
 from wsutil import text_of
 
@@ -203,3 +206,56 @@ async def test_metrics_add_up_every_worker(spawn, sim, redis_url) -> None:
             own = await r.text()
     assert set(values) == {(float(n), float(n * tokens), 1.0)}, values
     assert f"tokenwire_ws_connections_total {n}\n" not in own  # a single worker saw fewer
+
+
+async def test_the_admin_view_adds_up_every_worker(spawn, sim, redis_url, tmp_path) -> None:
+    """Whichever worker an admin reaches, the live view, the latest generations and any generation's
+    detail are the whole gateway's; the routes the workers ask each other on are not a client's."""
+    db = tmp_path / "gw.db"
+    admin, alice = create_key(db, "ops", "--admin"), create_key(db, "alice")
+    env = {**workers_env(sim, redis_url), "TOKENWIRE_DB": str(db)}
+    gw = spawn("serve", "--port", "0", "--workers", "2", env=env, timeout=40)
+    n = 16  # each on a new connection: the kernel spreads them over both workers
+    ids = []
+    async with aiohttp.ClientSession(headers={"Connection": "close"}) as s:
+        for i in range(n):
+            body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": f"admin view {i}"}], "max_tokens": 5}
+            async with s.post(
+                gw.http + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {alice}"}
+            ) as r:
+                assert r.status == 200, await r.text()
+                ids.append((await r.json())["id"])
+        auth = {"Authorization": f"Bearer {admin}"}
+
+        async def stats() -> dict:
+            async with s.get(gw.http + "/admin/api/stats", headers=auth) as r:
+                assert r.status == 200, await r.text()
+                return await r.json()
+
+        for _ in range(4):  # each call lands on either worker, and says the same
+            snap = await stats()
+            assert snap["generations_total"] == n and snap["workers_missing"] == 0
+            per_worker = {w["worker"]: w["generations_total"] for w in snap["workers"]}
+            assert set(per_worker) == {0, 1} and sum(per_worker.values()) == n and min(per_worker.values()) > 0
+            assert sorted("chatcmpl-" + g["stream_id"] for g in snap["latest"]) == sorted(ids)
+            assert snap["ended_in_window"] == n and snap["models"][0]["generations"] == n
+        async with s.get(gw.http + "/admin/api/generations?limit=50", headers=auth) as r:
+            listed = (await r.json())["data"]
+        assert sorted("chatcmpl-" + g["stream_id"] for g in listed) == sorted(ids)
+        assert [g["ended"] for g in listed] == sorted((g["ended"] for g in listed), reverse=True)  # newest first
+        for cid in ids:  # every generation's detail, from whichever worker ran it
+            async with s.get(gw.http + f"/admin/api/generations/{cid}", headers=auth) as r:
+                assert r.status == 200, await r.text()
+                detail = await r.json()
+            assert "chatcmpl-" + detail["stream_id"] == cid and detail["status"] == "completed"
+        async with s.get(gw.http + "/admin/api/generations/s_nowhere", headers=auth) as r:
+            assert r.status == 404 and "each of the 2 workers" in (await r.json())["error"]["message"]
+        async with s.get(gw.http + "/admin/api/live", headers=auth) as r:  # the live stream too
+            line = b""
+            while not line.startswith(b"data: "):
+                line = await asyncio.wait_for(r.content.readline(), 10)
+        live = orjson.loads(line[6:])
+        assert live["generations_total"] == n and len(live["latest"]) == n
+        for path in ("/admin/api/worker/state", f"/admin/api/worker/generations/{ids[0]}"):
+            async with s.get(gw.http + path, headers=auth) as r:
+                assert r.status == 404  # only for the workers, over their private sockets

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import orjson
 import pytest
 
 from tokenwire.auth.keys import (
@@ -20,7 +21,7 @@ from tokenwire.auth.keys import (
 from tokenwire.auth.usage import POINTS, parse_window, summarize
 from tokenwire.protocol.errors import GatewayError
 from tokenwire.protocol.frames import Chat
-from tokenwire.runtime.recent import Recent, detail, percentile
+from tokenwire.runtime.recent import Recent, detail, live_view, merge_exports, percentile
 from tokenwire.runtime.summary import RunSummary
 
 NOW = 1_800_000_030.0  # 30 s into a minute
@@ -207,6 +208,34 @@ def test_the_snapshot_has_in_flight_rate_percentiles_per_model_and_errors() -> N
     assert models["gpt-4.1"]["total_p99_ms"] == 4000.0 and models["claude"]["failed"] == 2
     assert r.snapshot(NOW, {}, 1500, None)["tokens_per_s"] is None  # a rate needs two snapshots
     assert r.snapshot(NOW, {}, 1500, (NOW - 1, 1500))["tokens_per_s"] == 0.0
+
+
+def test_several_workers_figures_add_up_to_what_one_process_with_all_of_them_shows() -> None:
+    """Percentiles of the whole are not a function of each worker's: the ends travel raw and the view
+    of two workers' exports (through JSON, as between processes) equals one process's that saw it all."""
+    one, a, b = Recent(window=60), Recent(window=60), Recent(window=60)
+    err = GatewayError("upstream_rate_limited", "429", status=429)
+    runs = [
+        (summary("old", ttft=9000.0), NOW - 120),  # out of the window
+        *((summary(f"g{i}", ttft=10.0 * (i + 1), total=100.0 * (i + 1)), NOW - 30 + i) for i in range(9)),
+        (summary("c1", model="claude", provider="anth", ttft=50.0), NOW - 5),
+        (summary("f1", status="failed", ttft=None, tokens=0, provider="anth", model="claude", error=err), NOW - 2),
+        (summary("f2", status="failed", ttft=None, tokens=0, provider="anth", model="claude", error=err), NOW - 1),
+    ]
+    for i, (run, ended) in enumerate(runs):
+        one.add(run, ended)
+        (a if i % 3 else b).add(run, ended)  # unevenly, and interleaved in time
+    alone = one.snapshot(NOW, {"gpt-4.1": 3}, 900, (NOW - 1, 800), sockets=5)
+    parts = [orjson.loads(orjson.dumps(r.export(NOW, latest=5))) for r in (a, b)]
+    merged = merge_exports(parts, latest=5)
+    view = live_view(
+        NOW, 60, merged["ends"], merged["errors"], merged["finished"], {"gpt-4.1": 3}, 900, (NOW - 1, 800), 5
+    )
+    assert view == alone
+    assert view["ttft_p99_ms"] == 90.0 and view["generations_total"] == 13 and view["ended_in_window"] == 12
+    assert view["errors"][0]["count"] == 2  # one from each worker
+    assert [g["stream_id"] for g in merged["latest"]] == [g["stream_id"] for g in one.latest(5)]  # newest first
+    assert [g["stream_id"] for g in merged["latest"]] == ["f2", "f1", "c1", "g8", "g7"]
 
 
 # -- the key store ------------------------------------------------------------------------

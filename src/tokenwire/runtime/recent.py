@@ -7,6 +7,10 @@ An ``on_finish`` hook (once per generation, never per token) keeps, bounded:
   :meth:`Recent.snapshot` computes TTFT p50/p99 and per-model latency;
 - errors by provider and code since start.
 
+Under ``serve --workers N`` each worker has its own: :meth:`Recent.export` hands its raw figures
+to the worker answering an admin, which adds them up (:func:`merge_exports`) and makes one view
+of them (:func:`live_view`, what :meth:`Recent.snapshot` makes of one process's).
+
 Nothing here does I/O or reads a clock of its own: the caller passes ``now``, so the unit
 tests drive it with made-up summaries and times.
 """
@@ -21,7 +25,7 @@ from typing import Any
 from ..protocol.errors import GatewayError
 from .summary import RunSummary
 
-__all__ = ["Recent", "detail", "percentile"]
+__all__ = ["Recent", "detail", "live_view", "merge_exports", "percentile"]
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -220,51 +224,100 @@ class Recent:
         previous snapshot's ``(now, tokens_total)``), TTFT p50/p99 and per-model latency over the
         last ``window`` seconds, errors by provider and code."""
         self._prune(now)
-        rate = None
-        if prev is not None and now > prev[0]:
-            rate = round(max(0, tokens_total - prev[1]) / (now - prev[0]), 1)
-        ttfts = [e[4] for e in self.ends if e[4] is not None]
-        per_model: dict[tuple[str, str], list[Any]] = {}
-        failed = 0
-        for _, model, provider, status, ttft, total, tokens in self.ends:
-            m = per_model.setdefault((model, provider), [[], [], 0, 0])
-            if ttft is not None:
-                m[0].append(ttft)
-            m[1].append(total)
-            m[2] += tokens
-            if status == "failed":
-                m[3] += 1
-                failed += 1
-        models = [
-            {
-                "model": model,
-                "provider": provider,
-                "generations": len(m[1]),
-                "failed": m[3],
-                "tokens": m[2],
-                "ttft_p50_ms": percentile(m[0], 50),
-                "ttft_p99_ms": percentile(m[0], 99),
-                "total_p50_ms": percentile(m[1], 50),
-                "total_p99_ms": percentile(m[1], 99),
-            }
-            for (model, provider), m in sorted(per_model.items())
-        ]
+        return live_view(
+            now, self.window, self.ends, self.errors, self.finished, in_flight, tokens_total, prev, sockets
+        )
+
+    def export(self, now: float, latest: int = 20) -> dict[str, Any]:
+        """This process's raw figures, for another worker to add up with its own (:func:`merge_exports`).
+
+        Raw, not summarised: percentiles of several workers are not a function of each worker's
+        percentiles, so the ends of the window travel as they are (at most ``max_ends``).
+        """
+        self._prune(now)
         return {
-            "t": round(now, 3),
-            "window_s": self.window,
-            "in_flight": sum(in_flight.values()),
-            "in_flight_by_model": in_flight,
-            "sockets": sockets,
-            "tokens_total": tokens_total,
-            "tokens_per_s": rate,
-            "ttft_p50_ms": percentile(ttfts, 50),
-            "ttft_p99_ms": percentile(ttfts, 99),
-            "ended_in_window": len(self.ends),
-            "failed_in_window": failed,
-            "generations_total": self.finished,
-            "errors": [
-                {"provider": p, "code": c, "upstream_status": int(s) if s else None, "count": n}
-                for (p, c, s), n in sorted(self.errors.items(), key=lambda kv: -kv[1])
-            ],
-            "models": models,
+            "ends": [list(e) for e in self.ends],
+            "errors": [[p, c, s, n] for (p, c, s), n in self.errors.items()],
+            "finished": self.finished,
+            "latest": self.latest(latest),
         }
+
+
+def merge_exports(parts: list[dict[str, Any]], latest: int = 20) -> dict[str, Any]:
+    """Several processes' :meth:`Recent.export` as one: ends in time order, errors and counts added up,
+    the ``latest`` newest generations of all of them."""
+    ends = sorted((tuple(e) for part in parts for e in part["ends"]), key=lambda e: e[0])
+    errors: dict[tuple[str, str, str], int] = {}
+    for part in parts:
+        for p, c, s, n in part["errors"]:
+            errors[(p, c, s)] = errors.get((p, c, s), 0) + n
+    newest = sorted((g for part in parts for g in part["latest"]), key=lambda g: g.get("ended") or 0, reverse=True)
+    return {
+        "ends": ends,
+        "errors": errors,
+        "finished": sum(part["finished"] for part in parts),
+        "latest": newest[:latest],
+    }
+
+
+def live_view(
+    now: float,
+    window: float,
+    ends: Any,
+    errors: dict[tuple[str, str, str], int],
+    finished: int,
+    in_flight: dict[str, int],
+    tokens_total: int,
+    prev: tuple[float, int] | None,
+    sockets: int = 0,
+) -> dict[str, Any]:
+    """The live view (see :meth:`Recent.snapshot`) from its raw figures: one process's, or several
+    added up (:func:`merge_exports`). ``ends`` are the window's, oldest first."""
+    rate = None
+    if prev is not None and now > prev[0]:
+        rate = round(max(0, tokens_total - prev[1]) / (now - prev[0]), 1)
+    ttfts = [e[4] for e in ends if e[4] is not None]
+    per_model: dict[tuple[str, str], list[Any]] = {}
+    failed = 0
+    for _, model, provider, status, ttft, total, tokens in ends:
+        m = per_model.setdefault((model, provider), [[], [], 0, 0])
+        if ttft is not None:
+            m[0].append(ttft)
+        m[1].append(total)
+        m[2] += tokens
+        if status == "failed":
+            m[3] += 1
+            failed += 1
+    models = [
+        {
+            "model": model,
+            "provider": provider,
+            "generations": len(m[1]),
+            "failed": m[3],
+            "tokens": m[2],
+            "ttft_p50_ms": percentile(m[0], 50),
+            "ttft_p99_ms": percentile(m[0], 99),
+            "total_p50_ms": percentile(m[1], 50),
+            "total_p99_ms": percentile(m[1], 99),
+        }
+        for (model, provider), m in sorted(per_model.items())
+    ]
+    return {
+        "t": round(now, 3),
+        "window_s": window,
+        "in_flight": sum(in_flight.values()),
+        "in_flight_by_model": in_flight,
+        "sockets": sockets,
+        "tokens_total": tokens_total,
+        "tokens_per_s": rate,
+        "ttft_p50_ms": percentile(ttfts, 50),
+        "ttft_p99_ms": percentile(ttfts, 99),
+        "ended_in_window": len(ends),
+        "failed_in_window": failed,
+        "generations_total": finished,
+        "errors": [
+            {"provider": p, "code": c, "upstream_status": int(s) if s else None, "count": n}
+            for (p, c, s), n in sorted(errors.items(), key=lambda kv: -kv[1])
+        ],
+        "models": models,
+    }

@@ -10,7 +10,10 @@ with ``fetch``, so the key never goes into a URL).
 The live view is one SSE response per connected admin, writing a snapshot once a second (one
 timer per admin, none per token): streams in flight from the relay's registry, the rest from
 :class:`~tokenwire.runtime.recent.Recent`, an ``on_finish`` hook. All of it is read through
-:func:`read_live`, the one function that looks into the gateway's runtime state.
+:func:`read_live`, the one function that looks into the gateway's runtime state. Under
+``serve --workers N`` the worker that has the admin's connection adds the other workers' raw
+figures to its own (``/admin/api/worker/...``, asked over their private Unix sockets, see
+:mod:`.siblings`), so the dashboard shows the whole gateway whichever worker it reached.
 
 The API is documented in docs/admin.md.
 """
@@ -23,6 +26,7 @@ import logging
 import time
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -33,9 +37,10 @@ from ..auth.policy import AccessPolicy
 from ..auth.usage import parse_window, plan, summarize
 from ..protocol.errors import GatewayError
 from ..runtime.gateway import Gateway
-from ..runtime.recent import Recent
+from ..runtime.recent import Recent, live_view, merge_exports
 from .errors import error_response
 from .http_api import read_json_body
+from .siblings import ask_siblings, from_sibling
 
 __all__ = ["RECENT", "read_live", "setup_admin"]
 
@@ -69,6 +74,9 @@ def setup_admin(app: web.Application, gw: Gateway) -> None:
     r.add_post("/admin/api/keys/{ref}/revoke", revoke_key)
     r.add_get("/admin/api/generations", list_generations)
     r.add_get("/admin/api/generations/{stream_id}", get_generation)
+    # for the other workers only (serve --workers, server/siblings.py): this worker's own figures
+    r.add_get("/admin/api/worker/state", worker_state)
+    r.add_get("/admin/api/worker/generations/{stream_id}", worker_generation)
 
 
 # -- who may ------------------------------------------------------------------------
@@ -166,13 +174,78 @@ def read_live(gw: Gateway) -> tuple[dict[str, int], int, int]:
     return in_flight, tokens, len(gw.sessions)
 
 
-def _snapshot(request: web.Request, prev: tuple[float, int] | None) -> dict[str, Any]:
+def _own_state(request: web.Request, now: float, latest: int = 20, ends: bool = True) -> dict[str, Any]:
+    """This worker's raw live figures (``Recent.export`` and :func:`read_live`), to add up with the others'."""
     gw: Gateway = request.app["gateway"]
     in_flight, tokens, sockets = read_live(gw)
-    snap = request.app[RECENT].snapshot(time.time(), in_flight, tokens, prev, sockets)
-    snap["worker"] = gw.worker[0] if gw.worker is not None else None
+    state = request.app[RECENT].export(now, latest)
+    if not ends:
+        state["ends"] = []
+    return state | {
+        "worker": gw.worker[0] if gw.worker is not None else None,
+        "draining": gw.draining,
+        "in_flight_by_model": in_flight,
+        "tokens_total": tokens,
+        "sockets": sockets,
+    }
+
+
+async def _states(
+    request: web.Request, now: float, latest: int = 20, ends: bool = True
+) -> tuple[list[dict[str, Any]], int]:
+    """Every worker's raw figures, this one's first; and how many siblings did not answer."""
+    gw: Gateway = request.app["gateway"]
+    states = [_own_state(request, now, latest, ends)]
+    params = {"latest": str(latest), "ends": "1" if ends else "0"}
+    answers = await ask_siblings(gw, "/admin/api/worker/state", params)
+    missing = 0
+    for answer in answers:
+        if answer is None or answer[0] != 200:
+            missing += 1
+            continue
+        states.append(orjson.loads(answer[1]))
+    return states, missing
+
+
+async def _snapshot(request: web.Request, prev: tuple[float, int] | None) -> tuple[dict[str, Any], list[Any]]:
+    """The live view of the whole gateway (every worker's, under ``--workers``) and its latest generations."""
+    gw: Gateway = request.app["gateway"]
+    now = time.time()
+    states, missing = await _states(request, now)
+    merged = merge_exports(states)
+    in_flight: dict[str, int] = {}
+    for state in states:
+        for model, n in state["in_flight_by_model"].items():
+            in_flight[model] = in_flight.get(model, 0) + n
+    snap = live_view(
+        now,
+        request.app[RECENT].window,
+        merged["ends"],
+        merged["errors"],
+        merged["finished"],
+        in_flight,
+        sum(state["tokens_total"] for state in states),
+        prev,
+        sum(state["sockets"] for state in states),
+    )
+    snap["worker"] = gw.worker[0] if gw.worker is not None else None  # the one that answered
     snap["draining"] = gw.draining
-    return snap
+    if gw.worker is not None:
+        snap["workers"] = sorted(
+            (
+                {
+                    "worker": state["worker"],
+                    "in_flight": sum(state["in_flight_by_model"].values()),
+                    "sockets": state["sockets"],
+                    "generations_total": state["finished"],
+                    "draining": state["draining"],
+                }
+                for state in states
+            ),
+            key=lambda w: w["worker"],
+        )
+        snap["workers_missing"] = missing
+    return snap, merged["latest"]
 
 
 @_guarded
@@ -185,7 +258,8 @@ async def whoami(request: web.Request, gw: Gateway, p: Principal) -> web.Respons
 @_guarded
 async def stats(request: web.Request, gw: Gateway, p: Principal) -> web.Response:
     """One snapshot of the live view (tokens/s over the last second is left out: it needs two)."""
-    return _json(_snapshot(request, None) | {"latest": request.app[RECENT].latest(20)})
+    snap, latest = await _snapshot(request, None)
+    return _json(snap | {"latest": latest})
 
 
 @_guarded
@@ -197,7 +271,6 @@ async def live(request: web.Request, gw: Gateway, p: Principal) -> web.StreamRes
     )
     await resp.prepare(request)
     prev: tuple[float, int] | None = None
-    recent = request.app[RECENT]
     seen = -1
     try:
         while True:
@@ -205,11 +278,11 @@ async def live(request: web.Request, gw: Gateway, p: Principal) -> web.StreamRes
             if record is None or record.revoked is not None or not record.admin:
                 await resp.write(b'event: close\ndata: {"reason": "the admin key was revoked"}\n\n')
                 break
-            snap = _snapshot(request, prev)
+            snap, latest = await _snapshot(request, prev)
             prev = (snap["t"], snap["tokens_total"])
-            if recent.finished != seen:  # the latest generations only when there are new ones
-                seen = recent.finished
-                snap["latest"] = recent.latest(20)
+            if snap["generations_total"] != seen:  # the latest generations only when there are new ones
+                seen = snap["generations_total"]
+                snap["latest"] = latest
             await resp.write(b"event: snapshot\ndata: " + orjson.dumps(snap) + b"\n\n")
             if gw.draining:
                 break
@@ -373,35 +446,69 @@ async def revoke_key(request: web.Request, gw: Gateway, p: Principal) -> web.Res
 # -- generations ---------------------------------------------------------------------
 @_guarded
 async def list_generations(request: web.Request, gw: Gateway, p: Principal) -> web.Response:
-    """The last generations this process ended (``?limit=``, at most the number kept)."""
+    """The last generations the gateway ended (``?limit=``, at most the number kept), every worker's."""
     raw = request.query.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
         raise GatewayError("bad_request", "limit must be a whole number from 1 to 10000")
+    limit = int(raw)
+    states, _ = await _states(request, time.time(), latest=limit, ends=False)
+    return _json({"data": merge_exports(states, limit)["latest"], "kept": request.app[RECENT].keep * len(states)})
+
+
+def _own_generation(request: web.Request, sid: str) -> dict[str, Any] | None:
+    """A generation this worker ended (its detail) or is running (a brief), by stream or Chat Completions id."""
+    gw: Gateway = request.app["gateway"]
     recent = request.app[RECENT]
-    return _json({"data": recent.latest(int(raw)), "kept": recent.keep})
+    found = recent.get(sid) or recent.get(sid.removeprefix("chatcmpl-"))  # a Chat Completions id names it too
+    if found is not None:
+        return found
+    running = next((r for r in gw.registry.runs.values() if r.gen.stream_id == sid and not r.gen.ended), None)
+    if running is None:
+        return None
+    return {
+        "stream_id": sid,
+        "status": "running",
+        "model": running.route.model,
+        "provider": running.route.provider.name,
+        "tokens": running.gen.token_count,
+    }
 
 
 @_guarded
 async def get_generation(request: web.Request, gw: Gateway, p: Principal) -> web.Response:
-    """One generation's detail: timeline, usage, cost, error (this process's last ones only)."""
+    """One generation's detail: timeline, usage, cost, error (the last ones each worker ended)."""
     sid = request.match_info["stream_id"]
-    recent = request.app[RECENT]
-    found = recent.get(sid) or recent.get(sid.removeprefix("chatcmpl-"))  # a Chat Completions id names it too
+    found = _own_generation(request, sid)
     if found is None:
-        running = next((r for r in gw.registry.runs.values() if r.gen.stream_id == sid and not r.gen.ended), None)
-        if running is not None:
-            return _json(
-                {
-                    "stream_id": sid,
-                    "status": "running",
-                    "model": running.route.model,
-                    "provider": running.route.provider.name,
-                    "tokens": running.gen.token_count,
-                }
-            )
-        raise GatewayError(
-            "not_found",
-            f"no generation {sid[:128]!r} among the last {recent.keep} this process ended"
-            + (" (with --workers, another worker may have run it)" if gw.worker is not None else ""),
-        )
+        for answer in await ask_siblings(gw, f"/admin/api/worker/generations/{quote(sid, safe='')}"):
+            if answer is not None and answer[0] == 200:
+                found = orjson.loads(answer[1])
+                break
+    if found is None:
+        who = f"each of the {len(gw.worker_sockets)} workers" if gw.worker_sockets else "this process"
+        keep = request.app[RECENT].keep
+        raise GatewayError("not_found", f"no generation {sid[:128]!r} among the last {keep} {who} ended")
+    return _json(found)
+
+
+# -- for the other workers ----------------------------------------------------------------
+def _sibling_only(request: web.Request) -> None:
+    if not from_sibling(request):
+        raise web.HTTPNotFound()  # not an API: only the gateway's own workers reach it
+
+
+async def worker_state(request: web.Request) -> web.Response:
+    """This worker's raw live figures (``?latest=N&ends=0|1``), for the worker answering an admin."""
+    _sibling_only(request)
+    latest = request.query.get("latest", "20")
+    n = int(latest) if latest.isdigit() else 20
+    return _json(_own_state(request, time.time(), min(max(n, 1), 10_000), request.query.get("ends", "1") == "1"))
+
+
+async def worker_generation(request: web.Request) -> web.Response:
+    """One generation of this worker's, for the worker answering an admin (404 if it has none by that id)."""
+    _sibling_only(request)
+    found = _own_generation(request, request.match_info["stream_id"])
+    if found is None:
+        return _json({"error": "not here"}, 404)
     return _json(found)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -12,6 +11,7 @@ from aiohttp import web
 from ..protocol.errors import GatewayError
 from ..runtime.metrics import ConnectionStats, merge_expositions, write_event
 from .errors import error_response
+from .siblings import ask_siblings, from_sibling
 from .streaming import SSEResponder
 
 if TYPE_CHECKING:
@@ -24,19 +24,19 @@ async def metrics_handler(request: web.Request) -> web.Response:
     """Prometheus text. Once keys exist it needs one, like every endpoint (usage and costs are
     business data), unless ``metrics_open`` says the port is only reachable by the scraper."""
     gw: Gateway = request.app["gateway"]
-    # a sibling worker asking over its private Unix socket (serve --workers) needs no key
-    sibling = isinstance(request.transport.get_extra_info("sockname") if request.transport else None, str)
+    sibling = from_sibling(request)  # another worker (serve --workers, server/siblings.py): no key
     if not gw.settings.metrics_open and not sibling:
         try:
             await gw.access.authenticate_http(request)
         except GatewayError as err:
             return error_response(err)
     text = gw.metrics.render()
-    if gw.worker_sockets and request.query.get("scope") != "worker" and not sibling:
+    if request.query.get("scope") != "worker" and not sibling:
         # every scrape sees the whole gateway, whichever worker the kernel gave it to
-        others = [p for i, p in enumerate(gw.worker_sockets) if gw.worker is None or i != gw.worker[0]]
-        texts = await asyncio.gather(*(_sibling_metrics(p) for p in others))
-        text = merge_expositions([text, *(t for t in texts if t)])
+        answers = await ask_siblings(gw, "/metrics", {"scope": "worker"})
+        texts = [a[1].decode() for a in answers if a is not None and a[0] == 200]
+        if texts:
+            text = merge_expositions([text, *texts])
     return web.Response(
         text=text,
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
@@ -117,18 +117,3 @@ def access_log_middleware(gw: Gateway, enabled: bool) -> Callable[..., Awaitable
                 )
 
     return middleware
-
-
-# -- several worker processes (serve --workers) ---------------------------------------
-async def _sibling_metrics(path: str) -> str | None:
-    """Another worker's own exposition, over its Unix socket (None if it does not answer)."""
-    import aiohttp
-
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as session:
-            async with session.get(
-                "http://worker/metrics", params={"scope": "worker"}, timeout=aiohttp.ClientTimeout(total=2)
-            ) as r:
-                return await r.text() if r.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return None  # restarting, or gone: its figures are missing from this scrape

@@ -241,7 +241,15 @@ async function startLive() {
   }
 }
 
+// Under `serve --workers N` the snapshot adds up every worker (s.workers; s.workers_missing did not answer).
+function scopeText(s) {
+  if (!s.workers) return "this process";
+  const all = s.workers.length + (s.workers_missing || 0);
+  return s.workers_missing ? `${s.workers.length} of ${all} workers answered` : `all ${all} workers`;
+}
+
 function onSnapshot(s) {
+  $("live-scope").textContent = $("latest-scope").textContent = scopeText(s);
   $("live-inflight").textContent = fmtInt(s.in_flight);
   $("live-tps").textContent = s.tokens_per_s == null ? "–" : fmtInt(Math.round(s.tokens_per_s));
   $("live-ttft50").textContent = fmtMs(s.ttft_p50_ms);
