@@ -172,6 +172,9 @@ def test_live_view_shows_streams_in_flight_rise_and_fall_under_load(keyed: Proc,
     # the per-model table and TTFT tiles are filled from the generations that ended
     poll(page, "() => document.querySelector('#models-table').textContent.includes('gpt-4.1')")
     poll(page, "() => / m?s$/.test(document.querySelector('#live-ttft50').textContent)")
+    # a generation stops counting as in flight when it begins to finish; it is among the window's ends
+    # only once its on_finish hook ran, so "0 in flight" can come a snapshot (a second) before "6 ended"
+    poll(page, "() => document.querySelector('#live-ended').textContent === '6 / 0'")
     assert page.inner_text("#live-ended") == "6 / 0"
     # a provider that is down: its errors, by provider and code
     status, out = chat(keyed, keyed.user, model="broken-model")  # type: ignore[attr-defined]

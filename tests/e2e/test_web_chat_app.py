@@ -109,6 +109,17 @@ def wait_titles(page, want: list[str]) -> None:
     )
 
 
+def wait_copied(page, button: str, want: str) -> None:
+    """Copy sets tokenwireApp.copied at once, but the clipboard is written after an await
+    (navigator.clipboard.writeText) and the button says "Copied" only then: wait for both."""
+    poll(
+        page,
+        "([sel, want]) => document.querySelector(sel)?.textContent === 'Copied'"
+        " && navigator.clipboard.readText().then((t) => t === want)",
+        [button, want],
+    )
+
+
 def test_conversation_list_new_switch_rename_delete(open_page, gateway: Proc) -> None:
     page = open_page(gateway.http + "/")
     assert titles_shown(page) == ["New chat"]
@@ -180,7 +191,7 @@ def test_copy_regenerate_edit_and_resend(open_page, gateway: Proc) -> None:
 
     # Copy: the message's exact Markdown source
     page.click(".msg.assistant >> nth=0 >> .actions .copy")
-    poll(page, "() => window.tokenwireApp.copied !== null")
+    wait_copied(page, ".msg.assistant .actions .copy", expected("first question"))  # the first reply's button
     assert page.evaluate("window.tokenwireApp.copied") == expected("first question")
     assert page.evaluate("navigator.clipboard.readText()") == expected("first question")
     assert page.inner_text(".msg.assistant >> nth=0 >> .actions .copy") == "Copied"
@@ -225,7 +236,7 @@ def test_code_blocks_are_highlighted_and_copyable(open_page, gateway: Proc) -> N
     want = 'async for token in client.stream("Explain WebSocket"):\n    print(token, end="")'
     assert code.text_content() == want
     page.click(".msg.assistant .body .code .copy-code")
-    poll(page, "() => window.tokenwireApp.copied !== null")
+    wait_copied(page, ".msg.assistant .body .code .copy-code", want)
     assert page.evaluate("navigator.clipboard.readText()") == want
     # the highlighting colours come from the vendored stylesheet (same origin, allowed by the CSP)
     colour = page.evaluate("getComputedStyle(document.querySelector('.msg.assistant .hljs-keyword')).color")
