@@ -102,10 +102,13 @@ class Generation:
     def _append(self, rest: bytes) -> bytes:
         self.log.append(rest)
         if len(self.log) > self.max_log:
-            drop = len(self.log) - self.max_log
-            del self.log[:drop]
-            self.first_seq += drop
+            self._trim()
         return rest
+
+    def _trim(self) -> None:
+        drop = len(self.log) - self.max_log
+        del self.log[:drop]
+        self.first_seq += drop
 
     def start(self, fields: dict[str, Any]) -> bytes:
         """The ``start`` event (seq 0)."""
@@ -118,7 +121,12 @@ class Generation:
         self.seq += 1
         self.text.append(content)
         self.token_count += 1
-        return self._append(b'"type":"token","seq":%d,"content":%b}' % (self.seq, _dumps(content)))
+        rest = b'"type":"token","seq":%d,"content":%b}' % (self.seq, _dumps(content))
+        log = self.log  # _append, inlined: once per token
+        log.append(rest)
+        if len(log) > self.max_log:
+            self._trim()
+        return rest
 
     def reasoning(self, content: str) -> bytes:
         self.seq += 1

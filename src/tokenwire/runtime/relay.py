@@ -103,6 +103,7 @@ class Run:
         "key",
         "max_gap",
         "on_end",
+        "paused",
         "paused_by_socket",
         "paused_self",
         "pushing",
@@ -147,6 +148,8 @@ class Run:
         self.gate.set()
         self.paused_self = False
         self.paused_by_socket = False
+        #: either of them: ``gate`` is clear (read per token, where ``gate.is_set()`` would be a call)
+        self.paused = False
         self.upstream: UpstreamStream | None = None
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
@@ -195,7 +198,7 @@ class Run:
             self.paused_by_socket = by_socket
         if self_ is not None:
             self.paused_self = self_
-        paused = self.paused_by_socket or self.paused_self
+        self.paused = paused = self.paused_by_socket or self.paused_self
         if paused:
             self.gate.clear()
             if self.pushing:
@@ -316,7 +319,7 @@ class Run:
             if kind == TOKEN:
                 if self.ttft is None:
                     self.ttft = time.monotonic() - self.t0
-                if not gate.is_set():
+                if self.paused:
                     return i - 1, gate.wait()
                 if gen.token_count >= self.cap:  # a provider sending past max_tokens is cut there
                     raise _ReplyCapped
@@ -326,7 +329,7 @@ class Run:
             elif kind == REASONING or kind == TOOL_CALL:
                 if self.ttft is None:
                     self.ttft = time.monotonic() - self.t0
-                if not gate.is_set():
+                if self.paused:
                     return i - 1, gate.wait()
                 rest = gen.reasoning(value) if kind == REASONING else gen.tool_call(value)
                 wait = emit(rest, kind, value)

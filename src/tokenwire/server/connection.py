@@ -135,6 +135,7 @@ class WSConnection:
             or (transport is not None and raw is not transport)
             or getattr(writer, "use_mask", True)
             or getattr(writer, "compress", 1)
+            or type(getattr(ws, "_closed", None)) is not bool  # what write() reads per token
         ):
             self._raw: asyncio.Transport | None = None
             self._drain: Callable[[], Awaitable[None]] = self._poll_drain
@@ -182,7 +183,7 @@ class WSConnection:
         raw = self._raw
         if raw is None:
             return self._fallback(payload, _TEXT)
-        if self._state or raw.is_closing() or self._ws.closed:
+        if self._state or raw.is_closing() or self._ws._closed:  # _closed: `closed` is a property
             raise self._refuse()
         n = len(payload)
         if n < 126:
