@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tokenwire.auth.keys import (
     USAGE_BUCKET,
@@ -21,7 +23,7 @@ from tokenwire.auth.keys import (
 from tokenwire.auth.usage import POINTS, parse_window, summarize
 from tokenwire.protocol.errors import GatewayError
 from tokenwire.protocol.frames import Chat
-from tokenwire.runtime.recent import Recent, detail, live_view, merge_exports, percentile
+from tokenwire.runtime.recent import Recent, Tally, detail, hist_percentile, live_view, merge_exports, percentile
 from tokenwire.runtime.summary import RunSummary
 
 NOW = 1_800_000_030.0  # 30 s into a minute
@@ -200,19 +202,24 @@ def test_the_snapshot_has_in_flight_rate_percentiles_per_model_and_errors() -> N
     s = r.snapshot(NOW, {"gpt-4.1": 2, "claude": 1}, tokens_total=1500, prev=(NOW - 2, 1000), sockets=4)
     assert s["in_flight"] == 3 and s["in_flight_by_model"] == {"gpt-4.1": 2, "claude": 1} and s["sockets"] == 4
     assert s["tokens_per_s"] == 250.0
-    assert s["ttft_p50_ms"] == 200.0 and s["ttft_p99_ms"] == 400.0  # the 5000 ms one has left the window
+    # latencies are counted in 2 % buckets: a percentile is within 1 % of the true one
+    assert s["ttft_p50_ms"] == pytest.approx(200.0, rel=0.01) and s["ttft_p99_ms"] == pytest.approx(400.0, rel=0.01)
+    # (the 5000 ms one has left the window)
     assert s["ended_in_window"] == 7 and s["failed_in_window"] == 2 and s["generations_total"] == 8
     assert s["errors"] == [{"provider": "anth", "code": "upstream_rate_limited", "upstream_status": 429, "count": 2}]
     models = {m["model"]: m for m in s["models"]}
-    assert models["gpt-4.1"]["generations"] == 4 and models["gpt-4.1"]["total_p50_ms"] == 2000.0
-    assert models["gpt-4.1"]["total_p99_ms"] == 4000.0 and models["claude"]["failed"] == 2
+    assert models["gpt-4.1"]["generations"] == 4 and models["gpt-4.1"]["total_p50_ms"] == pytest.approx(
+        2000.0, rel=0.01
+    )
+    assert models["gpt-4.1"]["total_p99_ms"] == pytest.approx(4000.0, rel=0.01) and models["claude"]["failed"] == 2
+    assert models["claude"]["ttft_p50_ms"] == pytest.approx(50.0, rel=0.01) and models["claude"]["tokens"] == 10
     assert r.snapshot(NOW, {}, 1500, None)["tokens_per_s"] is None  # a rate needs two snapshots
     assert r.snapshot(NOW, {}, 1500, (NOW - 1, 1500))["tokens_per_s"] == 0.0
 
 
 def test_several_workers_figures_add_up_to_what_one_process_with_all_of_them_shows() -> None:
-    """Percentiles of the whole are not a function of each worker's: the ends travel raw and the view
-    of two workers' exports (through JSON, as between processes) equals one process's that saw it all."""
+    """Percentiles of the whole are not a function of each worker's: their histograms travel, and the
+    view of two workers' exports (through JSON, as between processes) equals one process's that saw it all."""
     one, a, b = Recent(window=60), Recent(window=60), Recent(window=60)
     err = GatewayError("upstream_rate_limited", "429", status=429)
     runs = [
@@ -229,13 +236,39 @@ def test_several_workers_figures_add_up_to_what_one_process_with_all_of_them_sho
     parts = [orjson.loads(orjson.dumps(r.export(NOW, latest=5))) for r in (a, b)]
     merged = merge_exports(parts, latest=5)
     view = live_view(
-        NOW, 60, merged["ends"], merged["errors"], merged["finished"], {"gpt-4.1": 3}, 900, (NOW - 1, 800), 5
+        NOW, 60, merged["models"], merged["errors"], merged["finished"], {"gpt-4.1": 3}, 900, (NOW - 1, 800), 5
     )
     assert view == alone
-    assert view["ttft_p99_ms"] == 90.0 and view["generations_total"] == 13 and view["ended_in_window"] == 12
+    assert view["ttft_p99_ms"] == pytest.approx(90.0, rel=0.01) and view["ttft_p50_ms"] == pytest.approx(50.0, rel=0.01)
+    assert view["generations_total"] == 13 and view["ended_in_window"] == 12
     assert view["errors"][0]["count"] == 2  # one from each worker
     assert [g["stream_id"] for g in merged["latest"]] == [g["stream_id"] for g in one.latest(5)]  # newest first
     assert [g["stream_id"] for g in merged["latest"]] == ["f2", "f1", "c1", "g8", "g7"]
+
+
+@given(st.lists(st.floats(min_value=0.001, max_value=3.6e6), min_size=1, max_size=300), st.sampled_from([50, 90, 99]))
+def test_a_bucketed_percentile_is_within_one_per_cent_of_the_exact_one(values: list[float], q: int) -> None:
+    tally = Tally()
+    for v in values:
+        tally.count(v, v, 1, False)
+    exact = percentile(values, q)
+    assert hist_percentile(tally.ttft, q) == pytest.approx(exact, rel=0.0101)
+    assert hist_percentile(tally.total, q) == pytest.approx(exact, rel=0.0101)
+
+
+def test_the_window_forgets_what_leaves_it_and_stays_small_at_any_rate() -> None:
+    r = Recent(window=20)
+    for i in range(20_000):  # 1,000 generations a second for the whole window
+        r.add(summary(f"s{i}", ttft=50.0 + i % 500, total=900.0 + i % 4000), NOW - 20 + i / 1000)
+    s = r.snapshot(NOW, {}, 0, None)
+    assert s["ended_in_window"] == 20_000 and s["generations_total"] == 20_000
+    assert len(r.slots) <= 21 and len(r.details) == r.keep
+    assert sum(len(t.ttft) + len(t.total) for t in r.totals.values()) < 300  # buckets, not samples
+    assert len(orjson.dumps(r.export(NOW))) < 40_000  # what a sibling worker sends once a second
+    assert r.snapshot(NOW + 10, {}, 0, None)["ended_in_window"] == 10_000  # the older half has left
+    assert r.snapshot(NOW + 21, {}, 0, None)["ended_in_window"] == 0
+    assert r.totals == {} and r.slots == {}  # nothing left behind
+    assert r.snapshot(NOW + 21, {}, 0, None)["ttft_p50_ms"] is None
 
 
 # -- the key store ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ The live view is one SSE response per connected admin, writing a snapshot once a
 timer per admin, none per token): streams in flight from the relay's registry, the rest from
 :class:`~tokenwire.runtime.recent.Recent`, an ``on_finish`` hook. All of it is read through
 :func:`read_live`, the one function that looks into the gateway's runtime state. Under
-``serve --workers N`` the worker that has the admin's connection adds the other workers' raw
+``serve --workers N`` the worker that has the admin's connection adds the other workers'
 figures to its own (``/admin/api/worker/...``, asked over their private Unix sockets, see
 :mod:`.siblings`), so the dashboard shows the whole gateway whichever worker it reached.
 
@@ -174,13 +174,13 @@ def read_live(gw: Gateway) -> tuple[dict[str, int], int, int]:
     return in_flight, tokens, len(gw.sessions)
 
 
-def _own_state(request: web.Request, now: float, latest: int = 20, ends: bool = True) -> dict[str, Any]:
-    """This worker's raw live figures (``Recent.export`` and :func:`read_live`), to add up with the others'."""
+def _own_state(request: web.Request, now: float, latest: int = 20, tallies: bool = True) -> dict[str, Any]:
+    """This worker's live figures (``Recent.export`` and :func:`read_live`), to add up with the others'."""
     gw: Gateway = request.app["gateway"]
     in_flight, tokens, sockets = read_live(gw)
     state = request.app[RECENT].export(now, latest)
-    if not ends:
-        state["ends"] = []
+    if not tallies:  # only the latest generations are wanted
+        state["models"] = []
     return state | {
         "worker": gw.worker[0] if gw.worker is not None else None,
         "draining": gw.draining,
@@ -191,12 +191,12 @@ def _own_state(request: web.Request, now: float, latest: int = 20, ends: bool = 
 
 
 async def _states(
-    request: web.Request, now: float, latest: int = 20, ends: bool = True
+    request: web.Request, now: float, latest: int = 20, tallies: bool = True
 ) -> tuple[list[dict[str, Any]], int]:
-    """Every worker's raw figures, this one's first; and how many siblings did not answer."""
+    """Every worker's live figures, this one's first; and how many siblings did not answer."""
     gw: Gateway = request.app["gateway"]
-    states = [_own_state(request, now, latest, ends)]
-    params = {"latest": str(latest), "ends": "1" if ends else "0"}
+    states = [_own_state(request, now, latest, tallies)]
+    params = {"latest": str(latest), "tallies": "1" if tallies else "0"}
     answers = await ask_siblings(gw, "/admin/api/worker/state", params)
     missing = 0
     for answer in answers:
@@ -220,7 +220,7 @@ async def _snapshot(request: web.Request, prev: tuple[float, int] | None) -> tup
     snap = live_view(
         now,
         request.app[RECENT].window,
-        merged["ends"],
+        merged["models"],
         merged["errors"],
         merged["finished"],
         in_flight,
@@ -451,7 +451,7 @@ async def list_generations(request: web.Request, gw: Gateway, p: Principal) -> w
     if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
         raise GatewayError("bad_request", "limit must be a whole number from 1 to 10000")
     limit = int(raw)
-    states, _ = await _states(request, time.time(), latest=limit, ends=False)
+    states, _ = await _states(request, time.time(), latest=limit, tallies=False)
     return _json({"data": merge_exports(states, limit)["latest"], "kept": request.app[RECENT].keep * len(states)})
 
 
@@ -498,11 +498,11 @@ def _sibling_only(request: web.Request) -> None:
 
 
 async def worker_state(request: web.Request) -> web.Response:
-    """This worker's raw live figures (``?latest=N&ends=0|1``), for the worker answering an admin."""
+    """This worker's live figures (``?latest=N&tallies=0|1``), for the worker answering an admin."""
     _sibling_only(request)
     latest = request.query.get("latest", "20")
     n = int(latest) if latest.isdigit() else 20
-    return _json(_own_state(request, time.time(), min(max(n, 1), 10_000), request.query.get("ends", "1") == "1"))
+    return _json(_own_state(request, time.time(), min(max(n, 1), 10_000), request.query.get("tallies", "1") == "1"))
 
 
 async def worker_generation(request: web.Request) -> web.Response:
