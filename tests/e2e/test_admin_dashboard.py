@@ -241,6 +241,9 @@ def test_on_a_phone_the_dashboard_fits_the_screen(keyed: Proc, browser) -> None:
         sign_in(pg, keyed)
         assert chat(keyed, keyed.user)[0] == 200  # type: ignore[attr-defined]
         poll(pg, "() => document.querySelector('#models-table').textContent.includes('gpt-4.1')")
+        # the widest tables load on their own: measure once they are filled
+        poll(pg, "() => document.querySelectorAll('#keys-table tbody tr').length >= 2")
+        poll(pg, "() => document.querySelector('#usage-total').textContent.length > 0")
         # nothing wider than the screen: wide tables scroll inside their own panel
         assert pg.evaluate("document.documentElement.scrollWidth") <= 390
         shot(pg, "admin-phone")
