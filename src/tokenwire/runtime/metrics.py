@@ -590,7 +590,17 @@ class JSONLineFormatter(logging.Formatter):
 
 
 def setup_logging(level: str) -> None:
-    """The process's log: JSON lines on stderr, one per record, in one format with the event log."""
+    """The process's log: JSON lines on stderr, one per record, in one format with the event log.
+
+    Neither format has the caller's file and line, the thread or the process, so a record does not
+    collect them (the logging HOWTO's "Optimization"): finding the caller walks the stack for every
+    record, and the event log writes one per generation. Only set for tokenwire's own process
+    (``tokenwire serve`` and the CLI), never for an application that embeds the client.
+    """
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONLineFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
