@@ -24,6 +24,7 @@ from .wire import H1Stream
 __all__ = ["OpenAIProvider", "OpenAIStreamParser", "parse_openai_error"]
 
 _DONE = b"[DONE]"
+_TOKEN, _REASONING = ev.TOKEN, ev.REASONING  #: read per token: module constants, not attribute lookups
 _loads = orjson.loads
 
 
@@ -94,8 +95,25 @@ class OpenAIStreamParser(StreamParser):
             except _DecodeError:
                 pass  # an unusual shape (content parts, odd types): the tolerant path below
             else:
-                if chunk.error is None:
-                    self._typed(chunk, out)
+                if chunk.error is None:  # the typed path, once per token: inline, no call of its own
+                    choices = chunk.choices
+                    if choices:
+                        choice = choices[0]
+                        delta = choice.delta
+                        if delta is not None:
+                            content = delta.content
+                            if content:
+                                out.append((_TOKEN, content))
+                            reasoning = delta.reasoning_content or delta.reasoning
+                            if reasoning:
+                                out.append((_REASONING, reasoning))
+                            if delta.tool_calls:
+                                _typed_tool_calls(delta.tool_calls, out)
+                        if choice.finish_reason:
+                            self.finished = True
+                            out.append((ev.FINISH, choice.finish_reason))
+                    if chunk.usage:
+                        out.append((ev.USAGE, chunk.usage))
                     return
         try:
             obj = _loads(data)
@@ -134,34 +152,19 @@ class OpenAIStreamParser(StreamParser):
         if usage:
             out.append((ev.USAGE, usage))
 
-    def _typed(self, chunk: _Chunk, out: list[Event]) -> None:
-        choices = chunk.choices
-        if choices:
-            choice = choices[0]
-            delta = choice.delta
-            if delta is not None:
-                if delta.content:
-                    out.append((ev.TOKEN, delta.content))
-                reasoning = delta.reasoning_content or delta.reasoning
-                if reasoning:
-                    out.append((ev.REASONING, reasoning))
-                if delta.tool_calls:
-                    for call in delta.tool_calls:
-                        item: dict[str, Any] = {"index": call.index}
-                        if call.id:
-                            item["id"] = call.id
-                        fn = call.function
-                        if fn is not None:
-                            if fn.name:
-                                item["name"] = fn.name
-                            if fn.arguments:
-                                item["arguments"] = fn.arguments
-                        out.append((ev.TOOL_CALL, item))
-            if choice.finish_reason:
-                self.finished = True
-                out.append((ev.FINISH, choice.finish_reason))
-        if chunk.usage:
-            out.append((ev.USAGE, chunk.usage))
+
+def _typed_tool_calls(calls: list[_ToolCall], out: list[Event]) -> None:
+    for call in calls:
+        item: dict[str, Any] = {"index": call.index}
+        if call.id:
+            item["id"] = call.id
+        fn = call.function
+        if fn is not None:
+            if fn.name:
+                item["name"] = fn.name
+            if fn.arguments:
+                item["arguments"] = fn.arguments
+        out.append((ev.TOOL_CALL, item))
 
 
 def _content_parts(parts: Any, out: list[Event]) -> None:
