@@ -92,12 +92,24 @@ def test_every_fixture_one_event_per_read(fixtures_dir: Path, name: str) -> None
     assert decode_split(raw, _event_boundaries(raw)) == reference_events(raw)
 
 
+_line = st.binary(max_size=12).filter(lambda b: b"\n" not in b and b"\r" not in b)
 _piece = st.one_of(
-    st.builds(
-        lambda v: b"data: " + v + b"\n\n", st.binary(max_size=12).filter(lambda b: b"\n" not in b and b"\r" not in b)
-    ),
+    st.builds(lambda v: b"data: " + v + b"\n\n", _line),
+    # a named event in one read (Anthropic's per token); names that are not UTF-8 or empty too
+    st.builds(lambda n, v: b"event: " + n + b"\ndata: " + v + b"\n\n", _line, _line),
     st.sampled_from(
-        [b"data: x\n", b"data:y\n\n", b"event: delta\n", b": ping\n\n", b"id: 7\n", b"data: a\r\n\r\n", b"\n"]
+        [
+            b"data: x\n",
+            b"data:y\n\n",
+            b"event: delta\n",
+            b": ping\n\n",
+            b"id: 7\n",
+            b"data: a\r\n\r\n",
+            b"\n",
+            b"event: x\ndata: a\ndata: b\n\n",
+            b"event: y\nid: 3\ndata: c\n\n",
+            b"event: z\r\ndata: d\n\n",
+        ]
     ),
     st.sampled_from([b"data: \n\n", b"data: z\r", b"\ndata: w\n\n", b"retry: 5\n\n", b"data: [DONE]\n\n"]),
 )
@@ -114,4 +126,24 @@ def test_reads_of_whole_events_decode_as_byte_by_byte(pieces: list[bytes], extra
         at += len(p)
         ends.append(at)
     cuts = sorted({c for c in ends[:-1] + [e % (len(raw) + 1) for e in extra] if 0 < c < len(raw)})
+    assert decode_split(raw, cuts) == decode_split(raw, list(range(1, len(raw))))
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        b"event: x\ndata: a\ndata: b\n\n",  # two data lines: joined by LF
+        b"event: y\nid: 3\ndata: c\n\n",  # another field between
+        b"event: \ndata: d\n\n",  # an empty name is "message"
+        b"event: \xff\xfe\ndata: e\n\n",  # a name that is not UTF-8
+        b"event: z\r\ndata: f\n\n",  # a CR in it
+        b"event: w\ndata: \n\n",  # empty data
+        b"event: v\ndata:g\n\n",  # no space after data:
+    ],
+)
+def test_a_read_of_one_named_event_decodes_as_byte_by_byte(read: bytes) -> None:
+    """After a first read (the decoder has started), one whole read of a named event or of something
+    that only looks like one: what the fast path must take, or leave to the general path."""
+    raw = b"data: 0\n\n" + read + b"data: after\n\n"
+    cuts = [9, 9 + len(read)]
     assert decode_split(raw, cuts) == decode_split(raw, list(range(1, len(raw))))

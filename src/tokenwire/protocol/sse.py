@@ -63,6 +63,13 @@ class SSEDecoder:
                 name = self._event or "message"
                 self._event = ""
                 return [(name, payload)]
+        elif chunk[:7] == b"event: " and chunk[-2:] == b"\n\n" and not self._buf and not self._data and self._started:
+            # The same for a named event (``event: NAME`` then its ``data:`` line), Anthropic's per token.
+            head, sep, rest = chunk.partition(b"\ndata: ")
+            payload = rest[:-2]
+            if sep and _LF not in head and _LF not in payload and _CR not in chunk:
+                self._event = ""
+                return [(head[7:].decode("utf-8", "replace") or "message", payload)]
         buf = self._buf + chunk if self._buf else chunk
         if not self._started:
             if len(buf) < 3 and _BOM.startswith(buf):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 
 from ..protocol import events as ev
@@ -37,6 +38,30 @@ STOP_REASONS = {
 THINKING_BUDGET = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 
 _loads = orjson.loads
+_TOKEN = ev.TOKEN
+
+
+class _Delta(msgspec.Struct, gc=False):
+    type: str | None = None
+    text: str | None = None
+    thinking: str | None = None
+    partial_json: str | None = None
+
+
+class _BlockDelta(msgspec.Struct, gc=False):
+    """A ``content_block_delta`` event, the one that carries every token: only the fields read.
+
+    Decoded by msgspec into untracked objects rather than by ``orjson.loads`` into two dicts
+    (``gc=False``: decoded data forms no cycle), as the OpenAI parser's chunks are. Anything of
+    another shape takes the tolerant path.
+    """
+
+    type: str | None = None
+    index: int = -1
+    delta: _Delta | None = None
+
+
+_decode_block_delta = msgspec.json.Decoder(_BlockDelta).decode
 
 
 class AnthropicStreamParser(StreamParser):
@@ -60,6 +85,17 @@ class AnthropicStreamParser(StreamParser):
     def _handle(self, name: str, data: bytes, out: list[Event]) -> None:
         if self.done or name == "ping":
             return
+        if name == "content_block_delta":  # once per token: the typed path
+            try:
+                event = _decode_block_delta(data)
+            except msgspec.DecodeError:
+                pass  # not this shape: the tolerant path below says what is wrong, or copes
+            else:
+                if event.type is None or event.type == "content_block_delta":
+                    delta = event.delta
+                    if delta is not None:
+                        self._delta(delta.type, delta.text, delta.thinking, delta.partial_json, event.index, out)
+                    return
         try:
             obj = _loads(data)
         except orjson.JSONDecodeError:
@@ -71,20 +107,9 @@ class AnthropicStreamParser(StreamParser):
         kind = obj.get("type") or name
         if kind == "content_block_delta":
             delta = obj.get("delta") or {}
-            dtype = delta.get("type")
-            if dtype == "text_delta":
-                text = delta.get("text")
-                if text:
-                    out.append((ev.TOKEN, text))
-            elif dtype == "thinking_delta":
-                text = delta.get("thinking")
-                if text:
-                    out.append((ev.REASONING, text))
-            elif dtype == "input_json_delta":
-                part = delta.get("partial_json")
-                idx = self._tools.get(obj.get("index", -1))
-                if part and idx is not None:
-                    out.append((ev.TOOL_CALL, {"index": idx, "arguments": part}))
+            if type(delta) is dict:
+                get = delta.get
+                self._delta(get("type"), get("text"), get("thinking"), get("partial_json"), obj.get("index", -1), out)
         elif kind == "content_block_start":
             block = obj.get("content_block") or {}
             btype = block.get("type")
@@ -117,6 +142,19 @@ class AnthropicStreamParser(StreamParser):
         elif kind == "error" or name == "error":
             self.done = True  # nothing follows an error event
             out.append((ev.ERROR, parse_openai_error(self.provider, obj, in_stream=True)))
+
+    def _delta(self, dtype: Any, text: Any, thinking: Any, partial_json: Any, index: Any, out: list[Event]) -> None:
+        """One content block's delta (text, thinking or a tool call's arguments), from either path."""
+        if dtype == "text_delta":
+            if text and type(text) is str:
+                out.append((_TOKEN, text))
+        elif dtype == "thinking_delta":
+            if thinking and type(thinking) is str:
+                out.append((ev.REASONING, thinking))
+        elif dtype == "input_json_delta":
+            idx = self._tools.get(index) if type(index) is int else None
+            if partial_json and idx is not None:
+                out.append((ev.TOOL_CALL, {"index": idx, "arguments": partial_json}))
 
 
 def _usage(u: dict[str, Any]) -> dict[str, Any]:
