@@ -95,6 +95,7 @@ def test_every_fixture_one_event_per_read(fixtures_dir: Path, name: str) -> None
 _line = st.binary(max_size=12).filter(lambda b: b"\n" not in b and b"\r" not in b)
 _piece = st.one_of(
     st.builds(lambda v: b"data: " + v + b"\n\n", _line),
+    st.builds(lambda v: b"data: " + v + b"\r\n\r\n", _line),
     # a named event in one read (Anthropic's per token); names that are not UTF-8 or empty too
     st.builds(lambda n, v: b"event: " + n + b"\ndata: " + v + b"\n\n", _line, _line),
     st.sampled_from(
@@ -139,6 +140,10 @@ def test_reads_of_whole_events_decode_as_byte_by_byte(pieces: list[bytes], extra
         b"event: z\r\ndata: f\n\n",  # a CR in it
         b"event: w\ndata: \n\n",  # empty data
         b"event: v\ndata:g\n\n",  # no space after data:
+        b"data: h\r\n\r\n",  # CRLF line ends (Gemini)
+        b"data: i\rj\r\n\r\n",  # a lone CR inside: two lines
+        b"data: k\r\ndata: l\r\n\r\n",  # two data lines
+        b"data: \r\n\r\n",  # empty data
     ],
 )
 def test_a_read_of_one_named_event_decodes_as_byte_by_byte(read: bytes) -> None:

@@ -70,6 +70,15 @@ class SSEDecoder:
             if sep and _LF not in head and _LF not in payload and _CR not in chunk:
                 self._event = ""
                 return [(head[7:].decode("utf-8", "replace") or "message", payload)]
+        elif (
+            chunk[:6] == b"data: " and chunk[-4:] == b"\r\n\r\n" and not self._buf and not self._data and self._started
+        ):
+            # The same with CRLF line ends (Gemini's per token).
+            payload = chunk[6:-4]
+            if _LF not in payload and _CR not in payload:
+                name = self._event or "message"
+                self._event = ""
+                return [(name, payload)]
         buf = self._buf + chunk if self._buf else chunk
         if not self._started:
             if len(buf) < 3 and _BOM.startswith(buf):

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import orjson
 
 from ..protocol import events as ev
@@ -39,6 +40,38 @@ FINISH_REASONS = {
 }
 
 _loads = orjson.loads
+_TOKEN = ev.TOKEN
+
+
+class _Part(msgspec.Struct, gc=False):
+    text: str | None = None
+    thought: bool | None = None
+
+
+class _Content(msgspec.Struct, gc=False):
+    parts: list[_Part] | None = None
+
+
+class _Candidate(msgspec.Struct, gc=False):
+    content: _Content | None = None
+    finishReason: str | None = None
+
+
+class _Chunk(msgspec.Struct, gc=False):
+    """A streamed chunk as the typed path reads it: text parts, the finish reason, usage, model.
+
+    Decoded into untracked objects (``gc=False``, decoded data forms no cycle) rather than
+    ``orjson.loads``'s dicts, as the OpenAI parser's chunks are. A chunk with anything else in it
+    (an error, a function call, no candidates) takes the tolerant path.
+    """
+
+    candidates: list[_Candidate] | None = None
+    usageMetadata: dict[str, Any] | None = None
+    modelVersion: str | None = None
+    error: Any = None
+
+
+_decode_chunk = msgspec.json.Decoder(_Chunk).decode
 
 
 class GeminiStreamParser(StreamParser):
@@ -60,6 +93,8 @@ class GeminiStreamParser(StreamParser):
 
     def _handle(self, name: str, data: bytes, out: list[Event]) -> None:
         if self.done:
+            return
+        if self._typed(data, out):
             return
         try:
             obj = _loads(data)
@@ -96,26 +131,53 @@ class GeminiStreamParser(StreamParser):
                         )
                     )
                     self._calls += 1
-            reason = cand.get("finishReason")
-            if reason and reason != "FINISH_REASON_UNSPECIFIED":
-                self.finished = True
-                mapped = FINISH_REASONS.get(reason, reason.lower())
-                if mapped == "stop" and self._calls:
-                    mapped = "tool_calls"
-                out.append((ev.FINISH, mapped))
+            self._finish(cand.get("finishReason"), out)
         else:
             block = (obj.get("promptFeedback") or {}).get("blockReason")
             if block:
                 self.finished = True
                 out.append((ev.FINISH, "content_filter"))
-        usage = obj.get("usageMetadata")
+        self._usage_and_model(obj.get("usageMetadata"), obj.get("modelVersion"), out)
+
+    def _typed(self, data: bytes, out: list[Event]) -> bool:
+        """The usual chunk (text parts, then the end's reason and usage) without building dicts;
+        False (nothing emitted) when it is anything else, for the tolerant path."""
+        try:
+            chunk = _decode_chunk(data)
+        except msgspec.DecodeError:
+            return False
+        candidates = chunk.candidates
+        if chunk.error or not candidates:
+            return False
+        cand = candidates[0]
+        content = cand.content
+        parts = content.parts if content is not None else None
+        if parts:
+            for part in parts:
+                if not part.text:  # a function call, or an empty part: the tolerant path decides
+                    return False
+            for part in parts:
+                out.append((ev.REASONING if part.thought else _TOKEN, part.text))
+        self._finish(cand.finishReason, out)
+        self._usage_and_model(chunk.usageMetadata, chunk.modelVersion, out)
+        return True
+
+    def _finish(self, reason: Any, out: list[Event]) -> None:
+        if reason and type(reason) is str and reason != "FINISH_REASON_UNSPECIFIED":
+            self.finished = True
+            mapped = FINISH_REASONS.get(reason, reason.lower())
+            if mapped == "stop" and self._calls:
+                mapped = "tool_calls"
+            out.append((ev.FINISH, mapped))
+
+    def _usage_and_model(self, usage: Any, model: Any, out: list[Event]) -> None:
         # Chunks before the last carry only the prompt count: reporting those as usage would
         # claim 0 completion tokens for a stream cut mid-way (the relay estimates instead).
-        if usage and ("candidatesTokenCount" in usage or self.finished):
+        if usage and type(usage) is dict and ("candidatesTokenCount" in usage or self.finished):
             out.append((ev.USAGE, _usage(usage)))
-        if not self._model_sent and obj.get("modelVersion"):
+        if not self._model_sent and model:
             self._model_sent = True
-            out.append((ev.MODEL, obj["modelVersion"]))
+            out.append((ev.MODEL, model))
 
 
 def _usage(u: dict[str, Any]) -> dict[str, Any]:
