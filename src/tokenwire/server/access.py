@@ -59,3 +59,23 @@ def host_middleware(policy: AccessPolicy) -> Callable[[web.Request, Any], Awaita
         return await handler(request)
 
     return host
+
+
+def authenticated(
+    handler: Callable[[web.Request, Any, Any], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``handler(request, gateway, principal)`` for an endpoint answered in the gateway's own JSON
+    errors (``/v1/conversations``): the key checked first, and every ``GatewayError`` it raises
+    (a refused key, a bad field, the store down) answered as :func:`.errors.error_response`."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        gw = request.app["gateway"]
+        try:
+            principal = await gw.access.authenticate_http(request)
+            return await handler(request, gw, principal)
+        except GatewayError as err:
+            return error_response(err)
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped

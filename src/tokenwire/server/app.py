@@ -28,12 +28,11 @@ from ..runtime.relay import Registry, conversation_key, conversation_owner
 from ..runtime.tracing import start_telemetry
 from ..store.base import MAX_TITLE
 from ..version import __version__
-from .access import handshake_middleware, host_middleware
+from .access import authenticated, handshake_middleware, host_middleware
 from .admin import setup_admin
 from .aisdk_http import chat_post, chat_stop, chat_stream
 from .anthropic_api import count_tokens, list_models, messages
 from .disconnects import DisconnectWatch
-from .errors import error_response
 from .guard import GUARD, ConnectionGuard, GuardedRunner, raise_fd_limit
 from .heap import apply_gc_policy
 from .http_api import DISCONNECTS, chat_completions
@@ -109,88 +108,60 @@ async def healthz(request: web.Request) -> web.Response:
     return _json(body, 503 if gw.draining else 200)
 
 
-async def get_conversation(request: web.Request) -> web.Response:
-    gw: Gateway = request.app["gateway"]
-    try:
-        principal = await gw.access.authenticate_http(request)
-    except GatewayError as err:
-        return error_response(err)
+@authenticated
+async def get_conversation(request: web.Request, gw: Gateway, principal: Any) -> web.Response:
     cid = request.match_info["cid"]
-    try:
-        messages = await gw.store.history(conversation_key(cid, principal))
-    except GatewayError as err:  # e.g. store_unavailable while Redis is down
-        return error_response(err)
+    messages = await gw.store.history(conversation_key(cid, principal))  # store_unavailable: Redis down
     if not messages:
-        return error_response(GatewayError("not_found", f"no conversation {cid[:128]}"))
+        raise GatewayError("not_found", f"no conversation {cid[:128]}")
     return _json({"id": cid, "messages": messages})
 
 
-async def delete_conversation(request: web.Request) -> web.Response:
-    gw: Gateway = request.app["gateway"]
-    try:
-        principal = await gw.access.authenticate_http(request)
-    except GatewayError as err:
-        return error_response(err)
-    try:
-        found = await gw.store.delete(conversation_key(request.match_info["cid"], principal))
-    except GatewayError as err:
-        return error_response(err)
+@authenticated
+async def delete_conversation(request: web.Request, gw: Gateway, principal: Any) -> web.Response:
+    found = await gw.store.delete(conversation_key(request.match_info["cid"], principal))
     return _json({"deleted": found}, 200 if found else 404)
 
 
-async def list_conversations(request: web.Request) -> web.Response:
+@authenticated
+async def list_conversations(request: web.Request, gw: Gateway, principal: Any) -> web.Response:
     """This key's conversations, most recent first: ``{"data": [{"id", "title", "updated"}]}``."""
-    gw: Gateway = request.app["gateway"]
-    try:
-        principal = await gw.access.authenticate_http(request)
-    except GatewayError as err:
-        return error_response(err)
     owner = conversation_owner(principal)
     try:
         limit = min(max(int(request.query.get("limit", "100")), 1), 500)
     except ValueError:
-        return error_response(GatewayError("bad_request", "limit must be a number"))
-    try:
-        rows = await gw.store.list(owner, limit)
-    except GatewayError as err:
-        return error_response(err)
+        raise GatewayError("bad_request", "limit must be a number") from None
+    rows = await gw.store.list(owner, limit)
     return _json({"data": [{**row, "id": row["id"][len(owner) :]} for row in rows]})
 
 
-async def rename_conversation(request: web.Request) -> web.Response:
+@authenticated
+async def rename_conversation(request: web.Request, gw: Gateway, principal: Any) -> web.Response:
     """``PATCH /v1/conversations/{cid}`` with ``{"title": "…"}`` and/or ``{"truncate": N}`` (keep the system
     prompt and the first N turns: the chat page's regenerate and edit-and-resend)."""
-    gw: Gateway = request.app["gateway"]
-    try:
-        principal = await gw.access.authenticate_http(request)
-    except GatewayError as err:
-        return error_response(err)
     cid = request.match_info["cid"]
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        return error_response(GatewayError("invalid_json", 'the body must be JSON: {"title": "…"}'))
+        raise GatewayError("invalid_json", 'the body must be JSON: {"title": "…"}') from None
     if not isinstance(body, dict) or not ({"title", "truncate"} & body.keys()):
-        return error_response(GatewayError("bad_request", 'give "title" (a string) and/or "truncate" (a number)'))
+        raise GatewayError("bad_request", 'give "title" (a string) and/or "truncate" (a number)')
     title, keep = body.get("title"), body.get("truncate")
     if "title" in body and (not isinstance(title, str) or not title.strip()):
-        return error_response(GatewayError("bad_request", "title must be a non-empty string"))
+        raise GatewayError("bad_request", "title must be a non-empty string")
     if "truncate" in body and (type(keep) is not int or keep < 0):
-        return error_response(GatewayError("bad_request", "truncate must be a number of turns, 0 or more"))
+        raise GatewayError("bad_request", "truncate must be a number of turns, 0 or more")
     key = conversation_key(cid, principal)
     out: dict[str, Any] = {"id": cid}
-    try:
-        found = True
-        if keep is not None:
-            found = await gw.store.truncate(key, keep)
-            out["truncate"] = keep
-        if found and title is not None:
-            out["title"] = " ".join(title.split())[:MAX_TITLE]
-            found = await gw.store.set_title(key, out["title"])
-    except GatewayError as err:
-        return error_response(err)
+    found = True
+    if keep is not None:
+        found = await gw.store.truncate(key, keep)
+        out["truncate"] = keep
+    if found and title is not None:
+        out["title"] = " ".join(title.split())[:MAX_TITLE]
+        found = await gw.store.set_title(key, out["title"])
     if not found:
-        return error_response(GatewayError("not_found", f"no conversation {cid[:128]}"))
+        raise GatewayError("not_found", f"no conversation {cid[:128]}")
     return _json(out)
 
 
