@@ -7,6 +7,7 @@ SSE chunk), and divides the gateway process's CPU time (user + sys, from
 
     python bench/research/relay_cpu.py --streams 20 --tokens 2000 --rounds 5
     python bench/research/relay_cpu.py --otel ...   # the same with OpenTelemetry export on
+    python bench/research/relay_cpu.py --provider anthropic ...   # an Anthropic (or gemini) upstream
 
 ``--otel`` points the gateway's OTEL_EXPORTER_OTLP_ENDPOINT at a sink in this process (it
 answers every OTLP/HTTP POST with 200 and counts the bytes), with a 0.5 s span batch delay
@@ -60,6 +61,10 @@ async def otlp_sink() -> tuple[web.AppRunner, str, dict[str, int]]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     return runner, f"http://127.0.0.1:{port}", seen
+
+
+#: the model a stream asks for, per ``--provider`` (each simulated in that provider's wire format)
+PROVIDER_MODELS = {"openai": "gpt-4.1", "anthropic": "claude-sonnet-4.5", "gemini": "gemini-2.5-flash"}
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int) -> int:
@@ -132,8 +137,17 @@ async def measure(args: argparse.Namespace) -> list[float]:
         sink, url, seen = await otlp_sink()
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
         env |= {"OTEL_BSP_SCHEDULE_DELAY": "500", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+    serve = ["serve", "--port", "0", "--log-level", "warning"]
+    if args.provider != "openai":  # that provider kind, in front of the same simulator (its own wire format)
+        config = Path(tempfile.mkdtemp(prefix="relay-cpu-")) / "tokenwire.toml"
+        base = sim.http + ("/v1beta" if args.provider == "gemini" else "/v1")
+        config.write_text(
+            f'[providers.bench]\nkind = "{args.provider}"\nbase_url = "{base}"\n'
+            f'api_key = "sk-bench"\nmodels = ["{PROVIDER_MODELS[args.provider].split("-")[0]}-*"]\n'
+        )
+        serve += ["--config", str(config)]
     gw = start(
-        ["serve", "--port", "0", "--log-level", "warning"],
+        serve,
         env=env,
         prefix=cg.prefix if cg else (),
         timeout=300 if cg else 20,
@@ -141,7 +155,7 @@ async def measure(args: argparse.Namespace) -> list[float]:
     results: list[float] = []
     try:
         async with aiohttp.ClientSession() as session:
-            model = f"gpt-4.1@tokens={args.tokens}@tps={args.tps:g}@batch={args.batch}"
+            model = f"{PROVIDER_MODELS[args.provider]}@tokens={args.tokens}@tps={args.tps:g}@batch={args.batch}"
             await one_stream(session, gw.ws, model, 10)  # warm-up
             if cg:
                 cg.start(gw.pid)
@@ -200,6 +214,12 @@ def main() -> None:
         "--callgrind", action="store_true", help="count instructions per token under valgrind (load-independent)"
     )
     p.add_argument("--otel", action="store_true", help="OpenTelemetry export on, to a local OTLP/HTTP sink")
+    p.add_argument(
+        "--provider",
+        choices=sorted(PROVIDER_MODELS),
+        default="openai",
+        help="the upstream's kind (and wire format): the gateway's provider for it, before the same simulator",
+    )
     args = p.parse_args()
     print(f"gateway under test: {gateway_tree()}", flush=True)
     results = asyncio.run(measure(args))
@@ -207,14 +227,15 @@ def main() -> None:
         print(
             f"\ngateway instructions per relayed token: median {statistics.median(results):,.0f}, "
             f"min {min(results):,.0f} over {len(results)} rounds "
-            f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop})"
+            f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop}, "
+            f"{args.provider} upstream)"
         )
         return
     print(
         f"\ngateway CPU per relayed token: median {statistics.median(results):.2f} us, "
         f"min {min(results):.2f} us over {len(results)} rounds "
         f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop}, "
-        f"OTel {'on' if args.otel else 'off'})"
+        f"OTel {'on' if args.otel else 'off'}, {args.provider} upstream)"
     )
 
 
