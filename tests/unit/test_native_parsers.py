@@ -210,3 +210,48 @@ def test_retry_after_in_every_form_providers_send() -> None:
     assert retry_after_seconds({"Retry-After": "-3"}, now) == 0.0
     assert retry_after_seconds({"Retry-After": "soon"}, now) is None
     assert retry_after_seconds({}, now) is None
+
+
+class _TolerantGemini(GeminiStreamParser):
+    """The dict path only: what the typed path must agree with."""
+
+    __slots__ = ()
+
+    def _typed(self, data: bytes, out: list) -> bool:
+        return False
+
+
+_TEXT = {"content": {"parts": [{"text": "Hi"}], "role": "model"}}
+GEMINI_CHUNKS = [
+    {"candidates": [_TEXT], "usageMetadata": {"promptTokenCount": 4, "totalTokenCount": 4}, "modelVersion": "g-1"},
+    {"candidates": [{"content": {"parts": [{"text": "hmm", "thought": True}, {"text": " there"}]}}]},
+    {"candidates": [_TEXT], "usageMetadata": {}},
+    {"candidates": [_TEXT], "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": None}},
+    {"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": {"x": 1}}}]}}]},
+    {"candidates": [{"content": {"parts": []}, "finishReason": "FINISH_REASON_UNSPECIFIED"}]},
+    {"candidates": [], "promptFeedback": {"blockReason": "SAFETY"}},
+    {
+        "candidates": [{"content": {"parts": [{"text": "."}]}, "finishReason": "STOP"}],
+        "usageMetadata": {
+            "promptTokenCount": 4,
+            "candidatesTokenCount": 6,
+            "thoughtsTokenCount": 3,
+            "cachedContentTokenCount": 2,
+            "totalTokenCount": 13,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 4}],
+        },
+    },
+]
+
+
+@pytest.mark.parametrize("start", range(len(GEMINI_CHUNKS)))
+def test_gemini_typed_path_agrees_with_the_dict_path(start: int) -> None:
+    """Every chunk shape (usage with and without the candidates count, thoughts, a function call, a
+    block, the end), from each starting point: the same events whichever path decodes it."""
+    raw = b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in GEMINI_CHUNKS[start:])
+    typed, tolerant = GeminiStreamParser(), _TolerantGemini()
+    for piece in raw.split(b"\r\n\r\n")[:-1]:  # one event per read: the fast paths
+        piece += b"\r\n\r\n"
+        assert typed.feed(piece) == tolerant.feed(piece), piece
+    assert typed.close() == tolerant.close()
+    assert (typed.finished, typed._calls) == (tolerant.finished, tolerant._calls)

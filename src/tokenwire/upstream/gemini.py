@@ -57,6 +57,19 @@ class _Candidate(msgspec.Struct, gc=False):
     finishReason: str | None = None
 
 
+class _UsageMetadata(msgspec.Struct, gc=False):
+    """The counts ``_usage`` reads (every chunk carries them; only the last one's are used)."""
+
+    promptTokenCount: int | msgspec.UnsetType | None = msgspec.UNSET
+    candidatesTokenCount: int | msgspec.UnsetType | None = msgspec.UNSET
+    totalTokenCount: int | msgspec.UnsetType | None = msgspec.UNSET
+    thoughtsTokenCount: int | msgspec.UnsetType | None = msgspec.UNSET
+    cachedContentTokenCount: int | msgspec.UnsetType | None = msgspec.UNSET
+
+
+_USAGE_FIELDS = _UsageMetadata.__struct_fields__
+
+
 class _Chunk(msgspec.Struct, gc=False):
     """A streamed chunk as the typed path reads it: text parts, the finish reason, usage, model.
 
@@ -66,7 +79,7 @@ class _Chunk(msgspec.Struct, gc=False):
     """
 
     candidates: list[_Candidate] | None = None
-    usageMetadata: dict[str, Any] | None = None
+    usageMetadata: _UsageMetadata | None = None  #: not a dict: nothing built per token for it
     modelVersion: str | None = None
     error: Any = None
 
@@ -159,7 +172,10 @@ class GeminiStreamParser(StreamParser):
             for part in parts:
                 out.append((ev.REASONING if part.thought else _TOKEN, part.text))
         self._finish(cand.finishReason, out)
-        self._usage_and_model(chunk.usageMetadata, chunk.modelVersion, out)
+        meta, usage = chunk.usageMetadata, None
+        if meta is not None and (meta.candidatesTokenCount is not msgspec.UNSET or self.finished):
+            usage = {name: v for name in _USAGE_FIELDS if (v := getattr(meta, name)) is not msgspec.UNSET}
+        self._usage_and_model(usage, chunk.modelVersion, out)
         return True
 
     def _finish(self, reason: Any, out: list[Event]) -> None:
