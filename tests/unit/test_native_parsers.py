@@ -255,3 +255,33 @@ def test_gemini_typed_path_agrees_with_the_dict_path(start: int) -> None:
         assert typed.feed(piece) == tolerant.feed(piece), piece
     assert typed.close() == tolerant.close()
     assert (typed.finished, typed._calls) == (tolerant.finished, tolerant._calls)
+
+
+ANTHROPIC_DELTAS = [
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ""}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "abc"}},
+    {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"x":'}},
+    {"type": "content_block_delta", "index": 7, "delta": {"type": "input_json_delta", "partial_json": "1}"}},
+    {"type": "content_block_delta", "index": "1", "delta": {"type": "input_json_delta", "partial_json": "2"}},
+    {"type": "content_block_delta", "index": 0, "delta": None},
+    {"type": "content_block_delta", "index": 0},
+    {"index": 0, "delta": {"type": "text_delta", "text": "no type"}},
+]
+
+
+def test_anthropic_typed_delta_agrees_with_the_dict_path() -> None:
+    """A ``content_block_delta`` event takes the typed path; the same object in an unnamed event takes
+    the dict path (its ``type`` names it): every shape gives the same events either way."""
+    start = {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t", "name": "f"}}
+    typed, tolerant = AnthropicStreamParser(), AnthropicStreamParser()
+    for p in (typed, tolerant):
+        p.feed(b"data: {}\n\n")  # the decoder has started: the next reads take the fast paths
+        p.feed(b"event: content_block_start\ndata: " + json.dumps(start).encode() + b"\n\n")
+    for obj in ANTHROPIC_DELTAS:
+        data = json.dumps(obj).encode()
+        named = typed.feed(b"event: content_block_delta\ndata: " + data + b"\n\n")
+        body = {**obj, "type": obj.get("type", "content_block_delta")}
+        unnamed = tolerant.feed(b"data: " + json.dumps(body).encode() + b"\n\n")
+        assert named == unnamed, obj
