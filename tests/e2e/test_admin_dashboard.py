@@ -176,6 +176,7 @@ def test_live_view_shows_streams_in_flight_rise_and_fall_under_load(keyed: Proc,
     # only once its on_finish hook ran, so "0 in flight" can come a snapshot (a second) before "6 ended"
     poll(page, "() => document.querySelector('#live-ended').textContent === '6 / 0'")
     assert page.inner_text("#live-ended") == "6 / 0"
+    assert page.inner_text("#live-scope") == "this process"  # one process: its own figures are the gateway's
     # a provider that is down: its errors, by provider and code
     status, out = chat(keyed, keyed.user, model="broken-model")  # type: ignore[attr-defined]
     assert status >= 500, out
@@ -247,5 +248,32 @@ def test_on_a_phone_the_dashboard_fits_the_screen(keyed: Proc, browser) -> None:
         # nothing wider than the screen: wide tables scroll inside their own panel
         assert pg.evaluate("document.documentElement.scrollWidth") <= 390
         shot(pg, "admin-phone")
+    finally:
+        ctx.close()
+
+
+def test_under_workers_the_page_shows_every_worker(spawn, sim, redis_url, tmp_path, browser) -> None:
+    """With ``serve --workers 2`` the live view adds both workers up, and the headings say so."""
+    from test_workers import workers_env
+
+    db = tmp_path / "gw.db"
+    admin = create_key(db, "ops", "--admin")
+    gw = spawn(
+        "serve",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        env={**workers_env(sim, redis_url), "TOKENWIRE_DB": str(db)},
+        timeout=40,
+    )
+    gw.admin = admin  # type: ignore[attr-defined]
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(WAIT)
+        sign_in(page, gw)
+        poll(page, "() => document.querySelector('#live-scope').textContent === 'all 2 workers'")
+        assert page.inner_text("#latest-scope") == "all 2 workers"
     finally:
         ctx.close()
