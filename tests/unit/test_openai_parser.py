@@ -93,3 +93,33 @@ def test_http_429_body(fixtures_dir: Path) -> None:
     err = parse_openai_error("openai", body, status=429)
     assert err.code == "upstream_rate_limited" and err.retryable and err.status == 429
     assert "Rate limit reached for 10KTPM-200RPM" in err.message
+
+
+OPENAI_CHUNKS = [
+    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+    {"choices": [{"delta": {"content": "Hi"}, "logprobs": None}], "obfuscation": "x", "system_fingerprint": "fp"},
+    {"choices": [{"delta": {"reasoning_content": "hmm"}}]},
+    {"choices": [{"delta": {"reasoning": "also hmm", "content": " there"}}]},
+    {"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}]}}]},
+    {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"x":1}'}}]}}]},
+    {"choices": [{"delta": {"tool_calls": [{"function": {"name": "g"}}]}}]},
+    {"choices": [{"delta": None}]},
+    {"choices": []},
+    {"choices": [{"delta": {"content": [{"type": "text", "text": "parts"}]}}]},  # typed decode refuses: dict path
+    {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+    {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}},
+]
+
+
+def test_the_typed_chunk_path_agrees_with_the_dict_path() -> None:
+    """An unnamed event takes the typed path; the same chunk as a named event takes the dict path:
+    every chunk shape gives the same events either way."""
+    from tokenwire.upstream.openai import OpenAIStreamParser
+
+    typed, tolerant = OpenAIStreamParser("p"), OpenAIStreamParser("p")
+    for p in (typed, tolerant):
+        p.feed(b": started\n\n")
+    for chunk in OPENAI_CHUNKS:
+        data = json.dumps(chunk).encode()
+        assert typed.feed(b"data: " + data + b"\n\n") == tolerant.feed(b"event: chunk\ndata: " + data + b"\n\n"), chunk
+    assert typed.finished == tolerant.finished is True
