@@ -21,9 +21,10 @@ from tokenwire.auth.keys import (
     new_record,
 )
 from tokenwire.auth.usage import POINTS, parse_window, summarize
+from tokenwire.bench.run import percentile  # the exact nearest-rank percentile: the reference
 from tokenwire.protocol.errors import GatewayError
 from tokenwire.protocol.frames import Chat
-from tokenwire.runtime.recent import Recent, Tally, detail, hist_percentile, live_view, merge_exports, percentile
+from tokenwire.runtime.recent import Recent, Tally, detail, hist_percentile, live_view, merge_exports
 from tokenwire.runtime.summary import RunSummary
 
 NOW = 1_800_000_030.0  # 30 s into a minute

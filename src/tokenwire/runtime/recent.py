@@ -28,16 +28,7 @@ from typing import Any
 from ..protocol.errors import GatewayError
 from .summary import RunSummary
 
-__all__ = ["Recent", "Tally", "detail", "hist_percentile", "live_view", "merge_exports", "percentile"]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The nearest-rank ``q`` percentile (0 < q <= 100) of ``values``; None when there are none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
+__all__ = ["Recent", "Tally", "detail", "hist_percentile", "live_view", "merge_exports"]
 
 
 def _owner(summary: RunSummary) -> dict[str, Any] | None:
