@@ -52,30 +52,29 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Decode as much as ``chunk`` completes; keep the rest for the next call."""
-        if chunk[:6] == b"data: " and chunk[-2:] == b"\n\n" and not self._buf and not self._data and self._started:
-            payload = chunk[6:-2]
-            if _LF not in payload and _CR not in chunk:  # its only line breaks are the last two
-                # One whole ``data:`` event and nothing else: what a paced provider sends per
-                # token (one chunk per read). The general path below splits it into three lines
-                # to get the same answer; this skips that. The tests are byte values (``_LF``,
-                # ``_CR``) on the payload that is returned anyway: ``bytes.find`` parses an
-                # argument tuple and takes a buffer of its needle (~630 instructions).
-                name = self._event or "message"
-                self._event = ""
-                return [(name, payload)]
-        elif chunk[:7] == b"event: " and chunk[-2:] == b"\n\n" and not self._buf and not self._data and self._started:
-            # The same for a named event (``event: NAME`` then its ``data:`` line), Anthropic's per token.
-            head, sep, rest = chunk.partition(b"\ndata: ")
-            payload = rest[:-2]
-            if sep and _LF not in head and _LF not in payload and _CR not in chunk:
-                self._event = ""
-                return [(head[7:].decode("utf-8", "replace") or "message", payload)]
-        elif (
-            chunk[:6] == b"data: " and chunk[-4:] == b"\r\n\r\n" and not self._buf and not self._data and self._started
-        ):
-            # The same with CRLF line ends (Gemini's per token).
-            payload = chunk[6:-4]
-            if _LF not in payload and _CR not in payload:
+        if self._started and not self._buf and not self._data:
+            # One whole event and nothing else in this read: what a paced provider sends per token
+            # (one chunk per read). The general path below splits it into lines to get the same
+            # answer; this skips that. The tests are byte values (``_LF``, ``_CR``) on the payload
+            # that is returned anyway: ``bytes.find`` parses an argument tuple and takes a buffer
+            # of its needle (~630 instructions).
+            payload = None
+            if chunk[-2:] == b"\n\n":
+                if chunk[:6] == b"data: ":  # OpenAI-compatible
+                    payload = chunk[6:-2]
+                    if _LF in payload or _CR in chunk:
+                        payload = None
+                elif chunk[:7] == b"event: ":  # a named event and its data line (Anthropic)
+                    head, sep, rest = chunk.partition(b"\ndata: ")
+                    data = rest[:-2]
+                    if sep and _LF not in head and _LF not in data and _CR not in chunk:
+                        self._event = ""
+                        return [(head[7:].decode("utf-8", "replace") or "message", data)]
+            elif chunk[-4:] == b"\r\n\r\n" and chunk[:6] == b"data: ":  # CRLF line ends (Gemini)
+                payload = chunk[6:-4]
+                if _LF in payload or _CR in payload:
+                    payload = None
+            if payload is not None:
                 name = self._event or "message"
                 self._event = ""
                 return [(name, payload)]
