@@ -67,26 +67,38 @@ async def otlp_sink() -> tuple[web.AppRunner, str, dict[str, int]]:
 PROVIDER_MODELS = {"openai": "gpt-4.1", "anthropic": "claude-sonnet-4.5", "gemini": "gemini-2.5-flash"}
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, model: str, tokens: int) -> int:
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, model: str, tokens: int, replies: int = 1, messages: bool = False
+) -> int:
+    """One WebSocket, ``replies`` generations on it one after the other; the tokens counted.
+
+    ``messages``: each chat carries its history (``messages``, as ``tokenwire loadtest`` and the
+    SDK dialects send), so nothing is stored; else the seed's ``content``, which the gateway keeps
+    as a server-side conversation."""
+    body: dict[str, object] = {"type": "chat", "id": "b", "model": model, "params": {"max_tokens": tokens}}
+    if messages:
+        body["messages"] = [{"role": "user", "content": "bench"}]
+    else:
+        body["content"] = "bench"
+    frame = orjson.dumps(body).decode()
+    n = 0
     async with session.ws_connect(url) as ws:
-        await ws.send_str(
-            orjson.dumps(
-                {"type": "chat", "id": "b", "model": model, "content": "bench", "params": {"max_tokens": tokens}}
-            ).decode()
-        )
-        n = 0
-        async for msg in ws:
-            event = orjson.loads(msg.data)
-            kind = event.get("type")
-            if kind == "token":
-                n += 1
-            elif kind == "end":
-                if event["status"] != "completed":
-                    raise RuntimeError(f"generation ended {event}")
-                return n
-            elif kind == "error":
-                raise RuntimeError(f"error: {event}")
-    raise RuntimeError("socket closed early")
+        for _ in range(replies):
+            await ws.send_str(frame)
+            async for msg in ws:
+                event = orjson.loads(msg.data)
+                kind = event.get("type")
+                if kind == "token":
+                    n += 1
+                elif kind == "end":
+                    if event["status"] != "completed":
+                        raise RuntimeError(f"generation ended {event}")
+                    break
+                elif kind == "error":
+                    raise RuntimeError(f"error: {event}")
+            else:
+                raise RuntimeError("socket closed early")
+    return n
 
 
 class Callgrind:
@@ -166,13 +178,16 @@ async def measure(args: argparse.Namespace) -> list[float]:
                 c0 = cpu_seconds(gw.pid)
                 t0 = time.perf_counter()
                 counts = await asyncio.gather(
-                    *(one_stream(session, gw.ws, model, args.tokens) for _ in range(args.streams))
+                    *(
+                        one_stream(session, gw.ws, model, args.tokens, args.replies, args.messages)
+                        for _ in range(args.streams)
+                    )
                 )
                 wall = time.perf_counter() - t0
                 cpu = cpu_seconds(gw.pid) - c0
                 n = sum(counts)
-                if n != args.streams * args.tokens:
-                    raise RuntimeError(f"expected {args.streams * args.tokens} tokens, got {n}")
+                if n != args.streams * args.replies * args.tokens:
+                    raise RuntimeError(f"expected {args.streams * args.replies * args.tokens} tokens, got {n}")
                 if cg:
                     per = cg.dump(gw.pid) / n
                     results.append(per)
@@ -207,6 +222,10 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=20, help="concurrent WebSockets per round")
     p.add_argument("--tokens", type=int, default=2000, help="tokens per reply")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--replies", type=int, default=1, help="generations per WebSocket, one after the other")
+    p.add_argument(
+        "--messages", action="store_true", help="chats carry messages (nothing stored), as loadtest's do, not content"
+    )
     p.add_argument("--batch", type=int, default=1, help="tokens per upstream network write (1 = one per chunk)")
     p.add_argument("--tps", type=float, default=0.0, help="pace each stream at this many tokens/s (0: unpaced)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the gateway's event loop")
@@ -227,8 +246,8 @@ def main() -> None:
         print(
             f"\ngateway instructions per relayed token: median {statistics.median(results):,.0f}, "
             f"min {min(results):,.0f} over {len(results)} rounds "
-            f"({args.streams} streams x {args.tokens} tokens, batch {args.batch}, event loop {args.loop}, "
-            f"{args.provider} upstream)"
+            f"({args.streams} streams x {args.replies} x {args.tokens} tokens, batch {args.batch}, "
+            f"event loop {args.loop}, {args.provider} upstream{', messages' if args.messages else ''})"
         )
         return
     print(
