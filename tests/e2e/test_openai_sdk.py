@@ -67,3 +67,25 @@ async def test_async_sdk_against_relay_with_upstream_429(relay) -> None:
         )
         text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
     assert text == expected("ok", 6)
+
+
+@pytest.mark.parametrize("fault", ["cut:3", "error:3"])
+async def test_a_reply_that_fails_after_some_text_is_an_error_not_a_whole_completion(relay, fault: str) -> None:
+    """Not streamed: the SDK raises (502, the provider's failure) instead of returning a cut-short
+    message with ``finish_reason: "stop"`` that looks complete. Streamed, the text so far arrives and
+    then the error."""
+    async with openai.AsyncOpenAI(base_url=relay.http + "/v1", api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.InternalServerError) as exc:
+            await c.chat.completions.create(
+                model=f"gpt-4.1@tps=0@fault={fault}", messages=[{"role": "user", "content": "x"}], max_tokens=20
+            )
+        assert exc.value.status_code == 502
+        stream = await c.chat.completions.create(
+            model=f"gpt-4.1@tps=0@fault={fault}", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        text = []
+        with pytest.raises(openai.APIError):
+            async for ch in stream:
+                if ch.choices:
+                    text.append(ch.choices[0].delta.content or "")
+    assert "".join(text) == expected("x", 3)

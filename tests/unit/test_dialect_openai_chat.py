@@ -104,6 +104,14 @@ def test_a_failure_before_any_text_is_answered_with_its_status() -> None:
     assert b.refused is not None and b.refused.http_status == 429
 
 
+def test_a_failure_after_some_text_is_answered_with_its_status_not_as_a_whole_reply() -> None:
+    b = oc.CompletionBuilder()
+    b.send(b"", TOKEN, "partial ")
+    b.send(b"", ERROR, GatewayError("upstream_error", "the provider cut the stream", retryable=True))
+    b.send(b"", END, {**END_FIELDS, "status": "failed"})
+    assert b.refused is not None and b.refused.code == "upstream_error" and b.refused.http_status == 502
+
+
 def test_parse_request_reads_params_and_refuses_bad_fields() -> None:
     limits = Limits()
     chat, stream, usage = oc.parse_request(

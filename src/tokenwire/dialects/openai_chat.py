@@ -224,8 +224,12 @@ class CompletionBuilder:
 
     @property
     def refused(self) -> GatewayError | None:
-        """The error to answer with an HTTP status: the run failed before any text."""
-        return self.error if self.error is not None and not self.text else None
+        """The error to answer with an HTTP status: the run failed, before or after some text.
+
+        A reply cut short by a failure is not passed off as a whole one (a 200 with
+        ``finish_reason: "stop"``): the client could not tell it from a complete answer. As the
+        Anthropic dialect does; a streamed reply says it in the stream instead."""
+        return self.error
 
     def body(self, stream_id: str, model: str) -> dict[str, Any]:
         end = self.end or {}
