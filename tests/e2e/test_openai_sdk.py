@@ -89,3 +89,19 @@ async def test_a_reply_that_fails_after_some_text_is_an_error_not_a_whole_comple
                 if ch.choices:
                     text.append(ch.choices[0].delta.content or "")
     assert "".join(text) == expected("x", 3)
+
+
+def test_a_malformed_tool_turn_is_a_bad_request_not_an_internal_error(client) -> None:
+    """Every provider's request builder reads ``tool_calls`` as objects: a string there is the
+    client's mistake (400, naming the field), whichever provider the model is on."""
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model="gpt-4.1",
+            messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": "x"}],
+        )
+    assert "messages[1].tool_calls must be a list" in str(exc.value)
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model="gpt-4.1", messages=[{"role": "user", "content": "x"}], top_p=1.5, stream=True
+        )
+    assert "top_p" in str(exc.value)

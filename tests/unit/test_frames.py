@@ -66,6 +66,69 @@ def test_control_frames() -> None:
         ({"type": "chat", "content": "x", "params": {"max_tokens": 0}}, "bad_request", "at least 1"),
         ({"type": "chat", "content": "x", "params": {"max_tokens": True}}, "bad_request", "wrong type"),
         ({"type": "chat", "content": "x", "params": {"temperature": 9}}, "bad_request", "between 0 and 2"),
+        ({"type": "chat", "content": "x", "params": {"top_p": 1.5}}, "bad_request", "between 0 and 1"),
+        ({"type": "chat", "content": "x", "params": {"top_p": -1}}, "bad_request", "between 0 and 1"),
+        ({"type": "chat", "content": "x", "params": {"presence_penalty": 1e11}}, "bad_request", "between -2 and 2"),
+        ({"type": "chat", "content": "x", "params": {"tool_choice": "x"}}, "bad_request", '"required"'),
+        ({"type": "chat", "content": "x", "params": {"tool_choice": {}}}, "bad_request", '"type"'),
+        (
+            {"type": "chat", "content": "x", "params": {"tool_choice": {"type": "function", "function": "x"}}},
+            "bad_request",
+            "function.name",
+        ),
+        (
+            {"type": "chat", "messages": [{"role": "assistant", "content": None, "tool_calls": "x"}]},
+            "bad_request",
+            "tool_calls must be a list",
+        ),
+        (
+            {"type": "chat", "messages": [{"role": "assistant", "content": None, "tool_calls": [1]}]},
+            "bad_request",
+            "tool_calls[0] must be an object",
+        ),
+        (
+            {"type": "chat", "messages": [{"role": "assistant", "content": None, "tool_calls": [{"function": "x"}]}]},
+            "bad_request",
+            "tool_calls[0].function must be",
+        ),
+        (
+            {
+                "type": "chat",
+                "messages": [
+                    {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}
+                ],
+            },
+            "bad_request",
+            "function.arguments must be a string",
+        ),
+        (
+            {
+                "type": "chat",
+                "messages": [
+                    {"role": "assistant", "content": None, "tool_calls": [{"id": 1, "function": {"name": "f"}}]}
+                ],
+            },
+            "bad_request",
+            "tool_calls[0].id must be a string",
+        ),
+        (
+            {"type": "chat", "messages": [{"role": "tool", "content": "r", "tool_call_id": 5}]},
+            "bad_request",
+            "tool_call_id must be a string",
+        ),
+        (
+            {"type": "chat", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": 1}]}]},
+            "bad_request",
+            "image_url must be an object",
+        ),
+        (
+            {
+                "type": "chat",
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": 1}}]}],
+            },
+            "bad_request",
+            "image_url must be an object",
+        ),
         ({"type": "chat", "content": "x", "stream_id": "short"}, "bad_request", "stream_id"),
         ({"type": "chat", "content": "x", "model": ""}, "bad_request", "model"),
         ({"type": "attach", "id": "a"}, "bad_request", "stream_id"),
@@ -117,3 +180,22 @@ def test_generation_log_is_bounded_and_refuses_gaps() -> None:
     with pytest.raises(StreamExpired) as exc:
         gen.after(20)
     assert exc.value.code == "stream_expired" and "no longer kept" in exc.value.message
+
+
+def test_valid_tool_turns_and_choices_pass_unchanged() -> None:
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "u"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    assert fr.validate_messages(messages, fr.Limits()) is messages
+    for choice in ("auto", "none", "required", {"type": "function", "function": {"name": "f"}}, {"type": "tool"}):
+        assert fr.validate_params({"tool_choice": choice, "top_p": 1, "frequency_penalty": -2}) == {
+            "tool_choice": choice,
+            "top_p": 1,
+            "frequency_penalty": -2,
+        }

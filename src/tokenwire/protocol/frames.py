@@ -321,7 +321,37 @@ def validate_messages(messages: Any, limits: Limits, id: str | None = None) -> l
                     raise _bad(f'messages[{i}].content[{j}] must be an object with a "type"', id)
                 if part["type"] == "text" and not isinstance(part.get("text"), str):
                     raise _bad(f"messages[{i}].content[{j}].text must be a string", id)
+                if part["type"] == "image_url":
+                    image = part.get("image_url")
+                    if type(image) is not dict or not isinstance(image.get("url"), str):
+                        raise _bad(f'messages[{i}].content[{j}].image_url must be an object with a "url" string', id)
+        for key in ("tool_call_id", "name"):
+            if m.get(key) is not None and not isinstance(m[key], str):
+                raise _bad(f"messages[{i}].{key} must be a string", id)
+        calls = m.get("tool_calls")
+        if calls is not None:
+            _check_tool_calls(calls, f"messages[{i}].tool_calls", id)
     return messages
+
+
+def _check_tool_calls(calls: Any, where: str, id: str | None) -> None:
+    """An assistant turn's ``tool_calls``, as the providers' request builders read them (they convert
+    each to the provider's own shape and must not meet a string where an object goes)."""
+    if type(calls) is not list:
+        raise _bad(f"{where} must be a list", id)
+    if len(calls) > MAX_TOOLS:
+        raise _bad(f"{where} has {len(calls)} items; the limit is {MAX_TOOLS}", id)
+    for k, call in enumerate(calls):
+        if type(call) is not dict:
+            raise _bad(f"{where}[{k}] must be an object", id)
+        for key in ("id", "type"):
+            if call.get(key) is not None and not isinstance(call[key], str):
+                raise _bad(f"{where}[{k}].{key} must be a string", id)
+        fn = call.get("function")
+        if type(fn) is not dict or not isinstance(fn.get("name"), str):
+            raise _bad(f'{where}[{k}].function must be an object with a "name" string', id)
+        if fn.get("arguments") is not None and not isinstance(fn["arguments"], str):
+            raise _bad(f"{where}[{k}].function.arguments must be a string (JSON text)", id)
 
 
 def validate_params(
@@ -362,11 +392,31 @@ def validate_params(
             _check_tools(value, id)
         if key == "temperature" and not 0 <= value <= 2:
             raise _bad('"temperature" must be between 0 and 2', id)
+        if key == "top_p" and not 0 <= value <= 1:
+            raise _bad('"top_p" must be between 0 and 1', id)
+        if key in ("presence_penalty", "frequency_penalty") and not -2 <= value <= 2:
+            raise _bad(f'"{key}" must be between -2 and 2', id)
+        if key == "tool_choice":
+            _check_tool_choice(value, id)
         out[key] = value
     return out
 
 
 _DEFAULT_LIMITS = Limits()
+
+
+def _check_tool_choice(choice: str | dict[str, Any], id: str | None) -> None:
+    """``"auto"``, ``"none"``, ``"required"``, or an object with a ``type`` (a function's with its name)."""
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise _bad('"tool_choice" must be "auto", "none", "required" or an object', id)
+        return
+    if not isinstance(choice.get("type"), str):
+        raise _bad('"tool_choice" must be an object with a "type"', id)
+    if choice["type"] == "function":
+        fn = choice.get("function")
+        if type(fn) is not dict or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise _bad('"tool_choice".function.name must be a non-empty string', id)
 
 
 def _check_tools(tools: list[Any], id: str | None) -> None:
