@@ -443,3 +443,27 @@ async def test_ws_resume_with_last_sequence_sends_only_the_rest(relay) -> None:
                 while (event := json.loads((await ws.receive()).data))["type"] != "end":
                     pass
             assert event["status"] == "completed"
+
+
+async def test_a_new_message_for_a_chat_stops_its_running_reply(relay, sim) -> None:
+    """Two POSTs for one chat (``regenerate`` while a reply streams, two tabs): the older reply is
+    stopped at the provider, not left running where no stop or resume can reach it any more."""
+
+    def body(model: str) -> dict[str, Any]:
+        return {"id": "c-dup", "trigger": "submit-message", "messages": user("x"), "model": model}
+
+    async with aiohttp.ClientSession() as s:
+        first = await s.post(relay.http + "/api/chat", json=body("gpt-4.1@tps=50@tokens=1000"))
+        assert first.status == 200
+        before = await until_active(sim)
+        async with s.post(relay.http + "/api/chat", json=body("gpt-4.1@tps=0@tokens=5")) as second:
+            assert second.status == 200
+            newer = await second.read()
+        async with asyncio.timeout(10):
+            older = await first.read()  # ends: it was stopped
+        await abort_delay(sim, before, time.monotonic())
+        async with s.post(relay.http + "/api/chat/c-dup/stop") as r:
+            assert await r.json() == {"stopped": False}  # the newest reply had ended; nothing else runs
+    assert b'"type":"abort"' in older and older.count(b'"type":"text-delta"') < 1000
+    assert b'"type":"finish"' in newer and newer.count(b'"type":"text-delta"') == 5
+    assert (await sim_stats(sim))["active"] == 0

@@ -194,6 +194,17 @@ async def _until_end(run: Any, sse: UIStreamResponder) -> None:
         gone.cancel()
 
 
+async def _supersede(gw: Gateway, principal: Any, chat_id: str) -> None:
+    """A new message for a chat whose reply is still running stops that reply (here or on its instance).
+
+    The chat's stream, resume and stop all name the newest reply only, so an older one left
+    running could no longer be stopped or resumed, and would go on spending (``useChat``'s
+    ``regenerate`` while a reply streams, or two tabs of one chat)."""
+    found = await chat_streams(gw).find(principal, chat_id)
+    if found is not None and not found[0].gen.ended:
+        found[0].cancel("superseded")
+
+
 async def chat_post(request: web.Request) -> web.StreamResponse:
     gw: Gateway = request.app["gateway"]
     try:
@@ -201,6 +212,7 @@ async def chat_post(request: web.Request) -> web.StreamResponse:
         body = await read_json_body(request, gw.settings.max_frame_bytes)
         chat, req = aisdk.parse_request(body, gw.limits)
         chat.stream_id = "s_" + uuid.uuid4().hex
+        await _supersede(gw, principal, req.chat_id)
         run = await gw.start_chat(principal, chat, resumable=True)
     except GatewayError as err:
         return error_response(err)
