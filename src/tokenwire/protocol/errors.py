@@ -31,6 +31,7 @@ HTTP_STATUS: dict[str, int] = {
     "frame_too_large": 413,
     "unknown_model": 404,
     "not_found": 404,
+    "method_not_allowed": 405,
     "unauthorized": 401,
     "forbidden": 403,
     "rate_limited": 429,

@@ -33,6 +33,7 @@ from .admin import setup_admin
 from .aisdk_http import chat_post, chat_stop, chat_stream
 from .anthropic_api import count_tokens, list_models, messages
 from .disconnects import DisconnectWatch
+from .errors import api_route_errors
 from .guard import GUARD, ConnectionGuard, GuardedRunner, raise_fd_limit
 from .heap import apply_gc_policy
 from .http_api import DISCONNECTS, chat_completions
@@ -194,7 +195,7 @@ async def _ws_or_426(request: web.Request) -> web.StreamResponse:
 def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Application:
     gw = gateway or build_gateway(settings)
     setup_event_log()
-    middlewares = [access_log_middleware(gw, settings.access_log)]
+    middlewares = [access_log_middleware(gw, settings.access_log), api_route_errors]
     if isinstance(gw.access, AccessPolicy):
         middlewares += [host_middleware(gw.access), handshake_middleware(gw.access)]
     if gw.registry.tracing:

@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..dialects import anthropic_messages
 from ..protocol.errors import GatewayError
 
-__all__ = ["error_headers", "error_response"]
+__all__ = ["api_route_errors", "error_headers", "error_response"]
 
 
 def error_headers(err: GatewayError) -> dict[str, str]:
@@ -41,4 +42,33 @@ def error_response(err: GatewayError, body: dict[str, Any] | None = None) -> web
     )
     if err.code == "request_timeout":  # the rest of the body may still come: the connection is done
         resp.force_close()
+    return resp
+
+
+#: the API paths whose clients read JSON errors: Anthropic's shape under /v1/messages, else OpenAI's
+_API_PREFIXES = ("/v1/", "/api/")
+
+
+@web.middleware
+async def api_route_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """No route for an API path (a GET on a POST route, a trailing slash, a typo): a JSON error.
+
+    aiohttp answers those in plain text (``405: Method Not Allowed``), which an SDK cannot parse
+    into its error class. Only routing failures are rewritten (a handler's own answers, and the
+    page and admin routes, are left alone); a 405 keeps aiohttp's ``Allow`` header.
+    """
+    failed = getattr(request.match_info, "http_exception", None)
+    if failed is None or not request.path.startswith(_API_PREFIXES):
+        return await handler(request)
+    if failed.status == 405:
+        err = GatewayError(
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.path[:200]} (allowed: {failed.headers.get('Allow', '')})",
+        )
+    else:
+        err = GatewayError("not_found", f"no such endpoint: {request.method} {request.path[:200]}")
+    body = anthropic_messages.error_body(err) if request.path.startswith("/v1/messages") else None
+    resp = error_response(err, body)
+    if "Allow" in failed.headers:
+        resp.headers["Allow"] = failed.headers["Allow"]
     return resp
