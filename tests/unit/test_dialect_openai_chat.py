@@ -131,6 +131,8 @@ def test_parse_request_reads_params_and_refuses_bad_fields() -> None:
         ({"messages": [{"role": "user", "content": "x"}], "n": 2}, '"n" other than 1'),
         ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, '"stream" must be'),
         ({"model": "m"}, '"messages" is required'),
+        ({"model": "", "messages": [{"role": "user", "content": "x"}]}, '"model" must be a non-empty string'),
+        ({"model": 5, "messages": [{"role": "user", "content": "x"}]}, '"model" must be a non-empty string'),
         ({"messages": [{"role": "user", "content": "x"}], "modle": "m"}, 'unknown parameter "modle"'),
     ]:
         with pytest.raises(GatewayError) as exc:

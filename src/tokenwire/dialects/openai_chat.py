@@ -71,8 +71,8 @@ def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool, boo
     opts = body.get("stream_options") or {}
     include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise GatewayError("bad_request", '"model" must be a string')
+    if model is not None and (not isinstance(model, str) or not model):
+        raise GatewayError("bad_request", '"model" must be a non-empty string (leave it out for the default model)')
     if "messages" not in body:
         raise GatewayError("bad_request", '"messages" is required')
     chat = Chat(
