@@ -48,3 +48,18 @@ def test_the_sdks_raise_their_own_error_classes(gateway) -> None:
         with pytest.raises(anthropic.APIStatusError) as aexc:
             a.get("/v1/messages", cast_to=object)
         assert aexc.value.status_code == 405 and "not allowed" in aexc.value.message
+
+
+def test_models_retrieve_in_both_sdks(gateway) -> None:
+    """``models.retrieve``: the model in the SDK's own shape; an unknown id is its NotFoundError."""
+    with openai.OpenAI(base_url=gateway.http + "/v1", api_key="x", max_retries=0) as c:
+        model = c.models.retrieve("gpt-4.1")
+        assert (model.id, model.object) == ("gpt-4.1", "model")
+        assert model.id in [m.id for m in c.models.list()]
+        with pytest.raises(openai.NotFoundError):
+            c.models.retrieve("no-such-model")
+    with anthropic.Anthropic(base_url=gateway.http, api_key="x", max_retries=0) as a:
+        info = a.models.retrieve("claude-sonnet-4.5")
+        assert (info.id, info.type) == ("claude-sonnet-4.5", "model")
+        with pytest.raises(anthropic.NotFoundError):
+            a.models.retrieve("no-such-model")

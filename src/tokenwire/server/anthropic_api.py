@@ -26,7 +26,7 @@ from .streaming import SSEResponder
 if TYPE_CHECKING:
     from ..runtime.gateway import Gateway
 
-__all__ = ["count_tokens", "list_models", "messages"]
+__all__ = ["count_tokens", "get_model", "list_models", "messages"]
 
 
 def _error(err: GatewayError) -> web.Response:
@@ -75,6 +75,27 @@ async def count_tokens(request: web.Request) -> web.Response:
     return web.Response(
         body=orjson.dumps({"input_tokens": estimate_tokens(chat.messages)}), content_type="application/json"
     )
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}`` (both SDKs' ``models.retrieve``): one entry of the list, in the caller's shape.
+
+    An alias is answered with the model it names (as a request for it would be routed); an
+    unknown id is a 404 in the caller's error shape."""
+    gw: Gateway = request.app["gateway"]
+    anthropic = "anthropic-version" in request.headers
+    name = request.match_info["id"]
+    try:
+        await gw.access.authenticate_http(request)
+        await gw.router.discover()
+        target = gw.router.alias_map().get(name, name)
+        found = next((m for m in gw.router.models() if m["id"] == target), None)
+        if found is None:
+            raise GatewayError("unknown_model", f"unknown model {name[:200]!r} (GET /v1/models lists them)")
+    except GatewayError as err:
+        return _error(err) if anthropic else error_response(err)
+    body = am.model_list([found])["data"][0] if anthropic else found
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -31,7 +31,7 @@ from ..version import __version__
 from .access import authenticated, handshake_middleware, host_middleware
 from .admin import setup_admin
 from .aisdk_http import chat_post, chat_stop, chat_stream
-from .anthropic_api import count_tokens, list_models, messages
+from .anthropic_api import count_tokens, get_model, list_models, messages
 from .disconnects import DisconnectWatch
 from .errors import api_route_errors
 from .guard import GUARD, ConnectionGuard, GuardedRunner, raise_fd_limit
@@ -229,6 +229,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> web.Applic
     app.router.add_post("/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{id:.+}", get_model)
     for base in ("/v1/responses", "/responses"):
         app.router.add_post(base, create_response)
         app.router.add_get(base, responses_websocket)
