@@ -129,6 +129,12 @@ def test_parse_request_reads_params_and_refuses_bad_fields() -> None:
     assert (chat.model, stream, usage, chat.params, chat.dialect) == ("m", True, True, {"temperature": 0.5}, "openai")
     for body, fragment in [
         ({"messages": [{"role": "user", "content": "x"}], "n": 2}, '"n" other than 1'),
+        ({"messages": [{"role": "user", "content": "x"}], "n": True}, '"n" other than 1'),
+        ({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}, 'send "tools"'),
+        ({"messages": [{"role": "user", "content": "x"}], "function_call": "auto"}, "legacy function calling"),
+        ({"messages": [{"role": "user", "content": "x"}], "modalities": ["text", "audio"]}, "only text output"),
+        ({"messages": [{"role": "user", "content": "x"}], "audio": {"voice": "alloy"}}, "only text output"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream_options": 1}, '"stream_options" must be'),
         ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, '"stream" must be'),
         ({"model": "m"}, '"messages" is required'),
         ({"model": "", "messages": [{"role": "user", "content": "x"}]}, '"model" must be a non-empty string'),
@@ -138,3 +144,20 @@ def test_parse_request_reads_params_and_refuses_bad_fields() -> None:
         with pytest.raises(GatewayError) as exc:
             oc.parse_request(body, limits)
         assert fragment in exc.value.message
+
+
+def test_fields_that_change_nothing_here_are_accepted_and_ignored() -> None:
+    body = {
+        "messages": [{"role": "user", "content": "x"}],
+        "n": 1,
+        "modalities": ["text"],
+        "logprobs": True,
+        "top_logprobs": 2,
+        "store": False,
+        "metadata": {"app": "a"},
+        "service_tier": "auto",
+        "functions": None,
+        "stream_options": {"include_usage": True},
+    }
+    chat, stream, usage = oc.parse_request(body, Limits())
+    assert chat.params == {} and stream is False and usage is True

@@ -53,6 +53,22 @@ _dumps = orjson.dumps
 _END_META = ("timing", "cost_usd", "provider", "status", "stored", "store_error")
 
 
+def _refuse_unserved(key: str, value: Any) -> None:
+    """Fields whose answer would be silently wrong without them: refused, not ignored.
+
+    Legacy function calling would never get its ``function_call`` back, and audio output would
+    come back as text only; the rest of ``_IGNORED`` changes nothing a client relies on (a
+    ``logprobs`` request gets ``logprobs: null``, which the API allows)."""
+    if value is None:
+        return
+    if key in ("functions", "function_call"):
+        raise GatewayError("bad_request", f'"{key}" (legacy function calling) is not supported: send "tools"')
+    if key == "audio" or (key == "modalities" and value != ["text"]):
+        raise GatewayError("bad_request", f'"{key}": only text output is supported')
+    if key == "stream_options" and type(value) is not dict:
+        raise GatewayError("bad_request", '"stream_options" must be an object')
+
+
 def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool, bool]:
     """A ``/v1/chat/completions`` body as a chat: ``(chat, stream, include_usage)``."""
     params: dict[str, Any] = {}
@@ -60,8 +76,9 @@ def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool, boo
         if key in _OWN:
             continue
         if key in _IGNORED:
-            if key == "n" and value not in (None, 1):
+            if key == "n" and (type(value) is not int or value != 1) and value is not None:
                 raise GatewayError("bad_request", '"n" other than 1 is not supported')
+            _refuse_unserved(key, value)
             continue
         params[key] = value
     params = validate_params(params, None, limits, fields=(*sorted(_OWN), *sorted(_IGNORED)))
