@@ -12,6 +12,8 @@ import logging
 import re
 from collections.abc import Iterable
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 __all__ = ["Redactor", "install_log_filter"]
 
 _PATTERNS = [
@@ -49,6 +51,7 @@ class _Filter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "_tokenwire_redacted", False):
             return True
+        _client_mistake(record)
         try:
             message = record.getMessage()
         except Exception:
@@ -73,3 +76,21 @@ def install_log_filter(redactor: Redactor) -> None:
             if isinstance(f, _Filter):
                 handler.removeFilter(f)
         handler.addFilter(_Filter(redactor))
+
+
+def _client_mistake(record: logging.LogRecord) -> None:
+    """aiohttp's record of a request it could not parse: one line at INFO, without the request.
+
+    aiohttp logs a malformed request (e.g. a body with no length after ``Connection: close``) as
+    an error with the parser's message, which quotes the bytes it stopped at: the client's
+    prompt. A client's mistake is not the gateway's error, and prompts are never logged.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    if record.name != "aiohttp.server" or not isinstance(exc, HttpProcessingError):
+        return
+    what = (exc.message or "").strip().splitlines()
+    record.msg = f"{record.getMessage()}: malformed HTTP request ({exc.code}, {what[0].rstrip(':') if what else '?'})"
+    record.args = None
+    record.exc_info = None
+    record.exc_text = None
+    record.levelno, record.levelname = logging.INFO, "INFO"
