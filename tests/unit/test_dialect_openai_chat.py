@@ -161,3 +161,21 @@ def test_fields_that_change_nothing_here_are_accepted_and_ignored() -> None:
     }
     chat, stream, usage = oc.parse_request(body, Limits())
     assert chat.params == {} and stream is False and usage is True
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "x"}], "top_p": 5}, "top_p"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
+        (
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": 1}]},
+            "messages[1].tool_calls",
+        ),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+    ],
+)
+def test_a_refusal_names_its_field_in_param(body: dict, param: str) -> None:
+    with pytest.raises(GatewayError) as exc:
+        oc.parse_request(body, Limits())
+    assert oc.error_body(exc.value)["error"]["param"] == param

@@ -7,6 +7,7 @@ are stable strings (see docs/protocol.md); messages are for humans.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -110,7 +111,7 @@ class GatewayError(Exception):
             "error": {
                 "message": self.message if _redact is None else _redact(self.message),
                 "type": kind,
-                "param": None,
+                "param": self.extra.get("param") or _param_of(self),
                 "code": self.code,
                 "retryable": self.retryable,
             }
@@ -134,3 +135,15 @@ class GatewayError(Exception):
 
 
 _EVENT_FIELDS = frozenset({"type", "id", "seq", "code", "message", "retryable", "upstream_status"})
+
+
+#: the field a request error's message starts with: ``"top_p" must be …``, ``messages[1].tool_calls …``
+_PARAM = re.compile(r'^(?:"([A-Za-z_][\w.]*)"|(messages\[\d+\][\w.\[\]]*|tools\[\d+\][\w.\[\]]*))')
+
+
+def _param_of(err: GatewayError) -> str | None:
+    """OpenAI's ``param`` for a refused request: the field its message names first, if any."""
+    if err.http_status >= 500 or err.code not in ("bad_request", "frame_too_large"):
+        return None
+    m = _PARAM.match(err.message)
+    return None if m is None else (m.group(1) or m.group(2))
