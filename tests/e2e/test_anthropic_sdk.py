@@ -115,6 +115,9 @@ async def test_messages_without_the_v1_prefix_and_count_tokens(gateway) -> None:
         async with s.post(gateway.http + "/v1/messages/count_tokens", json=count_body) as r:
             assert r.status == 200
             count = await r.json()
+        async with s.post(gateway.http + "/v1/messages/count_tokens", json={**count_body, "model": "nope"}) as r:
+            assert r.status == 404  # an unknown model, as for a message
+            assert (await r.json())["error"]["type"] == "not_found_error"
     assert reply["content"] == [{"type": "text", "text": expected([{"role": "user", "content": "hi"}], 5)}]
     assert count == {"input_tokens": estimate_tokens(body["messages"])}
 

@@ -70,6 +70,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         body.setdefault("max_tokens", 1)
         body.pop("stream", None)
         chat, _ = am.parse_request(body, gw.limits)
+        gw.router.resolve(chat.model)  # an unknown model is a 404 here too, as for a message
     except GatewayError as err:
         return _error(err)
     return web.Response(
