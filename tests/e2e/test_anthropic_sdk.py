@@ -130,6 +130,13 @@ def test_models_list_in_anthropic_shape(gateway) -> None:
     assert all(m.type == "model" and m.display_name == m.id and m.max_input_tokens for m in models)
     assert page.has_more is False and page.last_id == models[-1].id
 
+    with client_for(gateway) as client:
+        first = client.models.list(limit=2)
+        assert [m.id for m in first.data] == [m.id for m in models[:2]] and first.has_more is True
+        assert [m.id for m in client.models.list(limit=3)] == [m.id for m in models]  # auto-paging: every model once
+        with pytest.raises(anthropic.BadRequestError):
+            client.models.list(limit=0)
+
 
 def test_bad_requests_are_bad_request_errors_naming_the_field(gateway) -> None:
     with client_for(gateway) as client:

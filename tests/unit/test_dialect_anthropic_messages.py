@@ -570,3 +570,17 @@ def test_a_claude_code_2_1_request_is_taken() -> None:
     assert [m["role"] for m in chat.messages] == ["system", "user", "system", "user"]
     assert chat.params["reasoning_effort"] == "high" and chat.params["max_tokens"] == 32000
     assert chat.params["tools"][0]["function"]["name"] == "Bash"
+
+
+def test_model_list_pages_as_the_sdk_asks() -> None:
+    models = [{"id": x} for x in "abcde"]
+
+    def ids(page: dict) -> tuple[list[str], bool]:
+        return [m["id"] for m in page["data"]], page["has_more"]
+
+    assert ids(am.model_list(models)) == (list("abcde"), False)
+    assert ids(am.model_list(models, 2)) == (["a", "b"], True)
+    assert ids(am.model_list(models, 2, after_id="b")) == (["c", "d"], True)
+    assert ids(am.model_list(models, 2, after_id="d")) == (["e"], False)
+    assert ids(am.model_list(models, 2, before_id="d")) == (["b", "c"], True)
+    assert ids(am.model_list(models, 5, before_id="c")) == (["a", "b"], False)

@@ -349,8 +349,22 @@ def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool]:
     return chat, stream
 
 
-def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
-    """``GET /v1/models`` as Anthropic shapes it (one page), tokenwire's own fields kept on each model."""
+def model_list(
+    models: list[dict[str, Any]], limit: int | None = None, after_id: str | None = None, before_id: str | None = None
+) -> dict[str, Any]:
+    """``GET /v1/models`` as Anthropic shapes it: one page (``limit``, after or before an id, as the
+    SDK's auto-paging asks), tokenwire's own fields kept on each model."""
+    ids = [m["id"] for m in models]
+    more = False
+    if after_id is not None and after_id in ids:
+        models = models[ids.index(after_id) + 1 :]
+    elif before_id is not None and before_id in ids:
+        models = models[: ids.index(before_id)]
+        if limit is not None and len(models) > limit:
+            models, more = models[-limit:], True
+            limit = None
+    if limit is not None and len(models) > limit:
+        models, more = models[:limit], True
     data = []
     for m in models:
         info: dict[str, Any] = {
@@ -365,7 +379,7 @@ def model_list(models: list[dict[str, Any]]) -> dict[str, Any]:
         data.append(info)
     return {
         "data": data,
-        "has_more": False,
+        "has_more": more,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     }

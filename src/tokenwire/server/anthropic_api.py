@@ -109,4 +109,12 @@ async def list_models(request: web.Request) -> web.Response:
     except GatewayError as err:
         return _error(err)
     await gw.router.discover()
-    return web.Response(body=orjson.dumps(am.model_list(gw.router.models())), content_type="application/json")
+    query = request.query
+    try:
+        limit = int(query.get("limit", "1000"))
+        if not 1 <= limit <= 1000:
+            raise ValueError
+    except ValueError:
+        return _error(GatewayError("bad_request", '"limit" must be an integer from 1 to 1000'))
+    page = am.model_list(gw.router.models(), limit, query.get("after_id"), query.get("before_id"))
+    return web.Response(body=orjson.dumps(page), content_type="application/json")
