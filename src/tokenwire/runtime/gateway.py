@@ -238,8 +238,11 @@ class Gateway:
             err.extra.setdefault("id", chat.id)
             raise
 
-    async def find_stream(self, principal: Any, req: Attach) -> Any:
+    async def find_stream(self, principal: Any, req: Attach, *, resume: bool = True) -> Any:
         """The generation an ``attach`` names, here or on another instance, if ``principal`` owns it.
+
+        ``resume``: the caller attaches to follow it (a "resume" on its span); False to look it
+        up for something else (a newer reply superseding it).
 
         Raises ``stream_expired`` when there is none. Another key's generation gets exactly the
         same answer (stream ids are scoped per key, see relay.stream_key): an answer that
@@ -256,7 +259,7 @@ class Gateway:
                 f"stream {req.stream_id} is unknown or past its retention window; it cannot be resumed",
                 extra={"id": req.id, "stream_id": req.stream_id},
             )
-        if isinstance(run, Run) and not run.gen.ended:
+        if resume and isinstance(run, Run) and not run.gen.ended:
             run.resumes.append(time.time_ns())  # a "resume" event on its span (runtime.telemetry)
         return run
 

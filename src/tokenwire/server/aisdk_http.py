@@ -127,14 +127,16 @@ class ChatStreams:
         sid, mid = orjson.loads(raw)
         return sid, mid
 
-    async def find(self, principal: Any, chat_id: str) -> tuple[Any, str] | None:
-        """The chat's run (local, or a RemoteRun over Redis) and message id; None if there is none."""
+    async def find(self, principal: Any, chat_id: str, *, resume: bool = True) -> tuple[Any, str] | None:
+        """The chat's run (local, or a RemoteRun over Redis) and message id; None if there is none.
+
+        ``resume`` as for :meth:`Gateway.find_stream`."""
         entry = await self.lookup(principal, chat_id)
         if entry is None:
             return None
         sid, mid = entry
         try:
-            run = await self.gw.find_stream(principal, Attach("aisdk", sid, -1))
+            run = await self.gw.find_stream(principal, Attach("aisdk", sid, -1), resume=resume)
         except GatewayError as err:
             if err.code in _GONE:
                 return None
@@ -200,7 +202,7 @@ async def _supersede(gw: Gateway, principal: Any, chat_id: str) -> None:
     The chat's stream, resume and stop all name the newest reply only, so an older one left
     running could no longer be stopped or resumed, and would go on spending (``useChat``'s
     ``regenerate`` while a reply streams, or two tabs of one chat)."""
-    found = await chat_streams(gw).find(principal, chat_id)
+    found = await chat_streams(gw).find(principal, chat_id, resume=False)
     if found is not None and not found[0].gen.ended:
         found[0].cancel("superseded")
 
