@@ -355,16 +355,14 @@ def model_list(
     """``GET /v1/models`` as Anthropic shapes it: one page (``limit``, after or before an id, as the
     SDK's auto-paging asks), tokenwire's own fields kept on each model."""
     ids = [m["id"] for m in models]
-    more = False
-    if after_id is not None and after_id in ids:
+    backwards = before_id in ids and after_id not in ids  #: the page just before an id: its end is kept
+    if after_id in ids:
         models = models[ids.index(after_id) + 1 :]
-    elif before_id is not None and before_id in ids:
+    elif backwards:
         models = models[: ids.index(before_id)]
-        if limit is not None and len(models) > limit:
-            models, more = models[-limit:], True
-            limit = None
-    if limit is not None and len(models) > limit:
-        models, more = models[:limit], True
+    more = limit is not None and len(models) > limit
+    if limit is not None and more:
+        models = models[-limit:] if backwards else models[:limit]
     data = []
     for m in models:
         info: dict[str, Any] = {

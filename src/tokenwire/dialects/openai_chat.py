@@ -61,6 +61,8 @@ def _refuse_unserved(key: str, value: Any) -> None:
     ``logprobs`` request gets ``logprobs: null``, which the API allows)."""
     if value is None:
         return
+    if key == "n" and (type(value) is not int or value != 1):
+        raise GatewayError("bad_request", '"n" other than 1 is not supported')
     if key in ("functions", "function_call"):
         raise GatewayError("bad_request", f'"{key}" (legacy function calling) is not supported: send "tools"')
     if key == "audio" or (key == "modalities" and value != ["text"]):
@@ -76,8 +78,6 @@ def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool, boo
         if key in _OWN:
             continue
         if key in _IGNORED:
-            if key == "n" and (type(value) is not int or value != 1) and value is not None:
-                raise GatewayError("bad_request", '"n" other than 1 is not supported')
             _refuse_unserved(key, value)
             continue
         params[key] = value
@@ -85,8 +85,7 @@ def parse_request(body: dict[str, Any], limits: Limits) -> tuple[Chat, bool, boo
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise GatewayError("bad_request", '"stream" must be true or false')
-    opts = body.get("stream_options") or {}
-    include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))  # an object (checked above)
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise GatewayError("bad_request", '"model" must be a non-empty string (leave it out for the default model)')

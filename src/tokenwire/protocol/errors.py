@@ -143,7 +143,7 @@ _PARAM = re.compile(r'^(?:"([A-Za-z_][\w.]*)"|(messages\[\d+\][\w.\[\]]*|tools\[
 
 def _param_of(err: GatewayError) -> str | None:
     """OpenAI's ``param`` for a refused request: the field its message names first, if any."""
-    if err.http_status >= 500 or err.code not in ("bad_request", "frame_too_large"):
+    if err.code not in ("bad_request", "frame_too_large"):
         return None
     m = _PARAM.match(err.message)
     return None if m is None else (m.group(1) or m.group(2))

@@ -413,10 +413,13 @@ def _check_tool_choice(choice: str | dict[str, Any], id: str | None) -> None:
         return
     if not isinstance(choice.get("type"), str):
         raise _bad('"tool_choice" must be an object with a "type"', id)
-    if choice["type"] == "function":
-        fn = choice.get("function")
-        if type(fn) is not dict or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise _bad('"tool_choice".function.name must be a non-empty string', id)
+    if choice["type"] == "function" and not _named(choice.get("function")):
+        raise _bad('"tool_choice".function.name must be a non-empty string', id)
+
+
+def _named(fn: Any) -> bool:
+    """A ``function`` object with a non-empty ``name`` (in a tool, or a tool choice)."""
+    return type(fn) is dict and isinstance(fn.get("name"), str) and bool(fn["name"])
 
 
 def _check_tools(tools: list[Any], id: str | None) -> None:
@@ -425,7 +428,5 @@ def _check_tools(tools: list[Any], id: str | None) -> None:
     for i, tool in enumerate(tools):
         if type(tool) is not dict or not isinstance(tool.get("type"), str):
             raise _bad(f'tools[{i}] must be an object like {{"type": "function", "function": {{"name": …}}}}', id)
-        if tool["type"] == "function":
-            fn = tool.get("function")
-            if type(fn) is not dict or not isinstance(fn.get("name"), str) or not fn["name"]:
-                raise _bad(f"tools[{i}].function.name must be a non-empty string", id)
+        if tool["type"] == "function" and not _named(tool.get("function")):
+            raise _bad(f"tools[{i}].function.name must be a non-empty string", id)
